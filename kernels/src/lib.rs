@@ -1,0 +1,19 @@
+//! # hmdn-kernels
+//!
+//! Slice-in / slice-out numeric kernels for hmdn-cpu. No kernel knows about models; each has a
+//! plain scalar twin in [`reference`], and `tests/equivalence.rs` makes them agree on awkward
+//! sizes.
+//!
+//! Dimension glossary used throughout: `B` batch rows, `d`/`n` feature width, `K` codebook
+//! size, `z` code width, `V` vocabulary rows, `e` embedding width, `m×k · k×n` GEMM shapes.
+//!
+//! Determinism rule: parallel kernels split work over *disjoint outputs* in fixed-size chunks;
+//! any reduction is over fixed chunks merged in a fixed order, so results never depend on the
+//! number of threads.
+
+pub mod gemm;
+pub mod real;
+pub mod reference;
+
+pub use gemm::{gemm, Trans};
+pub use real::Real;

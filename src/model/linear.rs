@@ -1,0 +1,116 @@
+//! Linear layer `y = x·Wᵀ + b` (PyTorch `nn.Linear`, weight stored `[out, in]`).
+
+use crate::params::{Init, ParamId, ParamKind, ParamStore};
+use hmdn_kernels::{gemm, Real, Trans};
+use rand::Rng;
+
+/// A fully connected layer. Parameters `<prefix>.weight` `[d_out, d_in]` and
+/// `<prefix>.bias` `[d_out]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// Weight `[d_out, d_in]`.
+    pub w: ParamId,
+    /// Bias `[d_out]`.
+    pub b: ParamId,
+    /// Input width.
+    pub d_in: usize,
+    /// Output width.
+    pub d_out: usize,
+}
+
+impl Linear {
+    /// Registers `<prefix>.weight` and `<prefix>.bias` with PyTorch's default initialisation,
+    /// `U(-1/sqrt(d_in), 1/sqrt(d_in))` for both.
+    pub fn new<T: Real, R: Rng>(
+        ps: &mut ParamStore<T>,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        rng: &mut R,
+    ) -> Self {
+        let bound = 1.0 / (d_in.max(1) as f64).sqrt();
+        let w = ps.add(
+            &format!("{prefix}.weight"),
+            &[d_out, d_in],
+            ParamKind::Dense,
+            Init::Uniform(bound),
+            rng,
+        );
+        let b = ps.add(
+            &format!("{prefix}.bias"),
+            &[d_out],
+            ParamKind::Dense,
+            Init::Uniform(bound),
+            rng,
+        );
+        Linear { w, b, d_in, d_out }
+    }
+
+    /// `out[B×d_out] = inp[B×d_in] · Wᵀ + b`. Overwrites `out`.
+    pub fn forward<T: Real>(&self, out: &mut [T], inp: &[T], ps: &ParamStore<T>, bsz: usize) {
+        let (w, b) = (ps.value(self.w), ps.value(self.b));
+        let out = &mut out[..bsz * self.d_out];
+        for row in out.chunks_exact_mut(self.d_out) {
+            row.copy_from_slice(b);
+        }
+        gemm(
+            bsz,
+            self.d_out,
+            self.d_in,
+            T::ONE,
+            inp,
+            Trans::N,
+            w,
+            Trans::T,
+            T::ONE,
+            out,
+        );
+    }
+
+    /// Accumulates gradients from `dout[B×d_out]`:
+    /// `dW += doutᵀ·inp` (`[d_out, d_in]`), `db += Σ_rows dout`, and, when given,
+    /// `dinp[B×d_in] += dout·W`.
+    pub fn backward<T: Real>(
+        &self,
+        dinp: Option<&mut [T]>,
+        ps: &mut ParamStore<T>,
+        dout: &[T],
+        inp: &[T],
+        bsz: usize,
+    ) {
+        let (wr, br) = (ps.range(self.w), ps.range(self.b));
+        if let Some(dinp) = dinp {
+            gemm(
+                bsz,
+                self.d_in,
+                self.d_out,
+                T::ONE,
+                dout,
+                Trans::N,
+                &ps.values[wr.clone()],
+                Trans::N,
+                T::ONE,
+                dinp,
+            );
+        }
+        gemm(
+            self.d_out,
+            self.d_in,
+            bsz,
+            T::ONE,
+            dout,
+            Trans::T,
+            inp,
+            Trans::N,
+            T::ONE,
+            &mut ps.grads[wr],
+        );
+        // Bias: column sums in row order (fixed order, thread-count independent).
+        let gb = &mut ps.grads[br];
+        for row in dout[..bsz * self.d_out].chunks_exact(self.d_out) {
+            for (g, &d) in gb.iter_mut().zip(row) {
+                *g += d;
+            }
+        }
+    }
+}

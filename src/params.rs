@@ -1,0 +1,198 @@
+//! The parameter arena: every trainable tensor of a model lives in one `Vec<T>` with named
+//! views; gradients (and the optimiser's moments) share its layout, so "the gradient of
+//! parameter `p`" is always `grads[p.range()]`.
+//!
+//! Embedding tables are stored here too, but their gradient is *row-sparse* in training
+//! (see [`crate::model::embedding`]); their slice of `grads` is only written when a dense
+//! view is needed (dense Adam, gradient checks).
+
+use hmdn_kernels::Real;
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
+use std::ops::Range;
+
+/// How a parameter is updated and how its gradient is represented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A dense tensor with a dense gradient (linear layers, gates, codebooks, cross layers).
+    Dense,
+    /// An embedding table `[V, e]` whose gradient arrives as a list of touched rows.
+    Embedding,
+}
+
+/// How a parameter is initialised. Values are drawn in `f64` and rounded to `T`, so an `f32`
+/// and an `f64` model built with the same seed hold the same (rounded) weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// All zeros.
+    Zeros,
+    /// All ones.
+    Ones,
+    /// Uniform on `[-bound, bound)` (PyTorch's `nn.Linear` default uses `1/sqrt(fan_in)`).
+    Uniform(f64),
+    /// Normal with mean 0 and this standard deviation.
+    Normal(f64),
+}
+
+/// Handle to one parameter tensor inside a [`ParamStore`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ParamId(pub usize);
+
+/// Name, shape and place of one parameter tensor.
+#[derive(Clone, Debug)]
+pub struct ParamSpec {
+    /// PyTorch `state_dict` name, e.g. `experts.0.layers.1.weight` (SPEC §5).
+    pub name: String,
+    /// Shape in PyTorch convention (`nn.Linear` weight is `[out, in]`).
+    pub shape: Vec<usize>,
+    /// First element inside the arena.
+    pub offset: usize,
+    /// Number of elements (product of `shape`).
+    pub len: usize,
+    /// Dense or row-sparse gradient.
+    pub kind: ParamKind,
+}
+
+impl ParamSpec {
+    /// Element range of this tensor in the arena.
+    pub fn range(&self) -> Range<usize> {
+        self.offset..self.offset + self.len
+    }
+}
+
+/// All parameters of a model and their gradients, in one arena each.
+#[derive(Clone, Debug)]
+pub struct ParamStore<T> {
+    /// One entry per tensor, in registration order (also the checkpoint order).
+    pub specs: Vec<ParamSpec>,
+    /// Parameter values, `specs[i].range()` is tensor `i`.
+    pub values: Vec<T>,
+    /// Gradients, same layout as `values`.
+    pub grads: Vec<T>,
+}
+
+impl<T: Real> Default for ParamStore<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Real> ParamStore<T> {
+    /// An empty store.
+    pub fn new() -> Self {
+        ParamStore {
+            specs: Vec::new(),
+            values: Vec::new(),
+            grads: Vec::new(),
+        }
+    }
+
+    /// Registers a tensor and initialises it from `rng`. Called only while building a model.
+    ///
+    /// # Panics
+    /// If `name` is already registered (a programmer error).
+    #[track_caller]
+    pub fn add<R: Rng>(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        kind: ParamKind,
+        init: Init,
+        rng: &mut R,
+    ) -> ParamId {
+        assert!(
+            self.find(name).is_none(),
+            "parameter `{name}` registered twice"
+        );
+        let len: usize = shape.iter().product();
+        let offset = self.values.len();
+        match init {
+            Init::Zeros => self.values.extend(std::iter::repeat(T::ZERO).take(len)),
+            Init::Ones => self.values.extend(std::iter::repeat(T::ONE).take(len)),
+            Init::Uniform(b) => {
+                for _ in 0..len {
+                    self.values.push(T::from_f64(rng.gen_range(-b..b)));
+                }
+            }
+            Init::Normal(std) => {
+                let nd = Normal::new(0.0, std).expect("finite std");
+                for _ in 0..len {
+                    self.values.push(T::from_f64(nd.sample(rng)));
+                }
+            }
+        }
+        self.grads.resize(self.values.len(), T::ZERO);
+        self.specs.push(ParamSpec {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            offset,
+            len,
+            kind,
+        });
+        ParamId(self.specs.len() - 1)
+    }
+
+    /// Looks a tensor up by its `state_dict` name.
+    pub fn find(&self, name: &str) -> Option<ParamId> {
+        self.specs.iter().position(|s| s.name == name).map(ParamId)
+    }
+
+    /// Spec of a tensor.
+    pub fn spec(&self, id: ParamId) -> &ParamSpec {
+        &self.specs[id.0]
+    }
+
+    /// Element range of a tensor in the arena.
+    pub fn range(&self, id: ParamId) -> Range<usize> {
+        self.specs[id.0].range()
+    }
+
+    /// Values of one tensor.
+    pub fn value(&self, id: ParamId) -> &[T] {
+        &self.values[self.range(id)]
+    }
+
+    /// Mutable values of one tensor.
+    pub fn value_mut(&mut self, id: ParamId) -> &mut [T] {
+        let r = self.range(id);
+        &mut self.values[r]
+    }
+
+    /// Gradient of one tensor.
+    pub fn grad(&self, id: ParamId) -> &[T] {
+        &self.grads[self.range(id)]
+    }
+
+    /// Sets every dense gradient to zero (once per step; backward passes accumulate).
+    /// Embedding tables' dense gradient slices are zeroed too only when `include_embeddings`.
+    pub fn zero_grads(&mut self, include_embeddings: bool) {
+        for s in &self.specs {
+            if s.kind == ParamKind::Dense || include_embeddings {
+                self.grads[s.range()].fill(T::ZERO);
+            }
+        }
+    }
+
+    /// Total number of scalar parameters.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// `true` when no parameter is registered.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Converts every value to another precision (used by gradient checks and fixtures).
+    pub fn cast<U: Real>(&self) -> ParamStore<U> {
+        ParamStore {
+            specs: self.specs.clone(),
+            values: self
+                .values
+                .iter()
+                .map(|v| U::from_f64(v.to_f64()))
+                .collect(),
+            grads: self.grads.iter().map(|v| U::from_f64(v.to_f64())).collect(),
+        }
+    }
+}
