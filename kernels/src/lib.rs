@@ -10,10 +10,18 @@
 //! Determinism rule: parallel kernels split work over *disjoint outputs* in fixed-size chunks;
 //! any reduction is over fixed chunks merged in a fixed order, so results never depend on the
 //! number of threads.
+#![warn(missing_docs)]
 
+pub mod act;
+pub mod auc;
+pub mod embed;
 pub mod gemm;
+pub mod loss;
+pub mod optim;
 pub mod real;
 pub mod reference;
+pub mod softmax;
+pub mod vq;
 
 pub use gemm::{gemm, Trans};
 pub use real::Real;
