@@ -13,10 +13,12 @@
 //! width, `K` codebook size, `D` quantization depth, `n` experts, `T` tasks, `h` hidden width.
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod gradcheck;
 pub mod model;
+pub mod optim;
 pub mod params;
 
 pub use hmdn_kernels::Real;
