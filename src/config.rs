@@ -347,9 +347,8 @@ impl ModelConfig {
                     rq.depth
                 ));
             }
-            if !(rq.beta.is_finite() && rq.beta >= 0.0)
-                || !(rq.alpha.is_finite() && rq.alpha >= 0.0)
-            {
+            let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+            if !non_negative(rq.beta) || !non_negative(rq.alpha) {
                 return bad(format!(
                     "rq.beta and rq.alpha must be finite and >= 0, got {} and {}",
                     rq.beta, rq.alpha

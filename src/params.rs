@@ -107,8 +107,8 @@ impl<T: Real> ParamStore<T> {
         let len: usize = shape.iter().product();
         let offset = self.values.len();
         match init {
-            Init::Zeros => self.values.extend(std::iter::repeat(T::ZERO).take(len)),
-            Init::Ones => self.values.extend(std::iter::repeat(T::ONE).take(len)),
+            Init::Zeros => self.values.extend(std::iter::repeat_n(T::ZERO, len)),
+            Init::Ones => self.values.extend(std::iter::repeat_n(T::ONE, len)),
             Init::Uniform(b) => {
                 for _ in 0..len {
                     self.values.push(T::from_f64(rng.gen_range(-b..b)));
