@@ -455,6 +455,9 @@ fn read_meta(path: &Path) -> std::result::Result<(Meta, u64, u64), String> {
     if meta.format != FORMAT {
         return Err("the cache format changed".into());
     }
+    if meta.rows >= u64::from(u32::MAX) {
+        return Err("the cache header is unreadable".into());
+    }
     let (start, stride) = column_layout(meta_len, meta.rows);
     if file_len < start + stride * meta.n_columns() as u64 {
         return Err("the cache is truncated".into());
