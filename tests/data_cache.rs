@@ -197,6 +197,43 @@ fn cache_reuse_and_invalidation() {
     assert_eq!(again.partition_cells(), first.partition_cells());
     assert_eq!(again.n_users(), 3);
 
+    // Same size and mtime but other content: trust_mtime reuses the (now stale) cache, the
+    // default hashes and rebuilds. Restore the file afterwards.
+    let stamp = std::fs::metadata(&csv).unwrap().modified().unwrap();
+    let edited = TRAIN.replace("0,c,,4", "0,c,,8");
+    std::fs::write(&csv, &edited).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&csv)
+        .unwrap()
+        .set_modified(stamp)
+        .unwrap();
+    let trusting = LoadOptions {
+        trust_mtime: true,
+        ..opts.clone()
+    };
+    let (st, _) = Dataset::open_train(&csv, &s, &trusting).unwrap();
+    assert_eq!(*st.cache_status(), CacheStatus::Reused);
+    assert_eq!(st.num(0).to_vec(), fresh.1[0]); // old values: the documented risk
+    let (hashed, _) = Dataset::open_train(&csv, &s, &opts).unwrap();
+    assert_eq!(
+        *hashed.cache_status(),
+        CacheStatus::Built {
+            reason: "the CSV changed".into()
+        }
+    );
+    std::fs::write(&csv, TRAIN).unwrap();
+    let (_, _) = Dataset::open_train(&csv, &s, &opts).unwrap();
+    // With trust_mtime and a new mtime the content hash still decides: touch -> reused.
+    std::fs::File::options()
+        .write(true)
+        .open(&csv)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
+        .unwrap();
+    let (tt, _) = Dataset::open_train(&csv, &s, &trusting).unwrap();
+    assert_eq!(*tt.cache_status(), CacheStatus::Reused);
+
     // touch: new mtime, same content -> still reused.
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
     std::fs::File::options()
