@@ -5,7 +5,8 @@
 //! backward passes over preallocated buffers.
 //!
 //! Crate map: [`config`] model settings; [`params`] the parameter arena; [`model`] layers and
-//! models; [`gradcheck`] finite-difference checks; [`error`] user-facing errors.
+//! models; [`gradcheck`] finite-difference checks; [`error`] user-facing errors; [`data`] schema,
+//! CSV, vocabularies, columnar cache, batches and synthetic data; [`metrics`] AUC, gAUC, logloss.
 //! Numeric kernels live in the `hmdn-kernels` crate.
 //!
 //! Dimension glossary: `B` batch rows, `F` categorical fields, `N` numeric fields, `e`
@@ -16,8 +17,10 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod gradcheck;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod params;
