@@ -5,6 +5,8 @@ pub mod embedding;
 pub mod gate;
 pub mod gatenu;
 pub mod head;
+pub mod kmeans;
 pub mod linear;
 pub mod mlp;
+pub mod rq;
 pub mod wide;
