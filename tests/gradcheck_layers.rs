@@ -489,8 +489,8 @@ fn towers() {
     ];
     let mut run = |ps: &mut ParamStore<f64>, inp: &[Input], dout: Option<&[f64]>| {
         let mut logits = vec![0.0; B * t];
-        for k in 0..t {
-            towers.forward(k, &mut logits, &mut cache, &inp[k].v, ps, B);
+        for (k, hk) in inp.iter().enumerate() {
+            towers.forward(k, &mut logits, &mut cache, &hk.v, ps, B);
         }
         let mut dh = vec![vec![0.0; B * h]; t];
         if let Some(d) = dout {
