@@ -1,0 +1,209 @@
+//! Embedding lookups over several categorical fields, and their row-sparse gradients.
+//!
+//! A [`MultiEmbedding`] owns one table `<prefix>.<field>.weight` `[V_f, e]` per field and writes
+//! the looked-up rows side by side into a wider activation (`x`, `x_b` or the wide part). Its
+//! gradient is *row-sparse*: one [`RowGrad`] per table lists the distinct rows a batch touched
+//! and their summed gradients, which the optimiser applies lazily (SPEC §4). The tables' slices
+//! of `ParamStore::grads` are only written on request ([`RowGrad::add_to_dense`]).
+//!
+//! Indices come **field-major**, `idx[c·B + b]` = row `b`'s index in column `c`, because the
+//! model transposes the batch's `[B, F]` matrix once and every table then reads a contiguous
+//! column.
+
+use crate::config::FieldSpec;
+use crate::params::{Init, ParamId, ParamKind, ParamStore};
+use hmdn_kernels::embed::{accumulate_row_grads, gather_rows};
+use hmdn_kernels::Real;
+use rand::Rng;
+
+/// The gradient of one embedding table from one batch, as a list of touched rows.
+#[derive(Clone, Debug)]
+pub struct RowGrad<T> {
+    /// The table this gradient belongs to.
+    pub table: ParamId,
+    /// Row width of the table.
+    pub e: usize,
+    /// Distinct row indices touched by the batch, ascending.
+    pub rows: Vec<u32>,
+    /// Summed gradient of each listed row, `[rows.len(), e]` (sums taken in batch order).
+    pub grad: Vec<T>,
+    /// Scratch for the stable sort in `accumulate_row_grads` (`[B]`).
+    order: Vec<u32>,
+}
+
+impl<T: Real> RowGrad<T> {
+    /// An empty gradient for `table` with rows of width `e`.
+    pub fn new(table: ParamId, e: usize) -> Self {
+        RowGrad {
+            table,
+            e,
+            rows: Vec::new(),
+            grad: Vec::new(),
+            order: Vec::new(),
+        }
+    }
+
+    /// Reserves room for a batch of `bsz` rows so that refilling never allocates.
+    pub fn reserve(&mut self, bsz: usize) {
+        // `reserve` counts from the current length; clear first so capacity ≥ bsz afterwards.
+        self.rows.clear();
+        self.grad.clear();
+        self.order.clear();
+        self.rows.reserve(bsz);
+        self.grad.reserve(bsz * self.e);
+        self.order.reserve(bsz);
+    }
+
+    /// Empties the gradient (no rows touched).
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.grad.clear();
+    }
+
+    /// `dense[r, :] += grad[j, :]` for every listed row `r = rows[j]`; `dense` is the whole
+    /// table's gradient `[V, e]` (dense Adam, gradient checks).
+    ///
+    /// # Panics
+    /// If a row lies outside `dense` (a programmer error: wrong slice).
+    #[track_caller]
+    pub fn add_to_dense(&self, dense: &mut [T]) {
+        let e = self.e;
+        for (&r, g) in self.rows.iter().zip(self.grad.chunks_exact(e.max(1))) {
+            let r = r as usize;
+            for (d, &v) in dense[r * e..(r + 1) * e].iter_mut().zip(g) {
+                *d += v;
+            }
+        }
+    }
+
+    /// Adds this gradient into the table's slice of `ps.grads`.
+    pub fn add_to_store(&self, ps: &mut ParamStore<T>) {
+        let r = ps.range(self.table);
+        self.add_to_dense(&mut ps.grads[r]);
+    }
+}
+
+/// Embedding tables for a list of fields, looked up side by side.
+#[derive(Clone, Debug)]
+pub struct MultiEmbedding {
+    /// One table per field, `[V_f, e]`.
+    pub tables: Vec<ParamId>,
+    /// For each table, the column of the field-major index matrix `[F_all, B]` it reads.
+    pub cols: Vec<usize>,
+    /// Row width of every table.
+    pub e: usize,
+}
+
+impl MultiEmbedding {
+    /// Registers `<prefix>.<field>.weight` `[V_f, e]` (kind `Embedding`, normal init with
+    /// `init_std`) for each field; table `j` reads column `cols[j]` of the index matrix.
+    ///
+    /// # Panics
+    /// If `fields` and `cols` differ in length (a programmer error).
+    #[track_caller]
+    pub fn new<T: Real, R: Rng>(
+        ps: &mut ParamStore<T>,
+        prefix: &str,
+        fields: &[FieldSpec],
+        cols: &[usize],
+        e: usize,
+        init_std: f64,
+        rng: &mut R,
+    ) -> Self {
+        assert_eq!(fields.len(), cols.len(), "one index column per field");
+        let tables = fields
+            .iter()
+            .map(|f| {
+                ps.add(
+                    &format!("{prefix}.{}.weight", f.name),
+                    &[f.vocab_size, e],
+                    ParamKind::Embedding,
+                    Init::Normal(init_std),
+                    rng,
+                )
+            })
+            .collect();
+        MultiEmbedding {
+            tables,
+            cols: cols.to_vec(),
+            e,
+        }
+    }
+
+    /// Number of fields (tables).
+    pub fn n_fields(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Width written into the output, `n_fields · e`.
+    pub fn width(&self) -> usize {
+        self.tables.len() * self.e
+    }
+
+    /// Empty row gradients, one per table, in table order.
+    pub fn new_row_grads<T: Real>(&self) -> Vec<RowGrad<T>> {
+        self.tables
+            .iter()
+            .map(|&t| RowGrad::new(t, self.e))
+            .collect()
+    }
+
+    /// `out[b, off + j·e .. off + (j+1)·e] = table_j[idx[cols[j]·B + b], :]`, with `out` rows
+    /// of width `stride` (`[B, stride]`); other columns of `out` are left alone.
+    ///
+    /// # Panics
+    /// If an index is outside its table (the data layer maps unknown values to 0).
+    #[track_caller]
+    pub fn forward<T: Real>(
+        &self,
+        out: &mut [T],
+        stride: usize,
+        off: usize,
+        idx: &[u32],
+        ps: &ParamStore<T>,
+        bsz: usize,
+    ) {
+        for (j, (&t, &c)) in self.tables.iter().zip(&self.cols).enumerate() {
+            gather_rows(
+                &mut out[..bsz * stride],
+                stride,
+                off + j * self.e,
+                ps.value(t),
+                self.e,
+                &idx[c * bsz..(c + 1) * bsz],
+            );
+        }
+    }
+
+    /// Builds each table's row gradient from `dout[b, off + j·e ..]` (`[B, stride]`), writing
+    /// `grads[j]` (one [`RowGrad`] per table, in table order; each is refilled, i.e. this is
+    /// the whole batch's gradient for those tables).
+    ///
+    /// Derivation: `out[b, j-block] = T_j[i_b]`, so `∂L/∂T_j[r] = Σ_{b: i_b = r} dout[b, j-block]`
+    /// — a sum over the rows that looked `r` up, taken in batch order by
+    /// `accumulate_row_grads`.
+    pub fn backward<T: Real>(
+        &self,
+        grads: &mut [RowGrad<T>],
+        dout: &[T],
+        stride: usize,
+        off: usize,
+        idx: &[u32],
+        bsz: usize,
+    ) {
+        assert_eq!(grads.len(), self.tables.len(), "one RowGrad per table");
+        for (j, (g, &c)) in grads.iter_mut().zip(&self.cols).enumerate() {
+            debug_assert_eq!(g.table, self.tables[j]);
+            accumulate_row_grads(
+                &mut g.rows,
+                &mut g.grad,
+                &mut g.order,
+                &idx[c * bsz..(c + 1) * bsz],
+                &dout[..bsz * stride],
+                stride,
+                off + j * self.e,
+                self.e,
+            );
+        }
+    }
+}

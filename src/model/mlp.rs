@@ -1,0 +1,206 @@
+//! Multi-layer perceptron with ReLU after every layer (the paper's 128-64-32 towers of hidden
+//! units, §3.1.3). The 1-output logit layer is a separate [`Linear`] owned by the model.
+//!
+//! Besides whole-MLP `forward` / `backward`, single layers are exposed
+//! ([`Mlp::layer_forward`], [`Mlp::layer_backward`]) because PEPNet's PPNet rescales every
+//! hidden output between layers.
+
+use crate::model::linear::Linear;
+use crate::params::ParamStore;
+use hmdn_kernels::act::{bias_relu_forward, relu_backward};
+use hmdn_kernels::{gemm, Real, Trans};
+use rand::Rng;
+
+/// Layers `<prefix>.layers.<l>` (`nn.Linear`), each followed by ReLU.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    /// The linear layers, input side first.
+    pub layers: Vec<Linear>,
+}
+
+/// Activations and gradient scratch of one [`Mlp`] for one batch.
+#[derive(Clone, Debug, Default)]
+pub struct MlpCache<T> {
+    /// Post-ReLU output of each layer, `h[l]` is `[B, h_l]`.
+    pub h: Vec<Vec<T>>,
+    /// Gradient w.r.t. each `h[l]` below the top layer, `[B, h_l]` (scratch of `backward`).
+    pub dh: Vec<Vec<T>>,
+    /// Gradient w.r.t. a layer's pre-activation, `[B, max_l h_l]` (scratch).
+    pub dpre: Vec<T>,
+    /// Output width of each layer.
+    widths: Vec<usize>,
+    /// Batch size the buffers are sized for.
+    cap: usize,
+}
+
+impl<T: Real> MlpCache<T> {
+    /// Buffers for `mlp`, empty until [`MlpCache::ensure_batch`].
+    pub fn new(mlp: &Mlp) -> Self {
+        let n = mlp.layers.len();
+        MlpCache {
+            h: vec![Vec::new(); n],
+            dh: vec![Vec::new(); n],
+            dpre: Vec::new(),
+            widths: mlp.layers.iter().map(|l| l.d_out).collect(),
+            cap: 0,
+        }
+    }
+
+    /// Sizes every buffer for `bsz` rows (reallocates only when `bsz` grows).
+    pub fn ensure_batch(&mut self, bsz: usize) {
+        if bsz <= self.cap {
+            return;
+        }
+        let mut widest = 0;
+        for (l, &w) in self.widths.iter().enumerate() {
+            self.h[l].resize(bsz * w, T::ZERO);
+            self.dh[l].resize(bsz * w, T::ZERO);
+            widest = widest.max(w);
+        }
+        self.dpre.resize(bsz * widest, T::ZERO);
+        self.cap = bsz;
+    }
+
+    /// Output of the last layer, `[B, h_last]` (valid after `forward`).
+    pub fn out(&self, bsz: usize) -> &[T] {
+        let w = *self.widths.last().expect("an MLP has at least one layer");
+        &self.h[self.widths.len() - 1][..bsz * w]
+    }
+}
+
+impl Mlp {
+    /// Registers `<prefix>.layers.<l>` for `l = 0..hidden.len()`, widths `d_in → hidden[0] →
+    /// … → hidden[last]`, with `nn.Linear`'s default initialisation.
+    ///
+    /// # Panics
+    /// If `hidden` is empty (validated configs never are).
+    #[track_caller]
+    pub fn new<T: Real, R: Rng>(
+        ps: &mut ParamStore<T>,
+        prefix: &str,
+        d_in: usize,
+        hidden: &[usize],
+        rng: &mut R,
+    ) -> Self {
+        assert!(!hidden.is_empty(), "an MLP needs at least one layer");
+        let mut layers = Vec::with_capacity(hidden.len());
+        let mut d = d_in;
+        for (l, &h) in hidden.iter().enumerate() {
+            layers.push(Linear::new(ps, &format!("{prefix}.layers.{l}"), d, h, rng));
+            d = h;
+        }
+        Mlp { layers }
+    }
+
+    /// Input width.
+    pub fn d_in(&self) -> usize {
+        self.layers[0].d_in
+    }
+
+    /// Output width (last hidden width).
+    pub fn d_out(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.d_out)
+    }
+
+    /// Layer `l` alone: `out[B×h_l] = ReLU(inp[B×d_in_l] · W_lᵀ + b_l)`. Overwrites `out`.
+    pub fn layer_forward<T: Real>(
+        &self,
+        l: usize,
+        out: &mut [T],
+        inp: &[T],
+        ps: &ParamStore<T>,
+        bsz: usize,
+    ) {
+        let lin = &self.layers[l];
+        let out = &mut out[..bsz * lin.d_out];
+        gemm(
+            bsz,
+            lin.d_out,
+            lin.d_in,
+            T::ONE,
+            inp,
+            Trans::N,
+            ps.value(lin.w),
+            Trans::T,
+            T::ZERO,
+            out,
+        );
+        bias_relu_forward(out, ps.value(lin.b));
+    }
+
+    /// Layer `l` alone, backward from `dout = ∂L/∂out` (`[B, h_l]`, post-ReLU): accumulates
+    /// `dW_l`, `db_l` and, when given, `dinp[B×d_in_l] +=`. `out` is the layer's forward output
+    /// and `dpre` scratch of at least `[B, h_l]`.
+    ///
+    /// Derivation: `out = max(u, 0)` with `u = inp·Wᵀ + b`, so `∂L/∂u = dout ⊙ [out > 0]`
+    /// (the subgradient at `u = 0` is taken as 0, like PyTorch), then the linear layer's
+    /// backward: `dW += (∂L/∂u)ᵀ·inp`, `db += Σ_b ∂L/∂u`, `dinp += (∂L/∂u)·W`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_backward<T: Real>(
+        &self,
+        l: usize,
+        dinp: Option<&mut [T]>,
+        dpre: &mut [T],
+        ps: &mut ParamStore<T>,
+        dout: &[T],
+        out: &[T],
+        inp: &[T],
+        bsz: usize,
+    ) {
+        let lin = &self.layers[l];
+        let n = bsz * lin.d_out;
+        let dpre = &mut dpre[..n];
+        relu_backward(dpre, &dout[..n], &out[..n]);
+        lin.backward(dinp, ps, dpre, inp, bsz);
+    }
+
+    /// Whole MLP: `cache.h[l]` = output of layer `l`; the result is `cache.out(bsz)`.
+    pub fn forward<T: Real>(
+        &self,
+        cache: &mut MlpCache<T>,
+        inp: &[T],
+        ps: &ParamStore<T>,
+        bsz: usize,
+    ) {
+        cache.ensure_batch(bsz);
+        for l in 0..self.layers.len() {
+            let (below, here) = cache.h.split_at_mut(l);
+            let x = if l == 0 { inp } else { &below[l - 1][..] };
+            self.layer_forward(l, &mut here[0], x, ps, bsz);
+        }
+    }
+
+    /// Whole MLP backward from `dout = ∂L/∂(last output)` (`[B, h_last]`): accumulates every
+    /// layer's parameter gradients and, when given, `dinp[B×d_in] +=`. Uses the activations
+    /// cached by the last `forward` on the same `inp`.
+    ///
+    /// Derivation: the chain rule layer by layer from the top, each step as in
+    /// [`Mlp::layer_backward`]; `∂L/∂h[l-1]` is the `dinp` of layer `l` (zeroed, then
+    /// accumulated, since layer `l` is its only consumer).
+    pub fn backward<T: Real>(
+        &self,
+        dinp: Option<&mut [T]>,
+        cache: &mut MlpCache<T>,
+        ps: &mut ParamStore<T>,
+        dout: &[T],
+        inp: &[T],
+        bsz: usize,
+    ) {
+        let nl = self.layers.len();
+        let MlpCache { h, dh, dpre, .. } = cache;
+        let mut dinp = dinp;
+        for l in (0..nl).rev() {
+            // Gradient arriving at this layer's output: the caller's for the top layer,
+            // else what layer l+1 wrote into dh[l].
+            let (dh_below, dh_here) = dh.split_at_mut(l);
+            let dout_l: &[T] = if l + 1 == nl { dout } else { &dh_here[0] };
+            if l == 0 {
+                self.layer_backward(0, dinp.take(), dpre, ps, dout_l, &h[0], inp, bsz);
+            } else {
+                let d_below = &mut dh_below[l - 1][..bsz * self.layers[l - 1].d_out];
+                d_below.fill(T::ZERO);
+                self.layer_backward(l, Some(d_below), dpre, ps, dout_l, &h[l], &h[l - 1], bsz);
+            }
+        }
+    }
+}
