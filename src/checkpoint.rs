@@ -22,7 +22,10 @@ pub const CONFIG_FILE: &str = "config.toml";
 
 /// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let res = (|| -> std::io::Result<()> {
@@ -66,26 +69,54 @@ impl TensorFile {
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let bad = |m: String| Error::Checkpoint(format!("{}: {m}", path.display()));
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
         let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-        let mut out = TensorFile { metadata: meta.metadata().clone().unwrap_or_default(), ..Default::default() };
+        let mut out = TensorFile {
+            metadata: meta.metadata().clone().unwrap_or_default(),
+            ..Default::default()
+        };
         for (name, view) in st.tensors() {
             let d = view.data();
             let data: Vec<f64> = match view.dtype() {
-                Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-                Dtype::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                other => return Err(bad(format!("tensor `{name}` has unsupported dtype {other:?}"))),
+                Dtype::F32 => d
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::F64 => d
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                Dtype::I32 => d
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::I64 => d
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                other => {
+                    return Err(bad(format!(
+                        "tensor `{name}` has unsupported dtype {other:?}"
+                    )))
+                }
             };
-            out.tensors.insert(name, Tensor { shape: view.shape().to_vec(), data });
+            out.tensors.insert(
+                name,
+                Tensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
         }
         Ok(out)
     }
 
     /// A tensor by name, or an error naming the file's contents.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).ok_or_else(|| Error::Checkpoint(format!("tensor `{name}` not found")))
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::Checkpoint(format!("tensor `{name}` not found")))
     }
 }
 
@@ -112,7 +143,17 @@ fn to_f32_bytes<T: Real>(v: &[T]) -> Vec<u8> {
 
 /// Serialises every parameter as f32 under its `state_dict` name.
 pub fn weights_to_bytes<T: Real>(ps: &ParamStore<T>) -> Result<Vec<u8>> {
-    let t: Vec<_> = ps.specs.iter().map(|s| (s.name.clone(), s.shape.clone(), to_f32_bytes(&ps.values[s.range()]))).collect();
+    let t: Vec<_> = ps
+        .specs
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                s.shape.clone(),
+                to_f32_bytes(&ps.values[s.range()]),
+            )
+        })
+        .collect();
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     f32_tensors_to_bytes(&t, Some(meta))
@@ -125,12 +166,23 @@ pub fn save_weights<T: Real>(path: &Path, ps: &ParamStore<T>) -> Result<()> {
 
 /// Copies the tensors named `prefix + <param name>` from `file` into `ps`. Every parameter must
 /// be present with its exact shape; with `exact`, no other tensor with that prefix may exist.
-pub fn assign_params<T: Real>(ps: &mut ParamStore<T>, file: &TensorFile, prefix: &str, exact: bool) -> Result<()> {
+pub fn assign_params<T: Real>(
+    ps: &mut ParamStore<T>,
+    file: &TensorFile,
+    prefix: &str,
+    exact: bool,
+) -> Result<()> {
     for i in 0..ps.specs.len() {
-        let (name, shape, range) = (ps.specs[i].name.clone(), ps.specs[i].shape.clone(), ps.specs[i].range());
+        let (name, shape, range) = (
+            ps.specs[i].name.clone(),
+            ps.specs[i].shape.clone(),
+            ps.specs[i].range(),
+        );
         let key = format!("{prefix}{name}");
         let t = file.tensors.get(&key).ok_or_else(|| {
-            Error::Checkpoint(format!("tensor `{key}` is missing (the checkpoint is for a different model or schema)"))
+            Error::Checkpoint(format!(
+                "tensor `{key}` is missing (the checkpoint is for a different model or schema)"
+            ))
         })?;
         if t.shape != shape {
             return Err(Error::Checkpoint(format!(
@@ -143,14 +195,17 @@ pub fn assign_params<T: Real>(ps: &mut ParamStore<T>, file: &TensorFile, prefix:
         }
     }
     if exact {
-        let known: std::collections::HashSet<&str> = ps.specs.iter().map(|s| s.name.as_str()).collect();
+        let known: std::collections::HashSet<&str> =
+            ps.specs.iter().map(|s| s.name.as_str()).collect();
         if let Some(extra) = file
             .tensors
             .keys()
             .filter_map(|k| k.strip_prefix(prefix))
             .find(|k| !known.contains(k))
         {
-            return Err(Error::Checkpoint(format!("unexpected tensor `{prefix}{extra}`: the checkpoint is for a different model")));
+            return Err(Error::Checkpoint(format!(
+                "unexpected tensor `{prefix}{extra}`: the checkpoint is for a different model"
+            )));
         }
     }
     Ok(())
@@ -159,15 +214,24 @@ pub fn assign_params<T: Real>(ps: &mut ParamStore<T>, file: &TensorFile, prefix:
 /// Loads `weights.safetensors` into a model's parameters (names and shapes must match exactly).
 pub fn load_weights<T: Real>(path: &Path, ps: &mut ParamStore<T>) -> Result<()> {
     let f = TensorFile::read(path)?;
-    assign_params(ps, &f, "", true).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))
+    assign_params(ps, &f, "", true)
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))
 }
 
 /// Serialises the optimiser moments (`m.<name>`, `v.<name>`) and its step count.
 pub fn optimizer_to_bytes<T: Real>(opt: &Optimizer<T>, ps: &ParamStore<T>) -> Result<Vec<u8>> {
     let mut t = Vec::with_capacity(2 * ps.specs.len());
     for s in &ps.specs {
-        t.push((format!("m.{}", s.name), s.shape.clone(), to_f32_bytes(&opt.m[s.range()])));
-        t.push((format!("v.{}", s.name), s.shape.clone(), to_f32_bytes(&opt.v[s.range()])));
+        t.push((
+            format!("m.{}", s.name),
+            s.shape.clone(),
+            to_f32_bytes(&opt.m[s.range()]),
+        ));
+        t.push((
+            format!("v.{}", s.name),
+            s.shape.clone(),
+            to_f32_bytes(&opt.v[s.range()]),
+        ));
     }
     let mut meta = HashMap::new();
     meta.insert("step".to_string(), opt.step.to_string());
@@ -175,7 +239,11 @@ pub fn optimizer_to_bytes<T: Real>(opt: &Optimizer<T>, ps: &ParamStore<T>) -> Re
 }
 
 /// Restores optimiser moments and step from `optimizer.safetensors`.
-pub fn load_optimizer<T: Real>(path: &Path, opt: &mut Optimizer<T>, ps: &ParamStore<T>) -> Result<()> {
+pub fn load_optimizer<T: Real>(
+    path: &Path,
+    opt: &mut Optimizer<T>,
+    ps: &ParamStore<T>,
+) -> Result<()> {
     let f = TensorFile::read(path)?;
     let err = |m: String| Error::Checkpoint(format!("{}: {m}", path.display()));
     opt.step = f
@@ -185,9 +253,14 @@ pub fn load_optimizer<T: Real>(path: &Path, opt: &mut Optimizer<T>, ps: &ParamSt
         .ok_or_else(|| err("missing `step` in metadata".into()))?;
     for s in &ps.specs {
         for (which, buf) in [("m", &mut opt.m), ("v", &mut opt.v)] {
-            let t = f.get(&format!("{which}.{}", s.name)).map_err(|e| err(e.to_string()))?;
+            let t = f
+                .get(&format!("{which}.{}", s.name))
+                .map_err(|e| err(e.to_string()))?;
             if t.shape != s.shape {
-                return Err(err(format!("`{which}.{}` has shape {:?}, expected {:?}", s.name, t.shape, s.shape)));
+                return Err(err(format!(
+                    "`{which}.{}` has shape {:?}, expected {:?}",
+                    s.name, t.shape, s.shape
+                )));
             }
             for (d, &x) in buf[s.range()].iter_mut().zip(&t.data) {
                 *d = T::from_f64(x);

@@ -14,6 +14,7 @@
 //! width, `K` codebook size, `D` quantization depth, `n` experts, `T` tasks, `h` hidden width.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod params;
+pub mod train;
 
 pub use hmdn_kernels::Real;
 

@@ -39,14 +39,26 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        OptimConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, embedding: EmbeddingOptim::Lazy, embedding_l2: 0.0 }
+        OptimConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            embedding: EmbeddingOptim::Lazy,
+            embedding_l2: 0.0,
+        }
     }
 }
 
 impl OptimConfig {
     /// The Adam hyper-parameters.
     pub fn adam(&self) -> AdamParams {
-        AdamParams { lr: self.lr, beta1: self.beta1, beta2: self.beta2, eps: self.eps }
+        AdamParams {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        }
     }
 }
 
@@ -77,13 +89,21 @@ pub struct Optimizer<T> {
 impl<T: Real> Optimizer<T> {
     /// Zero moments for every parameter of `ps`.
     pub fn new(ps: &ParamStore<T>, cfg: OptimConfig) -> Self {
-        Optimizer { cfg, m: vec![T::ZERO; ps.len()], v: vec![T::ZERO; ps.len()], step: 0 }
+        Optimizer {
+            cfg,
+            m: vec![T::ZERO; ps.len()],
+            v: vec![T::ZERO; ps.len()],
+            step: 0,
+        }
     }
 
     /// One update. Dense parameters use `ps.grads`; embedding tables use `sparse` (one entry
     /// per table that received gradient this step).
-    pub fn step<'a>(&mut self, ps: &mut ParamStore<T>, sparse: impl IntoIterator<Item = SparseRows<'a, T>>)
-    where
+    pub fn step<'a>(
+        &mut self,
+        ps: &mut ParamStore<T>,
+        sparse: impl IntoIterator<Item = SparseRows<'a, T>>,
+    ) where
         T: 'a,
     {
         self.step += 1;
@@ -92,7 +112,14 @@ impl<T: Real> Optimizer<T> {
         for spec in &ps.specs {
             if spec.kind == ParamKind::Dense {
                 let r = spec.range();
-                adam_step(&mut ps.values[r.clone()], &ps.grads[r.clone()], &mut self.m[r.clone()], &mut self.v[r], &h, t);
+                adam_step(
+                    &mut ps.values[r.clone()],
+                    &ps.grads[r.clone()],
+                    &mut self.m[r.clone()],
+                    &mut self.v[r],
+                    &h,
+                    t,
+                );
             }
         }
         for s in sparse {
@@ -123,7 +150,14 @@ impl<T: Real> Optimizer<T> {
                             g[base + c] += s.grad[j * e + c] + l2 * ps.values[r.start + base + c];
                         }
                     }
-                    adam_step(&mut ps.values[r.clone()], &ps.grads[r.clone()], &mut self.m[r.clone()], &mut self.v[r], &h, t);
+                    adam_step(
+                        &mut ps.values[r.clone()],
+                        &ps.grads[r.clone()],
+                        &mut self.m[r.clone()],
+                        &mut self.v[r],
+                        &h,
+                        t,
+                    );
                 }
             }
         }

@@ -1,7 +1,9 @@
 //! Save → load round trips of weights and optimiser state are bit-exact, and mismatches are
 //! reported as errors, not panics.
 
-use hmdn_cpu::checkpoint::{load_optimizer, load_weights, optimizer_to_bytes, save_weights, write_atomic};
+use hmdn_cpu::checkpoint::{
+    load_optimizer, load_weights, optimizer_to_bytes, save_weights, write_atomic,
+};
 use hmdn_cpu::optim::{OptimConfig, Optimizer, SparseRows};
 use hmdn_cpu::params::{Init, ParamKind, ParamStore};
 use rand::SeedableRng;
@@ -9,9 +11,27 @@ use rand::SeedableRng;
 fn store(seed: u64, rows: usize) -> ParamStore<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut ps = ParamStore::new();
-    ps.add("embedding.user.weight", &[rows, 4], ParamKind::Embedding, Init::Normal(0.5), &mut rng);
-    ps.add("dnn.layers.0.weight", &[3, 4], ParamKind::Dense, Init::Uniform(0.5), &mut rng);
-    ps.add("dnn.layers.0.bias", &[3], ParamKind::Dense, Init::Uniform(0.5), &mut rng);
+    ps.add(
+        "embedding.user.weight",
+        &[rows, 4],
+        ParamKind::Embedding,
+        Init::Normal(0.5),
+        &mut rng,
+    );
+    ps.add(
+        "dnn.layers.0.weight",
+        &[3, 4],
+        ParamKind::Dense,
+        Init::Uniform(0.5),
+        &mut rng,
+    );
+    ps.add(
+        "dnn.layers.0.bias",
+        &[3],
+        ParamKind::Dense,
+        Init::Uniform(0.5),
+        &mut rng,
+    );
     // Awkward values must survive too.
     ps.values[0] = f32::MIN_POSITIVE / 2.0; // subnormal
     ps.values[1] = -0.0;
@@ -50,7 +70,14 @@ fn optimizer_round_trip_is_bit_exact() {
     let rows = [1u32, 3];
     let grad = [0.5f32; 8];
     let table = ps.find("embedding.user.weight").unwrap();
-    opt.step(&mut ps, [SparseRows { table, rows: &rows, grad: &grad }]);
+    opt.step(
+        &mut ps,
+        [SparseRows {
+            table,
+            rows: &rows,
+            grad: &grad,
+        }],
+    );
     let path = dir.join("optimizer.safetensors");
     write_atomic(&path, &optimizer_to_bytes(&opt, &ps).unwrap()).unwrap();
     let mut back = Optimizer::new(&ps, OptimConfig::default());
@@ -67,7 +94,10 @@ fn shape_mismatch_is_an_error() {
     save_weights(&path, &store(1, 5)).unwrap();
     let mut other = store(1, 6);
     let err = load_weights(&path, &mut other).unwrap_err().to_string();
-    assert!(err.contains("embedding.user.weight") && err.contains("[5, 4]"), "{err}");
+    assert!(
+        err.contains("embedding.user.weight") && err.contains("[5, 4]"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -48,7 +48,7 @@ pub fn accumulate_row_grads<T: Real>(
         let i = idx[b];
         if rows.last() != Some(&i) {
             rows.push(i);
-            grad.extend(std::iter::repeat(T::ZERO).take(e));
+            grad.extend(std::iter::repeat_n(T::ZERO, e));
         }
         let base = grad.len() - e;
         for (acc, &v) in grad[base..]

@@ -24,7 +24,7 @@ use hmdn_kernels::Real;
 use mlp::{Mlp, MlpCache};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rq::{ResidualQuantizer, RqCache};
+use rq::{DeadCodes, ResidualQuantizer, RqCache, RqUsage};
 use std::ops::Range;
 use wide::{Wide, WideCache};
 
@@ -186,6 +186,13 @@ pub struct Model<T: Real> {
     rq_cache: Option<RqCache<T>>,
     /// Gradient-check mode: reuse the cached codes and stop-gradient values.
     frozen: bool,
+    /// Code usage per quantizer level since the last [`Model::reset_stats`].
+    usage: Option<RqUsage>,
+    /// Idle-step counters for dead-code restarts (when enabled).
+    dead: Option<DeadCodes>,
+    /// Sums of gate weights `[T, n]` and rows summed, from [`Model::record_gates`].
+    gate_sums: Vec<f64>,
+    gate_rows: u64,
     buf: Buffers<T>,
 }
 
@@ -328,6 +335,11 @@ impl<T: Real> Model<T> {
             ..Buffers::default()
         };
         let rq_cache = rq.as_ref().map(|q| q.new_cache::<T>(0));
+        let usage = rq.as_ref().map(|q| q.usage());
+        let dead = rq
+            .as_ref()
+            .filter(|_| cfg.rq.dead_code_restart_steps > 0)
+            .map(|q| q.dead_codes());
         Ok(Model {
             cfg: cfg.clone(),
             params: ps,
@@ -351,6 +363,10 @@ impl<T: Real> Model<T> {
             rg_emb,
             rg_dist,
             rg_wide,
+            usage,
+            dead,
+            gate_sums: vec![0.0; cfg.tasks.len() * cfg.n_experts],
+            gate_rows: 0,
             rq_cache,
             frozen: false,
             buf,
@@ -507,6 +523,99 @@ impl<T: Real> Model<T> {
                 push(&c.a1, pn.fc1.d_out);
             }
         }
+    }
+
+    /// The parameters (mutable) together with the row gradients of the last backward, for an
+    /// optimiser step that reads the latter while updating the former.
+    pub fn params_and_row_grads(&mut self) -> (&mut ParamStore<T>, &[RowGrad<T>]) {
+        (&mut self.params, &self.row_grads)
+    }
+
+    /// Clears the per-epoch statistics (code usage, gate means).
+    pub fn reset_stats(&mut self) {
+        if let Some(u) = &mut self.usage {
+            u.reset();
+        }
+        self.gate_sums.fill(0.0);
+        self.gate_rows = 0;
+    }
+
+    /// Book-keeping after a training step: records the step's codes in the usage statistics
+    /// and, when `dead_code_restart_steps > 0`, re-seeds codes idle for that long from this
+    /// batch's residuals. The restart generator is derived from `(seed, step)`, so a resumed
+    /// run makes the same choices.
+    pub fn after_step(&mut self, step: u64, seed: u64) {
+        let (Some(q), Some(cache)) = (&self.rq, &self.rq_cache) else {
+            return;
+        };
+        if let Some(u) = &mut self.usage {
+            u.record(cache);
+        }
+        if let Some(dead) = &mut self.dead {
+            let mut rng = StdRng::seed_from_u64(
+                seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x6465_6164,
+            );
+            q.restart_dead_codes(&mut self.params, dead, cache, &mut rng);
+        }
+    }
+
+    /// Idle counters of the dead-code tracker (saved with resumable checkpoints).
+    pub fn dead_code_state(&self) -> Option<&[u64]> {
+        self.dead.as_ref().map(|d| d.idle.as_slice())
+    }
+
+    /// Restores the idle counters saved by [`Model::dead_code_state`].
+    pub fn set_dead_code_state(&mut self, idle: &[u64]) {
+        if let Some(d) = &mut self.dead {
+            if d.idle.len() == idle.len() {
+                d.idle.copy_from_slice(idle);
+            }
+        }
+    }
+
+    /// Per quantizer level: rows recorded, distinct codes used and perplexity, as JSON
+    /// (`None` without a quantizer).
+    pub fn usage_report(&self) -> Option<serde_json::Value> {
+        let u = self.usage.as_ref()?;
+        let levels: Vec<_> = u
+            .levels()
+            .iter()
+            .enumerate()
+            .map(|(d, l)| serde_json::json!({"level": d, "rows": l.total, "codes_used": l.distinct, "perplexity": l.perplexity}))
+            .collect();
+        Some(serde_json::Value::Array(levels))
+    }
+
+    /// Adds the gate weights of the last forward to the running means (MMoE models).
+    pub fn record_gates(&mut self) {
+        let n = self.cfg.n_experts;
+        let bsz = self.buf.bsz;
+        if self.gates.is_empty() || bsz == 0 {
+            return;
+        }
+        for (t, c) in self.buf.gates.iter().enumerate() {
+            for row in c.probs[..bsz * n].chunks_exact(n) {
+                for (i, &p) in row.iter().enumerate() {
+                    self.gate_sums[t * n + i] += p.to_f64();
+                }
+            }
+        }
+        self.gate_rows += bsz as u64;
+    }
+
+    /// Mean gate weight per task and expert since the last reset, as JSON (MMoE models).
+    pub fn gate_report(&self) -> Option<serde_json::Value> {
+        if self.gates.is_empty() || self.gate_rows == 0 {
+            return None;
+        }
+        let n = self.cfg.n_experts;
+        let rows = self.gate_rows as f64;
+        let per_task: Vec<Vec<f64>> = self
+            .gate_sums
+            .chunks_exact(n)
+            .map(|c| c.iter().map(|s| s / rows).collect())
+            .collect();
+        Some(serde_json::json!(per_task))
     }
 
     /// Initialises the quantizer's codebooks by k-means on this batch's distribution

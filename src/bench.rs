@@ -1,0 +1,231 @@
+//! The end-to-end `bench` command: steady-state training and inference throughput on
+//! synthetic data shaped like processed Ali-CCP ("aliccp-shape").
+
+use crate::config::{FieldSpec, ModelConfig, ModelKind};
+use crate::error::Result;
+use crate::model::Model;
+use crate::optim::{OptimConfig, Optimizer};
+use crate::train::train_step;
+use crate::Batch;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+/// Vocabulary sizes of the 23 categorical fields of processed Ali-CCP (torch-rechub layout).
+pub const ALICCP_VOCABS: [usize; 23] = [
+    238635, 467298, 9, 14, 3, 8, 4, 4, 3, 5, 100000, 50000, 20000, 10000, 5000, 1000, 1000, 1000,
+    500, 200, 100, 50, 20,
+];
+/// Indices (into [`ALICCP_VOCABS`]) of the three distribution fields (vocab 3, 5, 3).
+pub const ALICCP_DIST_FIELDS: [usize; 3] = [4, 9, 8];
+/// Click rate of the synthetic labels.
+pub const ALICCP_CTR: f64 = 0.04;
+
+/// The aliccp-shape model configuration: e = 16 (x = 368), z = 48, K = 64, D = 6, 3 experts,
+/// MLP 128-64-32.
+pub fn aliccp_shape_config(model: ModelKind) -> ModelConfig {
+    let fields: Vec<FieldSpec> = ALICCP_VOCABS
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| FieldSpec {
+            name: format!("f{i}"),
+            vocab_size: v,
+        })
+        .collect();
+    let distribution = ALICCP_DIST_FIELDS
+        .iter()
+        .map(|&i| format!("f{i}"))
+        .collect();
+    ModelConfig {
+        model,
+        fields,
+        distribution,
+        ..ModelConfig::default()
+    }
+}
+
+/// Pre-generated batches with uniform random ids and Bernoulli(4%) clicks.
+pub struct SyntheticBatches {
+    /// Rows per batch.
+    pub batch: usize,
+    cat: Vec<Vec<u32>>,
+    labels: Vec<Vec<f32>>,
+}
+
+impl SyntheticBatches {
+    /// `n` batches of `batch` rows for a model configuration.
+    pub fn new(cfg: &ModelConfig, batch: usize, n: usize, seed: u64) -> Self {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let f = cfg.fields.len();
+        let t = cfg.tasks.len();
+        let mut cat = Vec::with_capacity(n);
+        let mut labels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut c = vec![0u32; batch * f];
+            for row in c.chunks_exact_mut(f) {
+                for (v, spec) in row.iter_mut().zip(&cfg.fields) {
+                    *v = rng.gen_range(0..spec.vocab_size as u32);
+                }
+            }
+            let l: Vec<f32> = (0..batch * t)
+                .map(|_| if rng.gen_bool(ALICCP_CTR) { 1.0 } else { 0.0 })
+                .collect();
+            cat.push(c);
+            labels.push(l);
+        }
+        SyntheticBatches { batch, cat, labels }
+    }
+
+    /// Batch `i` (cycling).
+    pub fn get(&self, i: usize) -> Batch<'_> {
+        let k = i % self.cat.len();
+        Batch {
+            rows: self.batch,
+            cat: &self.cat[k],
+            num: &[],
+            labels: &self.labels[k],
+        }
+    }
+}
+
+/// Multiply-adds ×2 per sample of the model's dense layers, forward only, and for a training
+/// step (forward + backward ≈ 3× the forward GEMM work), counted analytically from the shapes.
+pub fn flops_per_sample(cfg: &ModelConfig) -> (f64, f64) {
+    let lin = |i: usize, o: usize| 2.0 * (i * o) as f64;
+    let mlp = |mut d: usize| {
+        let mut s = 0.0;
+        for &h in &cfg.hidden {
+            s += lin(d, h);
+            d = h;
+        }
+        s
+    };
+    let x = cfg.x_dim();
+    let g = cfg.gate_dim();
+    let t = cfg.tasks.len() as f64;
+    let last = *cfg.hidden.last().unwrap_or(&1);
+    let mut fwd = match cfg.model {
+        ModelKind::Dnn | ModelKind::WideDeep | ModelKind::SharedBottom => mlp(x) + t * lin(last, 1),
+        ModelKind::Dcn => mlp(x) + cfg.cross_layers as f64 * 4.0 * x as f64 + t * lin(x + last, 1),
+        ModelKind::Mmoe | ModelKind::HmdnMmoe => {
+            cfg.n_experts as f64 * mlp(x) + t * (lin(g, cfg.n_experts) + lin(last, 1))
+        }
+        ModelKind::Pepnet | ModelKind::HmdnPepnet => {
+            let gn = |i: usize, o: usize| lin(i, cfg.gatenu_hidden) + lin(cfg.gatenu_hidden, o);
+            let mut s = gn(g + x, x) + mlp(x) + t * lin(last, 1);
+            for &h in &cfg.hidden {
+                s += gn(g + x, h);
+            }
+            s
+        }
+    };
+    let mut train = 3.0 * fwd;
+    if cfg.model.uses_rq() {
+        // argmin over K codes of width z at each of D levels (forward only).
+        let rq = 2.0 * (cfg.rq.codebook_size * cfg.xb_dim() * cfg.rq_depth()) as f64;
+        fwd += rq;
+        train += rq;
+    }
+    (fwd, train)
+}
+
+/// Results of one `bench` run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    /// Model name.
+    pub model: String,
+    /// Rows per batch.
+    pub batch: usize,
+    /// Rayon threads.
+    pub threads: usize,
+    /// Median training throughput (samples/s).
+    pub train_samples_per_s: f64,
+    /// Median inference throughput (samples/s).
+    pub infer_samples_per_s: f64,
+    /// Achieved GFLOP/s in training (analytic FLOP count / time).
+    pub train_gflops: f64,
+    /// Achieved GFLOP/s in inference.
+    pub infer_gflops: f64,
+    /// Peak resident set size of the process (MiB).
+    pub peak_rss_mib: f64,
+    /// Every training sample (samples/s) the median was taken from.
+    pub train_samples: Vec<f64>,
+    /// SIMD path.
+    pub simd: String,
+}
+
+/// Peak RSS of this process in MiB (Linux `VmHWM`), 0 when unknown.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Runs the benchmark on the current rayon pool: `steps` timed training steps split into 5
+/// samples after a warm-up, then the same for inference.
+pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> {
+    let cfg = aliccp_shape_config(model);
+    let mut m = Model::<f32>::new(&cfg, 1)?;
+    let mut opt = Optimizer::new(&m.params, OptimConfig::default());
+    let data = SyntheticBatches::new(&cfg, batch, 16, 2);
+    let warmup = 5.max(steps / 10);
+    for i in 0..warmup {
+        train_step(&mut m, &mut opt, &data.get(i))?;
+    }
+    let rounds = 5;
+    let per = steps.div_ceil(rounds).max(1);
+    let mut train = Vec::new();
+    let mut k = warmup;
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        for _ in 0..per {
+            train_step(&mut m, &mut opt, &data.get(k))?;
+            k += 1;
+        }
+        train.push((per * batch) as f64 / t0.elapsed().as_secs_f64());
+    }
+    let mut infer = Vec::new();
+    for i in 0..warmup {
+        m.forward(&data.get(i));
+    }
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        for _ in 0..per {
+            m.forward(&data.get(k));
+            k += 1;
+        }
+        infer.push((per * batch) as f64 / t0.elapsed().as_secs_f64());
+    }
+    let (ff, tf) = flops_per_sample(&cfg);
+    let samples = train.clone();
+    let ts = median(&mut train);
+    let is = median(&mut infer);
+    Ok(BenchReport {
+        model: model.name().to_string(),
+        batch,
+        threads: rayon::current_num_threads(),
+        train_samples_per_s: ts,
+        infer_samples_per_s: is,
+        train_gflops: ts * tf / 1e9,
+        infer_gflops: is * ff / 1e9,
+        peak_rss_mib: peak_rss_mib(),
+        train_samples: samples,
+        simd: String::new(),
+    })
+}
