@@ -397,3 +397,92 @@ mod tests {
         assert!((st.max_rel - 1.0 / 3.0).abs() < 1e-6, "{st:?}");
     }
 }
+
+/// Categorical fields of the tiny gradient-check configuration (name, vocabulary size).
+pub const TINY_FIELDS: [(&str, usize); 4] = [
+    ("user_gender", 3),
+    ("city", 5),
+    ("item", 7),
+    ("domain_id", 4),
+];
+
+/// The small configuration gradient checks run on: 4 fields (3 of them distribution fields),
+/// 2 numerics, 2 tasks, e = 3, hidden [5, 4, 3], K = 5, D = 3, random-normal codebooks.
+pub fn tiny_config(model: crate::config::ModelKind) -> crate::config::ModelConfig {
+    use crate::config::{FieldSpec, ModelConfig};
+    let mut cfg = ModelConfig {
+        model,
+        fields: TINY_FIELDS
+            .iter()
+            .map(|&(n, v)| FieldSpec {
+                name: n.to_string(),
+                vocab_size: v,
+            })
+            .collect(),
+        numeric: vec!["price".into(), "age".into()],
+        distribution: vec!["user_gender".into(), "city".into(), "domain_id".into()],
+        domain: None,
+        tasks: vec!["click".into(), "purchase".into()],
+        embed_dim: 3,
+        hidden: vec![5, 4, 3],
+        n_experts: 3,
+        gatenu_hidden: 4,
+        cross_layers: 3,
+        // Embeddings at the scale of the other activations, so that their gradients are not
+        // tiny next to the loss's rounding error.
+        embed_init_std: 0.25,
+        ..ModelConfig::default()
+    };
+    cfg.rq.codebook_size = 5;
+    cfg.rq.depth = 3;
+    cfg.rq.kmeans_init = false;
+    cfg
+}
+
+/// Owned data of one random batch for a configuration (uniform ids, normal numerics, 0/1
+/// labels).
+#[derive(Clone, Debug)]
+pub struct RandomBatch {
+    /// Rows.
+    pub rows: usize,
+    /// `[B, F]` indices.
+    pub cat: Vec<u32>,
+    /// `[B, N]` numerics.
+    pub num: Vec<f32>,
+    /// `[B, T]` labels.
+    pub labels: Vec<f32>,
+}
+
+impl RandomBatch {
+    /// Draws `rows` rows for `cfg` from `rng`.
+    pub fn new<R: rand::Rng>(cfg: &crate::config::ModelConfig, rows: usize, rng: &mut R) -> Self {
+        let mut cat = Vec::with_capacity(rows * cfg.fields.len());
+        for _ in 0..rows {
+            for f in &cfg.fields {
+                cat.push(rng.gen_range(0..f.vocab_size) as u32);
+            }
+        }
+        let num = (0..rows * cfg.numeric.len())
+            .map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal) as f32)
+            .collect();
+        let labels = (0..rows * cfg.tasks.len())
+            .map(|_| rng.gen_range(0..2) as f32)
+            .collect();
+        RandomBatch {
+            rows,
+            cat,
+            num,
+            labels,
+        }
+    }
+
+    /// The batch view.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            rows: self.rows,
+            cat: &self.cat,
+            num: &self.num,
+            labels: &self.labels,
+        }
+    }
+}

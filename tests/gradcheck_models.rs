@@ -11,13 +11,12 @@
 //! not a single 1e-6 step). Coordinates whose perturbation changes the sign of any ReLU are
 //! skipped and counted; at most 10 % of a model's coordinates may be skipped.
 
-use hmdn_cpu::config::{FieldSpec, ModelConfig, ModelKind, RqGradient, RqMode};
-use hmdn_cpu::gradcheck::{check_model, check_model_with, GradReport, TOLERANCE};
+use hmdn_cpu::config::{ModelConfig, ModelKind, RqGradient, RqMode};
+use hmdn_cpu::gradcheck::{check_model, check_model_with, GradReport, RandomBatch, TOLERANCE};
 use hmdn_cpu::model::Model;
 use hmdn_cpu::Batch;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
+use rand::SeedableRng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -50,83 +49,18 @@ fn allocs() -> usize {
     ALLOCS.with(|c| c.get())
 }
 
+/// Batch rows of every check.
 const B: usize = 6;
-const VOCAB: [(&str, usize); 4] = [
-    ("user_gender", 3),
-    ("city", 5),
-    ("item", 7),
-    ("domain_id", 4),
-];
 
 fn tiny(model: ModelKind) -> ModelConfig {
-    let mut cfg = ModelConfig {
-        model,
-        fields: VOCAB
-            .iter()
-            .map(|&(n, v)| FieldSpec {
-                name: n.to_string(),
-                vocab_size: v,
-            })
-            .collect(),
-        numeric: vec!["price".into(), "age".into()],
-        distribution: vec!["user_gender".into(), "city".into(), "domain_id".into()],
-        domain: None,
-        tasks: vec!["click".into(), "purchase".into()],
-        embed_dim: 3,
-        hidden: vec![5, 4, 3],
-        n_experts: 3,
-        gatenu_hidden: 4,
-        cross_layers: 3,
-        // Embeddings at the scale of the other activations, so that their gradients are not
-        // tiny next to the loss's rounding error.
-        embed_init_std: 0.25,
-        ..ModelConfig::default()
-    };
-    cfg.rq.codebook_size = 5;
-    cfg.rq.depth = 3;
-    cfg.rq.kmeans_init = false;
-    cfg
-}
-
-/// Owned data of one batch.
-struct Data {
-    cat: Vec<u32>,
-    num: Vec<f32>,
-    labels: Vec<f32>,
-}
-
-impl Data {
-    fn random(cfg: &ModelConfig, bsz: usize, rng: &mut StdRng) -> Data {
-        let mut cat = Vec::new();
-        for _ in 0..bsz {
-            for f in &cfg.fields {
-                cat.push(rng.gen_range(0..f.vocab_size) as u32);
-            }
-        }
-        let num = (0..bsz * cfg.numeric.len())
-            .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
-            .collect();
-        let labels = (0..bsz * cfg.tasks.len())
-            .map(|_| rng.gen_range(0..2) as f32)
-            .collect();
-        Data { cat, num, labels }
-    }
-
-    fn batch(&self, bsz: usize) -> Batch<'_> {
-        Batch {
-            rows: bsz,
-            cat: &self.cat,
-            num: &self.num,
-            labels: &self.labels,
-        }
-    }
+    hmdn_cpu::gradcheck::tiny_config(model)
 }
 
 fn run_check(title: &str, cfg: &ModelConfig, seed: u64) -> Vec<GradReport> {
     let mut model = Model::<f64>::new(cfg, seed).expect("valid config");
     let mut rng = StdRng::seed_from_u64(seed + 100);
-    let data = Data::random(cfg, B, &mut rng);
-    let reports = check_model(&mut model, &data.batch(B));
+    let data = RandomBatch::new(cfg, B, &mut rng);
+    let reports = check_model(&mut model, &data.batch());
     let worst = reports.iter().map(|r| r.max_rel).fold(0.0, f64::max);
     let checked: usize = reports.iter().map(|r| r.checked).sum();
     let skipped: usize = reports.iter().map(|r| r.skipped).sum();
@@ -389,14 +323,14 @@ fn f32_and_f64_models_agree() {
         let mut m32 = Model::<f32>::new(&cfg, 21).unwrap();
         let mut m64 = Model::<f64>::new(&cfg, 21).unwrap();
         let mut rng = StdRng::seed_from_u64(22);
-        let data = Data::random(&cfg, B, &mut rng);
-        let (l32, l64) = (m32.forward(&data.batch(B)), m64.forward(&data.batch(B)));
+        let data = RandomBatch::new(&cfg, B, &mut rng);
+        let (l32, l64) = (m32.forward(&data.batch()), m64.forward(&data.batch()));
         for (a, b) in m32.logits().iter().zip(m64.logits()) {
             assert!((*a as f64 - b).abs() < 1e-5, "{kind}: logit {a} vs {b}");
         }
         assert!((l32.total as f64 - l64.total).abs() < 1e-5, "{kind}: loss");
-        m32.backward(&data.batch(B));
-        m64.backward(&data.batch(B));
+        m32.backward(&data.batch());
+        m64.backward(&data.batch());
         for (a, b) in m32.params.grads.iter().zip(&m64.params.grads) {
             assert!((*a as f64 - b).abs() < 1e-5, "{kind}: grad {a} vs {b}");
         }
@@ -411,7 +345,7 @@ fn rows_are_independent_of_batch_size_and_buffers_are_reused() {
     for kind in ModelKind::ALL {
         let cfg = tiny(kind);
         let mut rng = StdRng::seed_from_u64(31);
-        let data = Data::random(&cfg, 9, &mut rng);
+        let data = RandomBatch::new(&cfg, 9, &mut rng);
         let small = Batch {
             rows: 4,
             cat: &data.cat[..4 * cfg.fields.len()],
@@ -419,7 +353,7 @@ fn rows_are_independent_of_batch_size_and_buffers_are_reused() {
             labels: &data.labels[..4 * cfg.tasks.len()],
         };
         let mut m = Model::<f64>::new(&cfg, 32).unwrap();
-        m.forward(&data.batch(9));
+        m.forward(&data.batch());
         let big = m.logits()[..4 * cfg.tasks.len()].to_vec();
         m.forward(&small);
         let reused = m.logits().to_vec();
@@ -436,13 +370,13 @@ fn rows_are_independent_of_batch_size_and_buffers_are_reused() {
 fn inference_without_labels_gives_logits_and_no_task_loss() {
     let cfg = tiny(ModelKind::HmdnMmoe);
     let mut rng = StdRng::seed_from_u64(41);
-    let data = Data::random(&cfg, B, &mut rng);
+    let data = RandomBatch::new(&cfg, B, &mut rng);
     let mut m = Model::<f64>::new(&cfg, 42).unwrap();
-    let with = m.forward(&data.batch(B));
+    let with = m.forward(&data.batch());
     let logits = m.logits().to_vec();
     let nolabel = Batch {
         labels: &[],
-        ..data.batch(B)
+        ..data.batch()
     };
     let without = m.forward(&nolabel);
     assert_eq!(m.logits(), &logits[..]);
@@ -462,8 +396,8 @@ fn f32_gradient_check_runs_with_a_coarse_step() {
         let cfg = tiny(kind);
         let mut model = Model::<f32>::new(&cfg, 51).unwrap();
         let mut rng = StdRng::seed_from_u64(52);
-        let data = Data::random(&cfg, B, &mut rng);
-        let reports = check_model_with(&mut model, &data.batch(B), 3e-2, 40);
+        let data = RandomBatch::new(&cfg, B, &mut rng);
+        let reports = check_model_with(&mut model, &data.batch(), 3e-2, 40);
         assert_eq!(reports.len(), model.params.specs.len());
         let worst = reports.iter().map(|r| r.max_abs).fold(0.0, f64::max);
         println!("{kind} f32: max abs {worst:.3e}");
@@ -497,7 +431,7 @@ fn step_allocations(kind: ModelKind) -> Vec<usize> {
     let mut cfg = tiny(kind);
     cfg.share_dist_embeddings = kind == ModelKind::HmdnPepnet;
     let mut rng = StdRng::seed_from_u64(71);
-    let data = Data::random(&cfg, 64, &mut rng);
+    let data = RandomBatch::new(&cfg, 64, &mut rng);
     let small = Batch {
         rows: 40,
         cat: &data.cat[..40 * cfg.fields.len()],
@@ -505,10 +439,10 @@ fn step_allocations(kind: ModelKind) -> Vec<usize> {
         labels: &data.labels[..40 * cfg.tasks.len()],
     };
     let mut m = Model::<f32>::new(&cfg, 72).unwrap();
-    m.forward(&data.batch(64));
-    m.backward(&data.batch(64));
+    m.forward(&data.batch());
+    m.backward(&data.batch());
     let mut counts = Vec::new();
-    for batch in [data.batch(64), small, data.batch(64)] {
+    for batch in [data.batch(), small, data.batch()] {
         let before = allocs();
         m.forward(&batch);
         m.backward(&batch);
