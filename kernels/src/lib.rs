@@ -14,14 +14,18 @@
 
 pub mod act;
 pub mod auc;
+mod cast;
 pub mod embed;
 pub mod gemm;
 pub mod loss;
 pub mod optim;
+mod par;
 pub mod real;
 pub mod reference;
+pub mod simd;
 pub mod softmax;
 pub mod vq;
 
 pub use gemm::{gemm, Trans};
 pub use real::Real;
+pub use simd::{available_paths, simd_info, simd_path, with_path, SimdPath};
