@@ -281,6 +281,27 @@ impl Plan {
     }
 }
 
+/// `dst.copy_from_slice(src)` for the short panel-width copies of packing: the tile widths
+/// become fixed-size moves instead of a `memcpy` call per 48–128 bytes.
+#[inline(always)]
+fn copy_small(dst: &mut [f32], src: &[f32]) {
+    #[inline(always)]
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let d: &mut [f32; N] = dst.try_into().expect("copy_small: length");
+        let s: &[f32; N] = src.try_into().expect("copy_small: length");
+        *d = *s;
+    }
+    match dst.len() {
+        32 => fixed::<32>(dst, src),
+        16 => fixed::<16>(dst, src),
+        12 => fixed::<12>(dst, src),
+        8 => fixed::<8>(dst, src),
+        6 => fixed::<6>(dst, src),
+        4 => fixed::<4>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
 /// Packs `op(B)[pc..pc+kcur, q·nr ..]` as panel `q` of one k-block: element (p, j) at
 /// `p·nr + j`. Columns past n are left as they are (each output column is independent, so
 /// their garbage only reaches discarded columns of the register tile).
@@ -301,7 +322,7 @@ fn pack_b_panel(
         Trans::N => {
             for p in 0..kcur {
                 let s = (pc + p) * n + j0;
-                dst[p * nr..p * nr + w].copy_from_slice(&b[s..s + w]);
+                copy_small(&mut dst[p * nr..p * nr + w], &b[s..s + w]);
             }
         }
         Trans::T => {
@@ -375,7 +396,7 @@ fn pack_a(
                 let dst = &mut ap[q * mr * kcur..(q + 1) * mr * kcur];
                 for p in 0..kcur {
                     let s = (pc + p) * m + r0 + q * mr;
-                    dst[p * mr..p * mr + w].copy_from_slice(&a[s..s + w]);
+                    copy_small(&mut dst[p * mr..p * mr + w], &a[s..s + w]);
                 }
             }
         }
@@ -401,45 +422,70 @@ fn sgemm(
     let par = m * n * k >= PAR_MIN_FLOPS && rayon::current_num_threads() > 1;
     let pl = Plan::new(m, n, k, path, par);
     let cptr = CPtr(c.as_mut_ptr());
-    with_pack_buf(pl.nkb * pl.npan * pl.kc * pl.nr, |bp| {
-        pack_b(bp, b, tb, &pl, par && k * n >= 1 << 15);
-        let bp = &*bp;
-        let ntr = m.div_ceil(pl.rb);
-        let ntc = pl.npan.div_ceil(pl.cpan);
-        let task = |t: usize| {
-            let (r0, p0) = ((t / ntc) * pl.rb, (t % ntc) * pl.cpan);
-            let rows = pl.rb.min(m - r0);
-            let cols = (pl.cpan * pl.nr).min(n - p0 * pl.nr);
-            with_pack_buf(MC * A_STRIDE.max(KC), |ap| {
-                for kb in 0..pl.nkb {
-                    let kcur = pl.kcur(kb);
-                    pack_a(ap, a, ta, m, k, r0, rows, kb * pl.kc, kcur, pl.mr);
-                    let blk = GemmBlock {
-                        kc: kcur,
-                        ap: ap.as_ptr(),
-                        a_pmajor: ta == Trans::T,
-                        // SAFETY (offsets): within the packed B buffer sized by the plan.
-                        bp: bp[pl.b_block(kb) + p0 * kcur * pl.nr..].as_ptr(),
-                        // SAFETY (offset): r0 < m and p0·nr < n, inside C.
-                        c: unsafe { cptr.get().add(r0 * n + p0 * pl.nr) },
-                        ldc: n,
-                        rows,
-                        cols,
-                        alpha,
-                        beta,
-                        first: kb == 0,
-                    };
-                    // The block reads `rows` packed rows and `cols` packed columns for `kcur`
-                    // steps (all inside the buffers filled above) and writes only the
-                    // `rows × cols` tile of C this task owns.
-                    simd::gemm_block(path, &blk);
-                }
-            });
-        };
-        if par && ntr * ntc > 1 {
-            (0..ntr * ntc).into_par_iter().for_each(task);
+    let ntr = m.div_ceil(pl.rb);
+    let ntc = pl.npan.div_ceil(pl.cpan);
+    // One task's work. With `shared` packed B (several row blocks reuse it) the task reads its
+    // panels from there; otherwise (a single row block, e.g. a weight gradient with a long k)
+    // it packs its own columns of B per k-block, right before use, so they are still in cache.
+    let task = |t: usize, shared: Option<&[f32]>| {
+        let (r0, p0) = ((t / ntc) * pl.rb, (t % ntc) * pl.cpan);
+        let rows = pl.rb.min(m - r0);
+        let cols = (pl.cpan * pl.nr).min(n - p0 * pl.nr);
+        let own_b = if shared.is_some() {
+            0
         } else {
-            (0..ntr * ntc).for_each(task);
+            pl.kc * pl.cpan * pl.nr
+        };
+        with_pack_buf(MC * A_STRIDE + own_b, |buf| {
+            let (ap, own) = buf.split_at_mut(MC * A_STRIDE);
+            for kb in 0..pl.nkb {
+                let kcur = pl.kcur(kb);
+                pack_a(ap, a, ta, m, k, r0, rows, kb * pl.kc, kcur, pl.mr);
+                let bp = match shared {
+                    Some(bp) => &bp[pl.b_block(kb) + p0 * kcur * pl.nr..],
+                    None => {
+                        let pan = kcur * pl.nr;
+                        for (q, d) in own.chunks_mut(pan).take(cols.div_ceil(pl.nr)).enumerate() {
+                            let j0 = (p0 + q) * pl.nr;
+                            pack_b_panel(d, b, tb, k, n, kb * pl.kc, kcur, j0, pl.nr);
+                        }
+                        &own[..]
+                    }
+                };
+                let blk = GemmBlock {
+                    kc: kcur,
+                    ap: ap.as_ptr(),
+                    a_pmajor: ta == Trans::T,
+                    bp: bp.as_ptr(),
+                    // SAFETY (offset): r0 < m and p0·nr < n, inside C.
+                    c: unsafe { cptr.get().add(r0 * n + p0 * pl.nr) },
+                    ldc: n,
+                    rows,
+                    cols,
+                    alpha,
+                    beta,
+                    first: kb == 0,
+                };
+                // The block reads `rows` packed rows and `cols` packed columns for `kcur`
+                // steps (all inside the buffers filled above) and writes only the
+                // `rows × cols` tile of C this task owns.
+                simd::gemm_block(path, &blk);
+            }
+        });
+    };
+    let run = |shared: Option<&[f32]>| {
+        if par && ntr * ntc > 1 {
+            (0..ntr * ntc).into_par_iter().for_each(|t| task(t, shared));
+        } else {
+            (0..ntr * ntc).for_each(|t| task(t, shared));
         }
-    });
+    };
+    if ntr > 1 {
+        with_pack_buf(pl.nkb * pl.npan * pl.kc * pl.nr, |bp| {
+            pack_b(bp, b, tb, &pl, par && k * n >= 1 << 15);
+            run(Some(&*bp));
+        });
+    } else {
+        run(None);
+    }
 }

@@ -284,6 +284,25 @@ pub fn argmin_sq_l2<T: Real>(
     }
 }
 
+/// Reference for [`crate::vq::argmin_from_dots`]: `d_k = ||C_k||² − (dot_k + dot_k)`, first
+/// strict minimum wins.
+pub fn argmin_from_dots<T: Real>(codes: &mut [u32], dots: &[T], code_norms: &[T]) {
+    let k = code_norms.len();
+    for (b, c) in codes.iter_mut().enumerate() {
+        let mut best = 0u32;
+        let mut best_d = T::ZERO;
+        for j in 0..k {
+            let dot = dots[b * k + j];
+            let d = code_norms[j] - (dot + dot);
+            if j == 0 || d < best_d {
+                best_d = d;
+                best = j as u32;
+            }
+        }
+        *c = best;
+    }
+}
+
 /// Reference for [`crate::embed::gather_rows`].
 #[track_caller]
 pub fn gather_rows<T: Real>(

@@ -154,3 +154,28 @@ pub fn argmin_sq_l2_scratch<T: Real>(
         }
     }
 }
+
+/// For each row of precomputed dots `dots[b, :] = ⟨r_b, C_k⟩` (`[codes.len(), K]`,
+/// `K = code_norms.len()`), the index minimising `||C_k||² − 2·dot`, ties to the lowest index
+/// (the scan half of the GEMM-based argmin, for callers that have the dots already).
+///
+/// # Panics
+/// If `dots` is shorter than `codes.len() · K`.
+#[track_caller]
+pub fn argmin_from_dots<T: Real>(codes: &mut [u32], dots: &[T], code_norms: &[T]) {
+    let (b, k) = (codes.len(), code_norms.len());
+    assert!(
+        dots.len() >= b * k,
+        "argmin_from_dots: dots has {} values, needs {b}x{k}",
+        dots.len()
+    );
+    if !is_f32::<T>() || k == 0 {
+        return reference::argmin_from_dots(codes, dots, code_norms);
+    }
+    simd::argmin_scan(
+        simd::simd_path(),
+        codes,
+        &f32s(dots)[..b * k],
+        f32s(code_norms),
+    );
+}

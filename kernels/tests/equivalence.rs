@@ -890,3 +890,28 @@ fn path_override_and_info() {
     assert_eq!(SimdPath::from_name("AVX2"), Some(SimdPath::Avx2));
     assert_eq!(SimdPath::from_name("sse"), None);
 }
+
+#[test]
+fn argmin_from_dots_exact() {
+    // Same dots in, same IEEE ops per candidate (norm − (dot + dot)), strict-< first minimum:
+    // the scan must agree exactly, ties included.
+    let mut rng = StdRng::seed_from_u64(16);
+    for_paths(|p| {
+        for &k in &SIZES[1..] {
+            for &b in &[1usize, 9, 33] {
+                let mut dots: Vec<f32> = (0..b * k)
+                    .map(|_| rng.gen_range(-4i32..4) as f32 * 0.5)
+                    .collect();
+                let norms: Vec<f32> = (0..k).map(|_| rng.gen_range(0i32..4) as f32).collect();
+                if k > 3 {
+                    dots[2] = f32::INFINITY;
+                }
+                let mut f = vec![0u32; b];
+                vq::argmin_from_dots(&mut f, &unaligned(&dots)[1..], &norms);
+                let mut r = vec![0u32; b];
+                reference::argmin_from_dots(&mut r, &dots, &norms);
+                assert_eq!(f, r, "{p:?} argmin_from_dots k={k} b={b}");
+            }
+        }
+    });
+}

@@ -753,3 +753,27 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const SI: usize, const S
         }
     }
 }
+
+/// Independent accumulators in [`fma_loop`]: more than FMA latency × FMA ports (4 × 2), so
+/// the loop is throughput-bound.
+pub(crate) const FMA_ACCS: usize = 12;
+
+/// `iters` rounds of [`FMA_ACCS`] independent FMAs on registers (no memory traffic).
+#[inline(always)]
+pub(crate) unsafe fn fma_loop<V: Vf>(iters: usize) -> f32 {
+    let mut acc = [V::splat(0.0); FMA_ACCS];
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = V::splat(i as f32 * 1e-3);
+    }
+    let (x, y) = (V::splat(0.999_999), V::splat(1e-7));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(x, y);
+        }
+    }
+    let mut s = V::splat(0.0);
+    for a in acc {
+        s = s.add(a);
+    }
+    reduce_add(s)
+}

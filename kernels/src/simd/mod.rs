@@ -291,6 +291,20 @@ entries! {
     fn argmin_rows(codes: &mut [u32], r: &[f32], codebook: &[f32], norms: &[f32], z: usize);
     fn argmin_scan(codes: &mut [u32], dots: &[f32], norms: &[f32]);
     fn gemm_block(t: &GemmBlock);
+    fn fma_loop(iters: usize) -> f32;
+}
+
+/// Runs a register-resident loop of `iters × 12` independent vector FMAs on the current path
+/// and returns `(sink, flops)`; `flops / time` is the single-core FMA peak the GEMM
+/// benchmarks compare against. The sink only keeps the work from being optimised away.
+pub fn fma_peak_loop(iters: usize) -> (f32, u64) {
+    let path = simd_path();
+    let lanes = match path {
+        SimdPath::Avx512 => 16,
+        _ => 8,
+    };
+    let sink = fma_loop(path, iters);
+    (sink, (iters * kern::FMA_ACCS * lanes * 2) as u64)
 }
 
 /// Register tile of the GEMM micro-kernel on `path`: `(MR, NR)` rows × columns of C.
