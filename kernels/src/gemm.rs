@@ -424,52 +424,98 @@ fn sgemm(
     let cptr = CPtr(c.as_mut_ptr());
     let ntr = m.div_ceil(pl.rb);
     let ntc = pl.npan.div_ceil(pl.cpan);
-    // One task's work. With `shared` packed B (several row blocks reuse it) the task reads its
-    // panels from there; otherwise (a single row block, e.g. a weight gradient with a long k)
-    // it packs its own columns of B per k-block, right before use, so they are still in cache.
+    let (mr, nr) = (pl.mr, pl.nr);
+    // Operands whose stored layout already is a micro-kernel layout are read in place:
+    // op(A) with ta == T (p-major rows, stride m) and op(B) with tb == N (rows of stride n);
+    // only their last partial panel is packed, so the kernel never reads past the matrix.
+    let (a_direct, b_direct) = (ta == Trans::T, tb == Trans::N);
+    // One task's work. Packed B (tb == T) is `shared` when several row blocks reuse it;
+    // otherwise (a single row block) the task packs its own columns per k-block, right
+    // before use, so they are still in cache.
     let task = |t: usize, shared: Option<&[f32]>| {
         let (r0, p0) = ((t / ntc) * pl.rb, (t % ntc) * pl.cpan);
         let rows = pl.rb.min(m - r0);
-        let cols = (pl.cpan * pl.nr).min(n - p0 * pl.nr);
-        let own_b = if shared.is_some() {
-            0
-        } else {
-            pl.kc * pl.cpan * pl.nr
+        let cols = (pl.cpan * nr).min(n - p0 * nr);
+        let full_rows = if a_direct { rows / mr * mr } else { rows };
+        let full_cols = if b_direct { cols / nr * nr } else { cols };
+        let a_len = if a_direct { mr * pl.kc } else { MC * A_STRIDE };
+        let b_len = match (b_direct, shared) {
+            (true, _) => pl.kc * nr,
+            (false, None) => pl.kc * pl.cpan * nr,
+            (false, Some(_)) => 0,
         };
-        with_pack_buf(MC * A_STRIDE + own_b, |buf| {
-            let (ap, own) = buf.split_at_mut(MC * A_STRIDE);
+        with_pack_buf(a_len + b_len, |buf| {
+            let (ap, own) = buf.split_at_mut(a_len);
             for kb in 0..pl.nkb {
-                let kcur = pl.kcur(kb);
-                pack_a(ap, a, ta, m, k, r0, rows, kb * pl.kc, kcur, pl.mr);
-                let bp = match shared {
-                    Some(bp) => &bp[pl.b_block(kb) + p0 * kcur * pl.nr..],
-                    None => {
-                        let pan = kcur * pl.nr;
-                        for (q, d) in own.chunks_mut(pan).take(cols.div_ceil(pl.nr)).enumerate() {
-                            let j0 = (p0 + q) * pl.nr;
-                            pack_b_panel(d, b, tb, k, n, kb * pl.kc, kcur, j0, pl.nr);
-                        }
-                        &own[..]
+                let (pc, kcur) = (kb * pl.kc, pl.kcur(kb));
+                // (A pointer, p-major?, panel offset, p stride, rows, first row in task)
+                let mut aparts = [(ap.as_ptr(), false, 0, 0, 0, 0); 2];
+                if a_direct {
+                    // SAFETY (offset): row pc of A's k×m storage, column r0 < m.
+                    let a0 = unsafe { a.as_ptr().add(pc * m + r0) };
+                    aparts[0] = (a0, true, mr, m, full_rows, 0);
+                    if full_rows < rows {
+                        let r = rows - full_rows;
+                        pack_a(ap, a, ta, m, k, r0 + full_rows, r, pc, kcur, mr);
+                        aparts[1] = (ap.as_ptr(), true, mr * kcur, mr, r, full_rows);
                     }
-                };
-                let blk = GemmBlock {
-                    kc: kcur,
-                    ap: ap.as_ptr(),
-                    a_pmajor: ta == Trans::T,
-                    bp: bp.as_ptr(),
-                    // SAFETY (offset): r0 < m and p0·nr < n, inside C.
-                    c: unsafe { cptr.get().add(r0 * n + p0 * pl.nr) },
-                    ldc: n,
-                    rows,
-                    cols,
-                    alpha,
-                    beta,
-                    first: kb == 0,
-                };
-                // The block reads `rows` packed rows and `cols` packed columns for `kcur`
-                // steps (all inside the buffers filled above) and writes only the
-                // `rows × cols` tile of C this task owns.
-                simd::gemm_block(path, &blk);
+                } else {
+                    pack_a(ap, a, ta, m, k, r0, rows, pc, kcur, mr);
+                    aparts[0] = (ap.as_ptr(), false, mr * A_STRIDE, 1, rows, 0);
+                }
+                // (B pointer, panel offset, row stride, columns, first column in task)
+                let mut bparts = [(own.as_ptr(), 0, 0, 0, 0); 2];
+                if b_direct {
+                    // SAFETY (offset): row pc of op(B) = B's k×n storage, column p0·nr < n.
+                    let b0 = unsafe { b.as_ptr().add(pc * n + p0 * nr) };
+                    bparts[0] = (b0, nr, n, full_cols, 0);
+                    if full_cols < cols {
+                        let j0 = p0 * nr + full_cols;
+                        pack_b_panel(own, b, tb, k, n, pc, kcur, j0, nr);
+                        bparts[1] = (own.as_ptr(), 0, nr, cols - full_cols, full_cols);
+                    }
+                } else {
+                    let pan = kcur * nr;
+                    let bp = match shared {
+                        Some(bp) => &bp[pl.b_block(kb) + p0 * pan..],
+                        None => {
+                            for (q, d) in own.chunks_mut(pan).take(cols.div_ceil(nr)).enumerate() {
+                                pack_b_panel(d, b, tb, k, n, pc, kcur, (p0 + q) * nr, nr);
+                            }
+                            &own[..]
+                        }
+                    };
+                    bparts[0] = (bp.as_ptr(), pan, nr, cols, 0);
+                }
+                for &(ap, a_pmajor, a_pan, a_ps, rws, roff) in &aparts {
+                    for &(bp, b_pan, ldb, cls, coff) in &bparts {
+                        if rws == 0 || cls == 0 {
+                            continue;
+                        }
+                        let blk = GemmBlock {
+                            kc: kcur,
+                            ap,
+                            a_pmajor,
+                            a_pan,
+                            a_ps,
+                            bp,
+                            b_pan,
+                            ldb,
+                            // SAFETY (offset): the part's first row and column are inside C.
+                            c: unsafe { cptr.get().add((r0 + roff) * n + p0 * nr + coff) },
+                            ldc: n,
+                            rows: rws,
+                            cols: cls,
+                            alpha,
+                            beta,
+                            first: kb == 0,
+                        };
+                        // The block reads `rws` rows of A and `cls` columns of B (all NR-wide
+                        // panels readable: in place only for full panels, else packed above)
+                        // for `kcur` steps, and writes only this task's part of C.
+                        simd::gemm_block(path, &blk);
+                    }
+                }
             }
         });
     };
@@ -480,7 +526,7 @@ fn sgemm(
             (0..ntr * ntc).for_each(|t| task(t, shared));
         }
     };
-    if ntr > 1 {
+    if ntr > 1 && !b_direct {
         with_pack_buf(pl.nkb * pl.npan * pl.kc * pl.nr, |bp| {
             pack_b(bp, b, tb, &pl, par && k * n >= 1 << 15);
             run(Some(&*bp));

@@ -626,13 +626,15 @@ pub(crate) const MR_P: usize = 4;
 pub(crate) const NR_P: usize = 8;
 
 /// One block of work for the GEMM micro-kernel: `C[rows, cols] (+)= alpha · Ã · B̃` for one
-/// k-block of depth `kc`, where the operands are packed by `gemm.rs`:
-/// - `ap`: `rows` rows of A in panels of `MR` rows. Row-major layout (`a_pmajor == false`):
-///   panel `q` at `ap + q·MR·A_STRIDE`, element (i, p) at `i·A_STRIDE + p`. P-major layout:
-///   panel `q` at `ap + q·MR·kc`, element (i, p) at `p·MR + i`.
-/// - `bp`: `cols` columns of B in panels of `NR` columns, panel `q` at `bp + q·NR·kc`, element
-///   (p, j) at `p·NR + j`.
-/// - `c`: row-major with leading dimension `ldc`. On the first k-block (`first`),
+/// k-block of depth `kc`. The operands are packed by `gemm.rs` or, where the stored layout
+/// already fits, read in place:
+/// - A, `rows` rows in panels of `MR` rows, panel `q` at `ap + q·a_pan`. Row-major
+///   (`a_pmajor == false`, packed): element (i, p) at `i·A_STRIDE + p`. P-major: element (i, p)
+///   at `p·a_ps + i` (`a_ps = MR` when packed, the stored row length when read in place).
+/// - B, `cols` columns in panels of `NR` columns, panel `q` at `bp + q·b_pan`, element (p, j)
+///   at `p·ldb + j`. Every panel must have `NR` readable columns (the last one is packed when
+///   the stored matrix has fewer).
+/// - C, row-major with leading dimension `ldc`. On the first k-block (`first`),
 ///   `C = alpha·acc + beta·C` (C not read when `beta == 0`); on later ones `C = C + alpha·acc`.
 ///
 /// Every element of C is one FMA chain over p in increasing order per k-block, whatever the
@@ -641,7 +643,11 @@ pub(crate) struct GemmBlock {
     pub kc: usize,
     pub ap: *const f32,
     pub a_pmajor: bool,
+    pub a_pan: usize,
+    pub a_ps: usize,
     pub bp: *const f32,
+    pub b_pan: usize,
+    pub ldb: usize,
     pub c: *mut f32,
     pub ldc: usize,
     pub rows: usize,
@@ -666,18 +672,17 @@ unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize>(t: &GemmBlock
     let nr = NV * V::LANES;
     let mut q = 0;
     while q * nr < t.cols {
-        let bq = t.bp.add(q * nr * t.kc);
+        let bq = t.bp.add(q * t.b_pan);
         let cw = (t.cols - q * nr).min(nr);
         let mut pa = 0;
         while pa * MR < t.rows {
             let rh = (t.rows - pa * MR).min(MR);
             let cp = t.c.add(pa * MR * t.ldc + q * nr);
+            let ap = t.ap.add(pa * t.a_pan);
             if t.a_pmajor {
-                let ap = t.ap.add(pa * MR * t.kc);
-                tile::<V, MR, NV, 1, MR>(t, ap, bq, cp, rh, cw);
+                tile::<V, MR, NV, 1>(t, ap, t.a_ps, bq, cp, rh, cw);
             } else {
-                let ap = t.ap.add(pa * MR * A_STRIDE);
-                tile::<V, MR, NV, A_STRIDE, 1>(t, ap, bq, cp, rh, cw);
+                tile::<V, MR, NV, A_STRIDE>(t, ap, 1, bq, cp, rh, cw);
             }
             pa += 1;
         }
@@ -685,11 +690,13 @@ unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize>(t: &GemmBlock
     }
 }
 
-/// One `MR × NV·LANES` register tile; A element (i, p) at `ap[i·SI + p·SP]`.
+/// One `MR × NV·LANES` register tile; A element (i, p) at `ap[i·SI + p·sp]`, B element (p, j)
+/// at `bp[p·ldb + j]`.
 #[inline(always)]
-unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const SI: usize, const SP: usize>(
+unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const SI: usize>(
     t: &GemmBlock,
     ap: *const f32,
+    sp: usize,
     bp: *const f32,
     c: *mut f32,
     rows: usize,
@@ -710,8 +717,8 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const SI: usize, const S
                 *x = ai.mul_add(*bvv, *x);
             }
         }
-        a = a.add(SP);
-        b = b.add(nr);
+        a = a.add(sp);
+        b = b.add(t.ldb);
     }
     let (ldc, alpha, beta) = (t.ldc, t.alpha, t.beta);
     if rows == MR && cols == nr {
