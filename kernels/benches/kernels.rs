@@ -202,6 +202,22 @@ fn bench_embed(c: &mut Criterion) {
             }
         })
     });
+    g.bench_function("row_grads_reference/B4096/F23/e16", |bch| {
+        bch.iter(|| {
+            for (f, ix) in idx.iter().enumerate() {
+                hmdn_kernels::reference::accumulate_row_grads(
+                    &mut rows,
+                    &mut grad,
+                    &mut order,
+                    ix,
+                    &dx,
+                    stride,
+                    f * e,
+                    e,
+                );
+            }
+        })
+    });
     g.finish();
 }
 

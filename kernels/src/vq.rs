@@ -2,11 +2,16 @@
 //!
 //! Two f32 fast paths, both computing `d_k = ||C_k||² − 2⟨r, C_k⟩` with SIMD dot products and
 //! cached code norms, ties to the lowest index:
-//! - [`argmin_sq_l2`]: register-blocked dots against code blocks packed on the stack; no
-//!   scratch, no allocation.
-//! - [`argmin_sq_l2_scratch`]: for large codebooks (`K >= ARGMIN_GEMM_MIN_K`) the dots
-//!   `r · Cᵀ` are computed in row blocks by [`crate::gemm`] into caller-provided scratch
-//!   (sized by [`argmin_scratch_len`]) and scanned; smaller `K` use the direct kernel.
+//! - [`argmin_sq_l2`] (use this one): register-blocked dots of `ARGMIN_R` rows against blocks
+//!   of `2·LANES` codes packed transposed on the stack, with a running per-lane minimum fused
+//!   into the loop — a GEMM micro-kernel whose epilogue is the argmin, so the `[B, K]` dots are
+//!   never stored. No scratch, no allocation.
+//! - [`argmin_sq_l2_scratch`]: the GEMM-based variant — `r · Cᵀ` in blocks of 256 rows by
+//!   [`crate::gemm`] into caller-provided scratch ([`argmin_scratch_len`]), then a SIMD scan.
+//!   Measured slower than [`argmin_sq_l2`] at every shape tried (B = 4096, K 64…16384,
+//!   z 16…256; 1.3–4× slower, see `benches/RESULTS.md`), so there is no K above which the
+//!   kernels switch to it; it stays for experiments and as a second, independently blocked
+//!   fast path in the equivalence tests.
 //!
 //! Fast and reference may disagree only on near-ties: the dot products are summed in a
 //! different order (FMA, lanes, k-blocks), so two codes whose distances differ by about the
@@ -87,26 +92,25 @@ pub fn argmin_sq_l2<T: Real>(
     }
 }
 
-/// Smallest `K` for which [`argmin_sq_l2_scratch`] takes the GEMM-based path (measured with
-/// `benches/kernels.rs`, see the module docs).
-pub const ARGMIN_GEMM_MIN_K: usize = 1024;
-/// Rows per GEMM block in the GEMM-based argmin.
+/// Rows per GEMM block in [`argmin_sq_l2_scratch`].
 const ARGMIN_GEMM_ROWS: usize = 256;
 
 /// Scratch values [`argmin_sq_l2_scratch`] needs for `b` rows and `k` codes of width `z`
-/// (0 when it will not use the GEMM path).
+/// (one block of dots, `min(b, 256) × k`; 0 when it will run the direct kernel instead).
 pub fn argmin_scratch_len(b: usize, k: usize, z: usize) -> usize {
-    if k >= ARGMIN_GEMM_MIN_K && (1..=ARGMIN_ZMAX).contains(&z) {
+    if k > 0 && (1..=ARGMIN_ZMAX).contains(&z) {
         b.min(ARGMIN_GEMM_ROWS) * k
     } else {
         0
     }
 }
 
-/// [`argmin_sq_l2`] with caller-provided scratch (at least [`argmin_scratch_len`] values; its
-/// contents are overwritten). For `K >= ARGMIN_GEMM_MIN_K`, f32 dots are computed block by
-/// block as `r_blk · Cᵀ` with [`crate::gemm`] into `scratch` and scanned with SIMD; otherwise
-/// this is [`argmin_sq_l2`]. Never allocates beyond GEMM's per-thread packing buffers.
+/// [`argmin_sq_l2`] computed the GEMM way, with caller-provided scratch (at least
+/// [`argmin_scratch_len`] values; overwritten): f32 dots are computed block by block as
+/// `r_blk · Cᵀ` with [`crate::gemm`] into `scratch` and scanned with SIMD. Slower than
+/// [`argmin_sq_l2`] in every measurement so far (see the module docs). Other types, `K = 0`
+/// and `z` outside `1..=512` run [`argmin_sq_l2`]. Never allocates beyond GEMM's per-thread
+/// packing buffers.
 ///
 /// # Panics
 /// If `scratch` is too short, or `r`/`codebook` is shorter than its shape.
