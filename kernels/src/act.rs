@@ -1,6 +1,13 @@
 //! Elementwise activations: fused bias + ReLU, ReLU backward, sigmoid, and bias column sums.
+//!
+//! For `f32` these run the SIMD paths of [`crate::simd`] (bit-identical to
+//! [`crate::reference`] except sigmoid, which uses a SIMD `exp` within a few ulp), split over
+//! rayon in fixed-size chunks of rows for large inputs; other types run the reference.
 
-use crate::Real;
+use crate::cast::{f32s, f32s_mut, f32v, is_f32};
+use crate::par::{rows_per_task, worth, CHUNK};
+use crate::{reference, simd, Real};
+use rayon::prelude::*;
 
 /// `y[b, j] = max(y[b, j] + bias[j], 0)` in place over rows of width `n = bias.len()`.
 pub fn bias_relu_forward<T: Real>(y: &mut [T], bias: &[T]) {
@@ -8,11 +15,18 @@ pub fn bias_relu_forward<T: Real>(y: &mut [T], bias: &[T]) {
     if n == 0 {
         return;
     }
-    for row in y.chunks_exact_mut(n) {
-        for (v, &b) in row.iter_mut().zip(bias) {
-            let s = *v + b;
-            *v = if s > T::ZERO { s } else { T::ZERO };
-        }
+    if !is_f32::<T>() {
+        return reference::bias_relu_forward(y, bias);
+    }
+    let (y, bias) = (f32s_mut(y), f32s(bias));
+    let path = simd::simd_path();
+    let rows = y.len() / n;
+    let y = &mut y[..rows * n];
+    if worth(y.len()) {
+        y.par_chunks_mut(rows_per_task(n) * n)
+            .for_each(|c| simd::bias_relu(path, c, bias));
+    } else {
+        simd::bias_relu(path, y, bias);
     }
 }
 
@@ -22,55 +36,108 @@ pub fn bias_add<T: Real>(y: &mut [T], bias: &[T]) {
     if n == 0 {
         return;
     }
-    for row in y.chunks_exact_mut(n) {
-        for (v, &b) in row.iter_mut().zip(bias) {
-            *v += b;
-        }
+    if !is_f32::<T>() {
+        return reference::bias_add(y, bias);
+    }
+    let (y, bias) = (f32s_mut(y), f32s(bias));
+    let path = simd::simd_path();
+    let rows = y.len() / n;
+    let y = &mut y[..rows * n];
+    if worth(y.len()) {
+        y.par_chunks_mut(rows_per_task(n) * n)
+            .for_each(|c| simd::bias_add(path, c, bias));
+    } else {
+        simd::bias_add(path, y, bias);
     }
 }
 
 /// ReLU backward through its *output*: `dpre[i] = dy[i]` where `y[i] > 0`, else 0 (writes).
 pub fn relu_backward<T: Real>(dpre: &mut [T], dy: &[T], y: &[T]) {
-    for ((d, &g), &v) in dpre.iter_mut().zip(dy).zip(y) {
-        *d = if v > T::ZERO { g } else { T::ZERO };
+    if !is_f32::<T>() {
+        return reference::relu_backward(dpre, dy, y);
+    }
+    let len = dpre.len().min(dy.len()).min(y.len());
+    let (d, g, v) = (
+        &mut f32s_mut(dpre)[..len],
+        &f32s(dy)[..len],
+        &f32s(y)[..len],
+    );
+    let path = simd::simd_path();
+    if worth(len) {
+        d.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+            .for_each(|(d, (g, v))| simd::relu_backward(path, d, g, v));
+    } else {
+        simd::relu_backward(path, d, g, v);
     }
 }
 
-/// Numerically stable logistic function.
+/// Numerically stable logistic function (scalar; the slice kernels below vectorise it).
 #[inline]
 pub fn sigmoid<T: Real>(x: T) -> T {
-    if x >= T::ZERO {
-        T::ONE / (T::ONE + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (T::ONE + e)
-    }
+    reference::sigmoid(x)
 }
 
 /// `y[i] = scale · sigmoid(x[i])` (GateNU output with scale γ).
 pub fn scaled_sigmoid_forward<T: Real>(y: &mut [T], x: &[T], scale: T) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o = scale * sigmoid(v);
+    if !is_f32::<T>() {
+        return reference::scaled_sigmoid_forward(y, x, scale);
+    }
+    let len = y.len().min(x.len());
+    let (y, x, s) = (&mut f32s_mut(y)[..len], &f32s(x)[..len], f32v(scale));
+    let path = simd::simd_path();
+    if worth(len) {
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| simd::scaled_sigmoid_forward(path, y, x, s));
+    } else {
+        simd::scaled_sigmoid_forward(path, y, x, s);
     }
 }
 
 /// Backward of [`scaled_sigmoid_forward`] through its output:
-/// `dx[i] += dy[i] · y[i] · (1 − y[i]/scale)` (since d(γσ)/dx = γσ(1−σ)).
+/// `dx[i] += dy[i] · y[i] · (1 − y[i]/scale)` (since d(γσ)/dx = γσ(1−σ) and σ = y/γ).
 pub fn scaled_sigmoid_backward<T: Real>(dx: &mut [T], dy: &[T], y: &[T], scale: T) {
-    for ((d, &g), &v) in dx.iter_mut().zip(dy).zip(y) {
-        *d += g * v * (T::ONE - v / scale);
+    if !is_f32::<T>() {
+        return reference::scaled_sigmoid_backward(dx, dy, y, scale);
+    }
+    let len = dx.len().min(dy.len()).min(y.len());
+    let (d, g, v) = (&mut f32s_mut(dx)[..len], &f32s(dy)[..len], &f32s(y)[..len]);
+    let s = f32v(scale);
+    let path = simd::simd_path();
+    if worth(len) {
+        d.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+            .for_each(|(d, (g, v))| simd::scaled_sigmoid_backward(path, d, g, v, s));
+    } else {
+        simd::scaled_sigmoid_backward(path, d, g, v, s);
     }
 }
 
+/// Columns of `db` per rayon task in [`bias_grad`] (one cache line of f32).
+const BIAS_GRAD_COLS: usize = 16;
+
 /// `db[j] += Σ_b dy[b, j]` over rows of width `n = db.len()`, summed in row order.
+///
+/// The reduction runs down each column in row order, so the f32 path is bit-identical to the
+/// reference; large inputs are split over fixed groups of columns, never over rows.
 pub fn bias_grad<T: Real>(db: &mut [T], dy: &[T]) {
     let n = db.len();
     if n == 0 {
         return;
     }
-    for row in dy.chunks_exact(n) {
-        for (g, &d) in db.iter_mut().zip(row) {
-            *g += d;
-        }
+    if !is_f32::<T>() {
+        return reference::bias_grad(db, dy);
+    }
+    let (db, dy) = (f32s_mut(db), f32s(dy));
+    let rows = dy.len() / n;
+    let dy = &dy[..rows * n];
+    let path = simd::simd_path();
+    if worth(dy.len()) && n >= 2 * BIAS_GRAD_COLS {
+        db.par_chunks_mut(BIAS_GRAD_COLS)
+            .enumerate()
+            .for_each(|(q, d)| simd::bias_grad_cols(path, d, dy, n, q * BIAS_GRAD_COLS));
+    } else {
+        simd::bias_grad_cols(path, db, dy, n, 0);
     }
 }

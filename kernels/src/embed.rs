@@ -1,11 +1,19 @@
 //! Embedding gather and deterministic row-gradient accumulation.
 
-use crate::Real;
+use crate::{reference, Real};
+use rayon::prelude::*;
+
+/// Batch rows per rayon task in [`gather_rows`].
+const GATHER_ROWS: usize = 256;
 
 /// `out[b, off .. off+e] = table[idx[b], :]` for every row b; `out` rows have width `stride`.
 ///
+/// Large batches are split over threads in fixed groups of rows (each task copies disjoint
+/// output rows, so the result is the same for any thread count).
+///
 /// # Panics
-/// If an index is outside the table (callers map unknown values to 0 beforehand).
+/// If an index is outside the table (callers map unknown values to 0 beforehand) or `out` is
+/// too short.
 #[track_caller]
 pub fn gather_rows<T: Real>(
     out: &mut [T],
@@ -15,17 +23,49 @@ pub fn gather_rows<T: Real>(
     e: usize,
     idx: &[u32],
 ) {
-    for (b, &i) in idx.iter().enumerate() {
-        let i = i as usize;
-        out[b * stride + off..b * stride + off + e].copy_from_slice(&table[i * e..(i + 1) * e]);
+    let b = idx.len();
+    if b < 2 * GATHER_ROWS || off + e > stride || e == 0 || rayon::current_num_threads() < 2 {
+        return reference::gather_rows(out, stride, off, table, e, idx);
     }
+    let vrows = table.len() / e;
+    assert!(
+        idx.iter().all(|&i| (i as usize) < vrows),
+        "gather_rows: an index is outside the table ({vrows} rows)"
+    );
+    let need = (b - 1) * stride + off + e;
+    assert!(
+        out.len() >= need,
+        "gather_rows: out has {} values, needs {need}",
+        out.len()
+    );
+    let len = need.max((b * stride).min(out.len()));
+    let out = &mut out[..len];
+    out.par_chunks_mut(GATHER_ROWS * stride)
+        .zip(idx.par_chunks(GATHER_ROWS))
+        .for_each(|(o, ix)| {
+            for (r, &i) in ix.iter().enumerate() {
+                let i = i as usize;
+                o[r * stride + off..r * stride + off + e]
+                    .copy_from_slice(&table[i * e..(i + 1) * e]);
+            }
+        });
 }
+
+/// Radix digit width of the batch-position sort in [`accumulate_row_grads`].
+const RADIX_BITS: u32 = 11;
+/// Below this batch size a comparison sort is cheaper than the radix passes.
+const RADIX_MIN: usize = 256;
 
 /// Row-sparse gradient of one table from per-row gradients `g[b, off .. off+e]` (rows of width
 /// `stride`) at indices `idx[b]`: `rows` receives the distinct indices in ascending order and
 /// `grad` their summed gradients `[rows.len(), e]`, each sum taken in batch order (so the result
-/// is deterministic). `order` is scratch. All three vectors are cleared and refilled; they do not
-/// allocate once their capacity has reached the batch size.
+/// is deterministic). `order` is scratch (it ends up holding `2·B` values). All three vectors are
+/// cleared and refilled; they do not allocate once their capacity has reached the batch size
+/// (`2·B` for `order`).
+///
+/// The batch positions are ordered by index with a stable LSD radix sort (11-bit digits, as
+/// many passes as the largest index needs, into the second half of `order`) — the same order
+/// as a stable comparison sort, without the comparison sort's allocation.
 #[allow(clippy::too_many_arguments)]
 pub fn accumulate_row_grads<T: Real>(
     rows: &mut Vec<u32>,
@@ -40,12 +80,24 @@ pub fn accumulate_row_grads<T: Real>(
     rows.clear();
     grad.clear();
     order.clear();
-    order.extend(0..idx.len() as u32);
-    // Stable sort by index keeps equal indices in batch order.
-    order.sort_by_key(|&b| idx[b as usize]);
-    for &b in order.iter() {
-        let b = b as usize;
-        let i = idx[b];
+    let n = idx.len();
+    order.resize(2 * n, 0);
+    let sorted: &[u32] = {
+        let (a, b) = order.split_at_mut(n);
+        for (i, x) in a.iter_mut().enumerate() {
+            *x = i as u32;
+        }
+        if n < RADIX_MIN {
+            // Position as the tie-break makes the unstable (allocation-free) sort stable.
+            a.sort_unstable_by_key(|&p| (idx[p as usize], p));
+            a
+        } else {
+            radix_sort_positions(a, b, idx)
+        }
+    };
+    for &p in sorted {
+        let p = p as usize;
+        let i = idx[p];
         if rows.last() != Some(&i) {
             rows.push(i);
             grad.extend(std::iter::repeat_n(T::ZERO, e));
@@ -53,9 +105,38 @@ pub fn accumulate_row_grads<T: Real>(
         let base = grad.len() - e;
         for (acc, &v) in grad[base..]
             .iter_mut()
-            .zip(&g[b * stride + off..b * stride + off + e])
+            .zip(&g[p * stride + off..p * stride + off + e])
         {
             *acc += v;
         }
     }
+}
+
+/// Stable LSD radix sort of the positions in `a` by `idx[pos]`, ping-ponging with `b`;
+/// returns whichever buffer holds the result.
+fn radix_sort_positions<'a>(mut a: &'a mut [u32], mut b: &'a mut [u32], idx: &[u32]) -> &'a [u32] {
+    let max = idx.iter().copied().max().unwrap_or(0);
+    let bits = 32 - max.leading_zeros();
+    let mask = (1u32 << RADIX_BITS) - 1;
+    let mut shift = 0;
+    while shift < bits {
+        let mut count = [0u32; 1 << RADIX_BITS];
+        for &p in a.iter() {
+            count[((idx[p as usize] >> shift) & mask) as usize] += 1;
+        }
+        let mut sum = 0;
+        for c in count.iter_mut() {
+            let t = *c;
+            *c = sum;
+            sum += t;
+        }
+        for &p in a.iter() {
+            let d = ((idx[p as usize] >> shift) & mask) as usize;
+            b[count[d] as usize] = p;
+            count[d] += 1;
+        }
+        std::mem::swap(&mut a, &mut b);
+        shift += RADIX_BITS;
+    }
+    a
 }

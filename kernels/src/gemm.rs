@@ -1,13 +1,29 @@
-//! The one place with `unsafe` around matrix multiply: a checked, row-major wrapper over
-//! `matrixmultiply`, parallelised over row blocks of C with rayon.
+//! The one place with `unsafe` around matrix multiply: a checked, row-major GEMM.
 //!
-//! Determinism: every element of C is one dot product over the full `k` range in the order
-//! matrixmultiply's fixed `kc` blocking gives it. Splitting the *rows* of C between threads
-//! never splits that reduction, so the result is bit-identical for any thread count. We never
-//! split `k` across threads.
+//! - `f32` runs our own packed GEMM: operands are packed into per-thread buffers that are
+//!   reused across calls (they grow to the largest shape seen and never shrink, so a training
+//!   step allocates nothing after the first), and a register-tiled micro-kernel per SIMD path
+//!   (AVX-512 12×32, AVX2 6×16, portable 4×8; see `simd/kern.rs`) does the multiply-adds.
+//!   `matrixmultiply` 0.3 is not used for f32 because it allocates its packing buffer on every
+//!   call (`gemm_loop` → `make_packing_buffer` → `Alloc::new`), and the workspace builds it
+//!   without its `avx512` feature.
+//! - `f64` (gradient checks only) runs `matrixmultiply::dgemm` via [`gemm_matrixmultiply`].
+//!
+//! Blocking: `k` is cut into equal blocks of depth `kc <= KC` (a function of `k` only). All of
+//! `op(B)` is packed once per call (in parallel) into column panels per k-block; C is tiled
+//! into row × column tasks; a task packs its rows of `op(A)` per k-block and runs the
+//! micro-kernel over its panels.
+//!
+//! Determinism: every element of C is computed as one FMA chain over each k-block in order,
+//! then added to C block after block; neither the chain nor the block order depends on which
+//! task computes the element, so the result is bit-identical for any thread count and any
+//! task grid. We never split `k` across threads.
 
-use crate::Real;
+use crate::cast::{f32s, f32s_mut, f32v, is_f32};
+use crate::simd::kern::{GemmBlock, A_STRIDE, KC};
+use crate::{simd, Real};
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Whether an operand is used as stored (`N`) or transposed (`T`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,16 +34,38 @@ pub enum Trans {
     T,
 }
 
-/// Rows of C handed to one rayon task. A multiple of the sgemm micro-kernel heights (8/16),
-/// large enough that packing B once per task is amortised.
+/// Rows of C handed to one rayon task by [`gemm_matrixmultiply`].
 const ROWS_PER_TASK: usize = 64;
 /// Below this many multiply-adds a GEMM runs on the calling thread.
 const PAR_MIN_FLOPS: usize = 1 << 18;
+/// Most rows of C in one task of the f32 GEMM: the packed A block (`MC × A_STRIDE` f32,
+/// ~157 KiB) stays in L2. A multiple of every path's `MR` (12, 6, 4).
+const MC: usize = 144;
+
+#[track_caller]
+fn check(m: usize, n: usize, k: usize, a: usize, b: usize, c: usize) {
+    assert!(a >= m * k, "gemm: A has {a} elements, needs {m}x{k}");
+    assert!(b >= k * n, "gemm: B has {b} elements, needs {k}x{n}");
+    assert!(c >= m * n, "gemm: C has {c} elements, needs {m}x{n}");
+}
+
+/// `C = beta·C` (C not read when `beta == 0`): the whole product when `k == 0`.
+fn scale_c<T: Real>(c: &mut [T], beta: T) {
+    for v in c.iter_mut() {
+        *v = if beta == T::ZERO { T::ZERO } else { beta * *v };
+    }
+}
 
 /// `C[m×n] = alpha · op(A) · op(B) + beta · C`, all row-major and contiguous.
 ///
 /// `op(A)` is `m×k`: `A` is stored `m×k` when `ta == N` and `k×m` when `ta == T`; likewise
 /// `op(B)` is `k×n`. When `beta == 0`, C is not read (it may hold garbage or NaN).
+///
+/// For a Linear layer `Y[B×out] = X[B×in]·Wᵀ` with `W[out×in]`: forward is
+/// `gemm(B, out, in, 1, X, N, W, T, 0, Y)`, input grad `gemm(B, in, out, 1, dY, N, W, N, 1, dX)`,
+/// weight grad `gemm(out, in, B, 1, dY, T, X, N, 1, dW)`.
+///
+/// Runs on the current rayon pool (never a second pool); bit-identical for any thread count.
 ///
 /// # Panics
 /// If a slice is shorter than its shape requires (a programmer error).
@@ -45,36 +83,58 @@ pub fn gemm<T: Real>(
     beta: T,
     c: &mut [T],
 ) {
-    assert!(
-        a.len() >= m * k,
-        "gemm: A has {} elements, needs {}x{}",
-        a.len(),
-        m,
-        k
-    );
-    assert!(
-        b.len() >= k * n,
-        "gemm: B has {} elements, needs {}x{}",
-        b.len(),
-        k,
-        n
-    );
-    assert!(
-        c.len() >= m * n,
-        "gemm: C has {} elements, needs {}x{}",
-        c.len(),
-        m,
-        n
-    );
+    check(m, n, k, a.len(), b.len(), c.len());
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        // matrixmultiply handles k = 0, but make the beta semantics explicit.
-        for v in c[..m * n].iter_mut() {
-            *v = if beta == T::ZERO { T::ZERO } else { beta * *v };
-        }
+        return scale_c(&mut c[..m * n], beta);
+    }
+    if is_f32::<T>() {
+        let (a, b, c) = (f32s(a), f32s(b), f32s_mut(c));
+        return sgemm(
+            m,
+            n,
+            k,
+            f32v(alpha),
+            &a[..m * k],
+            ta,
+            &b[..k * n],
+            tb,
+            f32v(beta),
+            &mut c[..m * n],
+        );
+    }
+    gemm_matrixmultiply(m, n, k, alpha, a, ta, b, tb, beta, c)
+}
+
+/// The same contract as [`gemm`], computed by `matrixmultiply` (rayon over fixed blocks of 64
+/// rows of C, each block one `sgemm`/`dgemm` call). Used for `f64`, and kept public as the
+/// baseline the benchmarks and tests compare the f32 GEMM against. Allocates a packing buffer
+/// inside every `matrixmultiply` call.
+///
+/// # Panics
+/// If a slice is shorter than its shape requires.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_matrixmultiply<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    ta: Trans,
+    b: &[T],
+    tb: Trans,
+    beta: T,
+    c: &mut [T],
+) {
+    check(m, n, k, a.len(), b.len(), c.len());
+    if m == 0 || n == 0 {
         return;
+    }
+    if k == 0 {
+        return scale_c(&mut c[..m * n], beta);
     }
     let (rsa, csa) = match ta {
         Trans::N => (k as isize, 1),
@@ -85,59 +145,393 @@ pub fn gemm<T: Real>(
         Trans::T => (1, k as isize),
     };
     let par = m * n * k >= PAR_MIN_FLOPS && m > ROWS_PER_TASK && rayon::current_num_threads() > 1;
-    if !par {
-        // SAFETY: lengths checked above; strides describe the row-major layouts.
+    let block = |r0: usize, cblk: &mut [T]| {
+        let rows = cblk.len() / n;
+        // Offset of row r0 of op(A): N → r0*k, T → column r0 of the k×m storage.
+        let a_off = match ta {
+            Trans::N => r0 * k,
+            Trans::T => r0,
+        };
+        // SAFETY: rows r0..r0+rows of op(A) lie inside `a` (checked above); cblk is a
+        // disjoint row block of C; strides describe the row-major layouts.
         unsafe {
             T::gemm_raw(
-                m,
+                rows,
                 k,
                 n,
                 alpha,
-                a.as_ptr(),
+                a.as_ptr().add(a_off),
                 rsa,
                 csa,
                 b.as_ptr(),
                 rsb,
                 csb,
                 beta,
-                c.as_mut_ptr(),
+                cblk.as_mut_ptr(),
                 n as isize,
                 1,
             )
         };
-        return;
+    };
+    if par {
+        // Fixed-size row blocks, independent of the thread count.
+        c[..m * n]
+            .par_chunks_mut(ROWS_PER_TASK * n)
+            .enumerate()
+            .for_each(|(blk, cblk)| block(blk * ROWS_PER_TASK, cblk));
+    } else {
+        block(0, &mut c[..m * n]);
     }
-    // Fixed-size row blocks, independent of the thread count (see module docs).
-    c[..m * n]
-        .par_chunks_mut(ROWS_PER_TASK * n)
-        .enumerate()
-        .for_each(|(blk, cblk)| {
-            let r0 = blk * ROWS_PER_TASK;
-            let rows = cblk.len() / n;
-            // Offset of row r0 of op(A): N → r0*k, T → column r0 of the k×m storage.
-            let a_off = match ta {
-                Trans::N => r0 * k,
-                Trans::T => r0,
-            };
-            // SAFETY: rows r0..r0+rows of op(A) lie inside `a` (checked above); cblk is a
-            // disjoint row block of C.
-            unsafe {
-                T::gemm_raw(
-                    rows,
-                    k,
-                    n,
-                    alpha,
-                    a.as_ptr().add(a_off),
-                    rsa,
-                    csa,
-                    b.as_ptr(),
-                    rsb,
-                    csb,
-                    beta,
-                    cblk.as_mut_ptr(),
-                    n as isize,
-                    1,
-                )
-            };
+}
+
+thread_local! {
+    /// Packing buffers of this thread, reused across calls. A stack, so that a GEMM started
+    /// while another is using a buffer on the same thread (rayon work stealing inside an
+    /// outer parallel loop) simply takes another one.
+    static PACK_POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a 64-byte-aligned buffer of `len` f32 taken from this thread's pool. Allocates
+/// only when the pool has no buffer or the one on top is smaller than `len`.
+fn with_pack_buf<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut v = PACK_POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    if v.len() < len + 16 {
+        v.resize(len + 16, 0.0);
+    }
+    let off = v.as_ptr().align_offset(64).min(16);
+    let r = f(&mut v[off..off + len]);
+    PACK_POOL.with(|p| p.borrow_mut().push(v));
+    r
+}
+
+/// C shared by the tasks of one GEMM; each task writes only its own tile.
+#[derive(Clone, Copy)]
+struct CPtr(*mut f32);
+// SAFETY: tasks write disjoint tiles of C, and C outlives the parallel section.
+unsafe impl Send for CPtr {}
+// SAFETY: see above.
+unsafe impl Sync for CPtr {}
+impl CPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Geometry of one f32 GEMM call (everything but the data).
+#[derive(Clone, Copy)]
+struct Plan {
+    n: usize,
+    k: usize,
+    /// Micro-kernel tile.
+    mr: usize,
+    nr: usize,
+    /// Depth of every k-block but possibly the last.
+    kc: usize,
+    /// Number of k-blocks.
+    nkb: usize,
+    /// Column panels of width `nr` covering n.
+    npan: usize,
+    /// Rows per task (multiple of `mr`).
+    rb: usize,
+    /// Column panels per task.
+    cpan: usize,
+}
+
+impl Plan {
+    fn new(m: usize, n: usize, k: usize, path: simd::SimdPath, par: bool) -> Plan {
+        let (mr, nr) = simd::gemm_dims(path);
+        let nkb = k.div_ceil(KC);
+        let kc = k.div_ceil(nkb);
+        let npan = n.div_ceil(nr);
+        let mut rt = m.div_ceil(MC);
+        let mut ct = 1;
+        if par {
+            // Aim for two tasks per thread. Prefer whole-width row blocks (each streams the
+            // shared packed B once); when there are too few rows, split columns (each column
+            // task re-packs its A rows) and only then shrink the row blocks.
+            let want = 2 * rayon::current_num_threads();
+            if rt < want {
+                ct = want.div_ceil(rt).min(npan);
+                if rt * ct < want {
+                    rt = want.div_ceil(ct).min(m.div_ceil(mr));
+                }
+            }
+        }
+        let rb = m.div_ceil(rt).next_multiple_of(mr).min(MC);
+        let cpan = npan.div_ceil(ct);
+        Plan {
+            n,
+            k,
+            mr,
+            nr,
+            kc,
+            nkb,
+            npan,
+            rb,
+            cpan,
+        }
+    }
+    /// Depth of k-block `kb`.
+    fn kcur(&self, kb: usize) -> usize {
+        self.kc.min(self.k - kb * self.kc)
+    }
+    /// Offset of k-block `kb` in the packed B buffer (panel `q` then at `+ q·kcur·nr`).
+    fn b_block(&self, kb: usize) -> usize {
+        kb * self.npan * self.kc * self.nr
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short panel-width copies of packing: the tile widths
+/// become fixed-size moves instead of a `memcpy` call per 48–128 bytes.
+#[inline(always)]
+fn copy_small(dst: &mut [f32], src: &[f32]) {
+    #[inline(always)]
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let d: &mut [f32; N] = dst.try_into().expect("copy_small: length");
+        let s: &[f32; N] = src.try_into().expect("copy_small: length");
+        *d = *s;
+    }
+    match dst.len() {
+        32 => fixed::<32>(dst, src),
+        16 => fixed::<16>(dst, src),
+        12 => fixed::<12>(dst, src),
+        8 => fixed::<8>(dst, src),
+        6 => fixed::<6>(dst, src),
+        4 => fixed::<4>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+/// Packs `op(B)[pc..pc+kcur, q·nr ..]` as panel `q` of one k-block: element (p, j) at
+/// `p·nr + j`. Columns past n are left as they are (each output column is independent, so
+/// their garbage only reaches discarded columns of the register tile).
+#[allow(clippy::too_many_arguments)]
+fn pack_b_panel(
+    dst: &mut [f32],
+    b: &[f32],
+    tb: Trans,
+    k: usize,
+    n: usize,
+    pc: usize,
+    kcur: usize,
+    j0: usize,
+    nr: usize,
+) {
+    let w = nr.min(n - j0);
+    match tb {
+        Trans::N => {
+            for p in 0..kcur {
+                let s = (pc + p) * n + j0;
+                copy_small(&mut dst[p * nr..p * nr + w], &b[s..s + w]);
+            }
+        }
+        Trans::T => {
+            for jj in 0..w {
+                let src = &b[(j0 + jj) * k + pc..(j0 + jj) * k + pc + kcur];
+                for (p, &x) in src.iter().enumerate() {
+                    dst[p * nr + jj] = x;
+                }
+            }
+        }
+    }
+}
+
+/// Packs all of `op(B)` (see [`Plan::b_block`]).
+fn pack_b(bp: &mut [f32], b: &[f32], tb: Trans, pl: &Plan, par: bool) {
+    let blk = pl.npan * pl.kc * pl.nr;
+    let one = |kb: usize, dst: &mut [f32]| {
+        let kcur = pl.kcur(kb);
+        let pan = kcur * pl.nr;
+        let dst = &mut dst[..pl.npan * pan];
+        if par {
+            dst.par_chunks_mut(pan).enumerate().for_each(|(q, d)| {
+                pack_b_panel(d, b, tb, pl.k, pl.n, kb * pl.kc, kcur, q * pl.nr, pl.nr)
+            });
+        } else {
+            for (q, d) in dst.chunks_mut(pan).enumerate() {
+                pack_b_panel(d, b, tb, pl.k, pl.n, kb * pl.kc, kcur, q * pl.nr, pl.nr);
+            }
+        }
+    };
+    if par {
+        bp[..pl.nkb * blk]
+            .par_chunks_mut(blk)
+            .enumerate()
+            .for_each(|(kb, d)| one(kb, d));
+    } else {
+        for (kb, d) in bp[..pl.nkb * blk].chunks_mut(blk).enumerate() {
+            one(kb, d);
+        }
+    }
+}
+
+/// Packs rows `r0 .. r0+rows` of `op(A)[:, pc..pc+kcur]`. `ta == N`: row-major panels, row i
+/// at `i·A_STRIDE` (contiguous copies of A's rows). `ta == T`: p-major panels of `mr` rows,
+/// panel q at `q·mr·kcur`, element (i, p) at `p·mr + i` (contiguous copies of A's storage
+/// rows). Rows past `rows` in the last panel are left as they are (each output row is
+/// independent, so their garbage only reaches discarded rows of the register tile).
+#[allow(clippy::too_many_arguments)]
+fn pack_a(
+    ap: &mut [f32],
+    a: &[f32],
+    ta: Trans,
+    m: usize,
+    k: usize,
+    r0: usize,
+    rows: usize,
+    pc: usize,
+    kcur: usize,
+    mr: usize,
+) {
+    match ta {
+        Trans::N => {
+            for i in 0..rows {
+                let s = (r0 + i) * k + pc;
+                ap[i * A_STRIDE..i * A_STRIDE + kcur].copy_from_slice(&a[s..s + kcur]);
+            }
+        }
+        Trans::T => {
+            for q in 0..rows.div_ceil(mr) {
+                let w = mr.min(rows - q * mr);
+                let dst = &mut ap[q * mr * kcur..(q + 1) * mr * kcur];
+                for p in 0..kcur {
+                    let s = (pc + p) * m + r0 + q * mr;
+                    copy_small(&mut dst[p * mr..p * mr + w], &a[s..s + w]);
+                }
+            }
+        }
+    }
+}
+
+/// f32 GEMM on our packed kernels (see the module docs). Shapes are already checked and the
+/// slices trimmed to them; `m, n, k >= 1`.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    ta: Trans,
+    b: &[f32],
+    tb: Trans,
+    beta: f32,
+    c: &mut [f32],
+) {
+    let path = simd::simd_path();
+    let par = m * n * k >= PAR_MIN_FLOPS && rayon::current_num_threads() > 1;
+    let pl = Plan::new(m, n, k, path, par);
+    let cptr = CPtr(c.as_mut_ptr());
+    let ntr = m.div_ceil(pl.rb);
+    let ntc = pl.npan.div_ceil(pl.cpan);
+    let (mr, nr) = (pl.mr, pl.nr);
+    // Operands whose stored layout already is a micro-kernel layout are read in place:
+    // op(A) with ta == T (p-major rows, stride m) and op(B) with tb == N (rows of stride n);
+    // only their last partial panel is packed, so the kernel never reads past the matrix.
+    let (a_direct, b_direct) = (ta == Trans::T, tb == Trans::N);
+    // One task's work. Packed B (tb == T) is `shared` when several row blocks reuse it;
+    // otherwise (a single row block) the task packs its own columns per k-block, right
+    // before use, so they are still in cache.
+    let task = |t: usize, shared: Option<&[f32]>| {
+        let (r0, p0) = ((t / ntc) * pl.rb, (t % ntc) * pl.cpan);
+        let rows = pl.rb.min(m - r0);
+        let cols = (pl.cpan * nr).min(n - p0 * nr);
+        let full_rows = if a_direct { rows / mr * mr } else { rows };
+        let full_cols = if b_direct { cols / nr * nr } else { cols };
+        let a_len = if a_direct { mr * pl.kc } else { MC * A_STRIDE };
+        let b_len = match (b_direct, shared) {
+            (true, _) => pl.kc * nr,
+            (false, None) => pl.kc * pl.cpan * nr,
+            (false, Some(_)) => 0,
+        };
+        with_pack_buf(a_len + b_len, |buf| {
+            let (ap, own) = buf.split_at_mut(a_len);
+            for kb in 0..pl.nkb {
+                let (pc, kcur) = (kb * pl.kc, pl.kcur(kb));
+                // (A pointer, p-major?, panel offset, p stride, rows, first row in task)
+                let mut aparts = [(ap.as_ptr(), false, 0, 0, 0, 0); 2];
+                if a_direct {
+                    // SAFETY (offset): row pc of A's k×m storage, column r0 < m.
+                    let a0 = unsafe { a.as_ptr().add(pc * m + r0) };
+                    aparts[0] = (a0, true, mr, m, full_rows, 0);
+                    if full_rows < rows {
+                        let r = rows - full_rows;
+                        pack_a(ap, a, ta, m, k, r0 + full_rows, r, pc, kcur, mr);
+                        aparts[1] = (ap.as_ptr(), true, mr * kcur, mr, r, full_rows);
+                    }
+                } else {
+                    pack_a(ap, a, ta, m, k, r0, rows, pc, kcur, mr);
+                    aparts[0] = (ap.as_ptr(), false, mr * A_STRIDE, 1, rows, 0);
+                }
+                // (B pointer, panel offset, row stride, columns, first column in task)
+                let mut bparts = [(own.as_ptr(), 0, 0, 0, 0); 2];
+                if b_direct {
+                    // SAFETY (offset): row pc of op(B) = B's k×n storage, column p0·nr < n.
+                    let b0 = unsafe { b.as_ptr().add(pc * n + p0 * nr) };
+                    bparts[0] = (b0, nr, n, full_cols, 0);
+                    if full_cols < cols {
+                        let j0 = p0 * nr + full_cols;
+                        pack_b_panel(own, b, tb, k, n, pc, kcur, j0, nr);
+                        bparts[1] = (own.as_ptr(), 0, nr, cols - full_cols, full_cols);
+                    }
+                } else {
+                    let pan = kcur * nr;
+                    let bp = match shared {
+                        Some(bp) => &bp[pl.b_block(kb) + p0 * pan..],
+                        None => {
+                            for (q, d) in own.chunks_mut(pan).take(cols.div_ceil(nr)).enumerate() {
+                                pack_b_panel(d, b, tb, k, n, pc, kcur, (p0 + q) * nr, nr);
+                            }
+                            &own[..]
+                        }
+                    };
+                    bparts[0] = (bp.as_ptr(), pan, nr, cols, 0);
+                }
+                for &(ap, a_pmajor, a_pan, a_ps, rws, roff) in &aparts {
+                    for &(bp, b_pan, ldb, cls, coff) in &bparts {
+                        if rws == 0 || cls == 0 {
+                            continue;
+                        }
+                        let blk = GemmBlock {
+                            kc: kcur,
+                            ap,
+                            a_pmajor,
+                            a_pan,
+                            a_ps,
+                            bp,
+                            b_pan,
+                            ldb,
+                            // SAFETY (offset): the part's first row and column are inside C.
+                            c: unsafe { cptr.get().add((r0 + roff) * n + p0 * nr + coff) },
+                            ldc: n,
+                            rows: rws,
+                            cols: cls,
+                            alpha,
+                            beta,
+                            first: kb == 0,
+                        };
+                        // The block reads `rws` rows of A and `cls` columns of B (all NR-wide
+                        // panels readable: in place only for full panels, else packed above)
+                        // for `kcur` steps, and writes only this task's part of C.
+                        simd::gemm_block(path, &blk);
+                    }
+                }
+            }
         });
+    };
+    let run = |shared: Option<&[f32]>| {
+        if par && ntr * ntc > 1 {
+            (0..ntr * ntc).into_par_iter().for_each(|t| task(t, shared));
+        } else {
+            (0..ntr * ntc).for_each(|t| task(t, shared));
+        }
+    };
+    if ntr > 1 && !b_direct {
+        with_pack_buf(pl.nkb * pl.npan * pl.kc * pl.nr, |bp| {
+            pack_b(bp, b, tb, &pl, par && k * n >= 1 << 15);
+            run(Some(&*bp));
+        });
+    } else {
+        run(None);
+    }
 }

@@ -1,26 +1,31 @@
 //! Row-wise softmax and its backward.
+//!
+//! For `f32`: SIMD per row (vector `exp`, lane-parallel sums), rayon over fixed-size groups of
+//! rows; results differ from [`crate::reference`] by the `exp` error and summation order only.
 
-use crate::Real;
+use crate::cast::{f32s, f32s_mut, is_f32};
+use crate::par::{rows_per_task, worth};
+use crate::{reference, simd, Real};
+use rayon::prelude::*;
 
 /// `y[b, :] = softmax(x[b, :])` over rows of width `n` (max-subtracted for stability).
 pub fn softmax_rows_forward<T: Real>(y: &mut [T], x: &[T], n: usize) {
     if n == 0 {
         return;
     }
-    for (yr, xr) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-        let mut mx = xr[0];
-        for &v in xr {
-            mx = mx.max(v);
-        }
-        let mut s = T::ZERO;
-        for (o, &v) in yr.iter_mut().zip(xr) {
-            *o = (v - mx).exp();
-            s += *o;
-        }
-        let inv = T::ONE / s;
-        for o in yr.iter_mut() {
-            *o *= inv;
-        }
+    if !is_f32::<T>() {
+        return reference::softmax_rows_forward(y, x, n);
+    }
+    let rows = (y.len() / n).min(x.len() / n);
+    let (y, x) = (&mut f32s_mut(y)[..rows * n], &f32s(x)[..rows * n]);
+    let path = simd::simd_path();
+    if worth(y.len()) {
+        let c = rows_per_task(n) * n;
+        y.par_chunks_mut(c)
+            .zip(x.par_chunks(c))
+            .for_each(|(y, x)| simd::softmax_forward(path, y, x, n));
+    } else {
+        simd::softmax_forward(path, y, x, n);
     }
 }
 
@@ -29,17 +34,22 @@ pub fn softmax_rows_backward<T: Real>(dx: &mut [T], dy: &[T], y: &[T], n: usize)
     if n == 0 {
         return;
     }
-    for ((dxr, dyr), yr) in dx
-        .chunks_exact_mut(n)
-        .zip(dy.chunks_exact(n))
-        .zip(y.chunks_exact(n))
-    {
-        let mut dot = T::ZERO;
-        for (&g, &v) in dyr.iter().zip(yr) {
-            dot += g * v;
-        }
-        for ((d, &g), &v) in dxr.iter_mut().zip(dyr).zip(yr) {
-            *d += v * (g - dot);
-        }
+    if !is_f32::<T>() {
+        return reference::softmax_rows_backward(dx, dy, y, n);
+    }
+    let rows = (dx.len() / n).min(dy.len() / n).min(y.len() / n);
+    let (d, g, v) = (
+        &mut f32s_mut(dx)[..rows * n],
+        &f32s(dy)[..rows * n],
+        &f32s(y)[..rows * n],
+    );
+    let path = simd::simd_path();
+    if worth(d.len()) {
+        let c = rows_per_task(n) * n;
+        d.par_chunks_mut(c)
+            .zip(g.par_chunks(c).zip(v.par_chunks(c)))
+            .for_each(|(d, (g, v))| simd::softmax_backward(path, d, g, v, n));
+    } else {
+        simd::softmax_backward(path, d, g, v, n);
     }
 }

@@ -1,0 +1,786 @@
+//! The f32 fast kernels, written once against [`Vf`] and instantiated per SIMD path by the
+//! entry points in `mod.rs`. Everything here is `#[inline(always)]` so that it is compiled
+//! inside the `#[target_feature]` entry that calls it (see the module docs of `simd`).
+//!
+//! Contracts shared by all kernels: slices have the lengths the kernel's doc states (the
+//! public wrappers check or trim them); outputs never alias inputs (guaranteed by `&mut`).
+//!
+//! Exactness: kernels without a reduction or transcendental do the same IEEE operations in the
+//! same order as `crate::reference`, without fusing (no FMA), so they are bit-identical to it.
+//! `exp`-based kernels (sigmoid, softmax, BCE backward) and reductions (softmax sums, norms,
+//! dots, GEMM) differ by a few ulp / by summation order; `tests/equivalence.rs` states the bounds.
+
+use super::Vf;
+use std::mem::MaybeUninit;
+use std::ptr;
+
+/// `LANES` of the widest vector type; sizes the stack buffers used for tails.
+const MAX_LANES: usize = 16;
+
+/// Loads `n < LANES` values from `p`, filling the other lanes with `fill`.
+#[inline(always)]
+unsafe fn load_part<V: Vf>(p: *const f32, n: usize, fill: f32) -> V {
+    let mut buf = [fill; MAX_LANES];
+    ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+    V::load(buf.as_ptr())
+}
+
+/// Sum of the lanes as a fixed pairwise tree (same order on every call).
+#[inline(always)]
+unsafe fn reduce_add<V: Vf>(v: V) -> f32 {
+    let mut buf = [0.0f32; MAX_LANES];
+    v.store(buf.as_mut_ptr());
+    let mut w = V::LANES;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            buf[i] += buf[i + w];
+        }
+    }
+    buf[0]
+}
+
+/// Maximum of the lanes (order-independent for non-NaN values).
+#[inline(always)]
+unsafe fn reduce_max<V: Vf>(v: V) -> f32 {
+    let mut buf = [0.0f32; MAX_LANES];
+    v.store(buf.as_mut_ptr());
+    let mut m = buf[0];
+    for &x in &buf[1..V::LANES] {
+        m = m.max(x);
+    }
+    m
+}
+
+/// Elementwise loop over `n` positions: runs `$body` with each named pointer advanced to the
+/// current vector, then once more on stack copies for the `n % LANES` tail, so the tail goes
+/// through the very same vector code (results do not depend on a value's position).
+/// `[$o..]` are read-write pointers (copied back after the tail), `[$i..]` read-only.
+macro_rules! ew {
+    ($n:expr, [$($o:ident),+], [$($i:ident),*], $body:block) => {{
+        let n: usize = $n;
+        let l = V::LANES;
+        let mut j = 0usize;
+        while j + l <= n {
+            $(let $o = $o.add(j);)+
+            $(let $i = $i.add(j);)*
+            $body
+            j += l;
+        }
+        if j < n {
+            let r = n - j;
+            $(
+                let mut buf = [0.0f32; MAX_LANES];
+                ptr::copy_nonoverlapping($o.add(j), buf.as_mut_ptr(), r);
+                let $o = (buf, $o.add(j));
+            )+
+            $(
+                let mut buf = [0.0f32; MAX_LANES];
+                ptr::copy_nonoverlapping($i.add(j), buf.as_mut_ptr(), r);
+                let $i = buf;
+            )*
+            {
+                $(let mut $o = $o;)+
+                {
+                    $(let $o: *mut f32 = $o.0.as_mut_ptr();)+
+                    $(let $i: *const f32 = $i.as_ptr();)*
+                    $body
+                }
+                $(ptr::copy_nonoverlapping($o.0.as_ptr(), $o.1, r);)+
+            }
+        }
+    }};
+}
+
+/// `e^x` for `x <= 0` (the only range the kernels need: `exp(-|x|)`, `exp(x - max)`), to about
+/// 2 ulp, including the subnormal range, and exactly 0 below −104 where `expf` rounds to 0.
+///
+/// Method: `x = n·ln2 + r` with `n = round(x/ln2)` and `|r| <= ln2/2`; `ln2` is split into a
+/// 9-bit head (so `n·LN2_HI` is exact) and a tail. `e^r` by its degree-7 Taylor polynomial
+/// (truncation `r^8/8! < 6e-9`, below 0.1 ulp) in Horner form. `2^n` is applied as
+/// `2^n1 · 2^n2` with `n1 ≈ n/2`, so both factors are normal numbers even when the result is
+/// subnormal (a single rounding happens in the last multiply).
+#[inline(always)]
+pub(crate) unsafe fn exp_nonpos<V: Vf>(x: V) -> V {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4; // 355/512, exact in 9 bits
+    const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
+    const FLOOR: f32 = -104.0;
+    let xc = x.max(V::splat(FLOOR));
+    let n = round(xc.mul(V::splat(LOG2E)));
+    let r = n.mul_add(V::splat(-LN2_HI), xc);
+    let r = n.mul_add(V::splat(-LN2_LO), r);
+    let mut p = V::splat(1.0 / 5040.0);
+    p = p.mul_add(r, V::splat(1.0 / 720.0));
+    p = p.mul_add(r, V::splat(1.0 / 120.0));
+    p = p.mul_add(r, V::splat(1.0 / 24.0));
+    p = p.mul_add(r, V::splat(1.0 / 6.0));
+    p = p.mul_add(r, V::splat(0.5));
+    p = p.mul_add(r, V::splat(1.0));
+    p = p.mul_add(r, V::splat(1.0));
+    let n1 = round(n.mul(V::splat(0.5)));
+    let n2 = n.sub(n1);
+    let e = p.mul(n1.pow2i()).mul(n2.pow2i());
+    V::select_lt(x, V::splat(FLOOR), V::splat(0.0), e)
+}
+
+/// Round to the nearest integer (ties to even) for `|x| < 2^22`: adding and subtracting
+/// 1.5·2^23 leaves no fraction bits.
+#[inline(always)]
+unsafe fn round<V: Vf>(x: V) -> V {
+    const MAGIC: f32 = 12_582_912.0;
+    x.add(V::splat(MAGIC)).sub(V::splat(MAGIC))
+}
+
+/// Numerically stable logistic function, the same case split as `reference::sigmoid`:
+/// `1/(1+e^-x)` for `x >= 0`, `e^x/(1+e^x)` otherwise, both from `e = exp(-|x|)`.
+#[inline(always)]
+unsafe fn sigmoid<V: Vf>(x: V) -> V {
+    let one = V::splat(1.0);
+    let e = exp_nonpos(x.neg_abs());
+    // Select the numerator first: one divide instead of two, same IEEE operations per lane.
+    V::select_ge(x, V::splat(0.0), one, e).div(one.add(e))
+}
+
+/// `y[b, j] = max(y[b, j] + bias[j], 0)` (as `reference`: `s > 0 ? s : 0`) over whole rows.
+#[inline(always)]
+pub(crate) unsafe fn bias_relu<V: Vf>(y: &mut [f32], bias: &[f32]) {
+    let n = bias.len();
+    let zero = V::splat(0.0);
+    for row in y.chunks_exact_mut(n) {
+        let (yp, bp) = (row.as_mut_ptr(), bias.as_ptr());
+        ew!(n, [yp], [bp], {
+            let s = V::load(yp).add(V::load(bp));
+            V::select_gt(s, zero, s, zero).store(yp);
+        });
+    }
+}
+
+/// `y[b, j] += bias[j]` over whole rows.
+#[inline(always)]
+pub(crate) unsafe fn bias_add<V: Vf>(y: &mut [f32], bias: &[f32]) {
+    let n = bias.len();
+    for row in y.chunks_exact_mut(n) {
+        let (yp, bp) = (row.as_mut_ptr(), bias.as_ptr());
+        ew!(n, [yp], [bp], {
+            V::load(yp).add(V::load(bp)).store(yp);
+        });
+    }
+}
+
+/// `dpre[i] = y[i] > 0 ? dy[i] : 0`; all three slices have the same length.
+#[inline(always)]
+pub(crate) unsafe fn relu_backward<V: Vf>(dpre: &mut [f32], dy: &[f32], y: &[f32]) {
+    let zero = V::splat(0.0);
+    let (dp, gp, yp) = (dpre.as_mut_ptr(), dy.as_ptr(), y.as_ptr());
+    ew!(dpre.len(), [dp], [gp, yp], {
+        V::select_gt(V::load(yp), zero, V::load(gp), zero).store(dp);
+    });
+}
+
+/// `y[i] = scale · sigmoid(x[i])`; equal lengths.
+#[inline(always)]
+pub(crate) unsafe fn scaled_sigmoid_forward<V: Vf>(y: &mut [f32], x: &[f32], scale: f32) {
+    let s = V::splat(scale);
+    let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+    ew!(y.len(), [yp], [xp], {
+        s.mul(sigmoid(V::load(xp))).store(yp);
+    });
+}
+
+/// `dx[i] += dy[i] · y[i] · (1 − y[i]/scale)`, in the reference's operation order; equal lengths.
+#[inline(always)]
+pub(crate) unsafe fn scaled_sigmoid_backward<V: Vf>(
+    dx: &mut [f32],
+    dy: &[f32],
+    y: &[f32],
+    scale: f32,
+) {
+    let (one, s) = (V::splat(1.0), V::splat(scale));
+    let (dp, gp, yp) = (dx.as_mut_ptr(), dy.as_ptr(), y.as_ptr());
+    ew!(dx.len(), [dp], [gp, yp], {
+        let v = V::load(yp);
+        let t = V::load(gp).mul(v).mul(one.sub(v.div(s)));
+        V::load(dp).add(t).store(dp);
+    });
+}
+
+/// `db[j] += Σ_b dy[b, c0 + j]` for the column range `c0 .. c0 + db.len()` of `[rows, n]` rows,
+/// each column summed in row order (bit-identical to the reference's per-column order).
+#[inline(always)]
+pub(crate) unsafe fn bias_grad_cols<V: Vf>(db: &mut [f32], dy: &[f32], n: usize, c0: usize) {
+    let l = V::LANES;
+    let rows = dy.len() / n;
+    let w = db.len();
+    let dbp = db.as_mut_ptr();
+    let base = dy.as_ptr().add(c0);
+    let mut j = 0;
+    // Four independent accumulators hide the add latency.
+    while j + 4 * l <= w {
+        let mut a = [V::splat(0.0); 4];
+        for (q, acc) in a.iter_mut().enumerate() {
+            *acc = V::load(dbp.add(j + q * l));
+        }
+        for b in 0..rows {
+            let src = base.add(b * n + j);
+            for (q, acc) in a.iter_mut().enumerate() {
+                *acc = acc.add(V::load(src.add(q * l)));
+            }
+        }
+        for (q, acc) in a.iter().enumerate() {
+            acc.store(dbp.add(j + q * l));
+        }
+        j += 4 * l;
+    }
+    while j + l <= w {
+        let mut acc = V::load(dbp.add(j));
+        for b in 0..rows {
+            acc = acc.add(V::load(base.add(b * n + j)));
+        }
+        acc.store(dbp.add(j));
+        j += l;
+    }
+    for jj in j..w {
+        let mut acc = *dbp.add(jj);
+        for b in 0..rows {
+            acc += *base.add(b * n + jj);
+        }
+        *dbp.add(jj) = acc;
+    }
+}
+
+/// Row softmax of `[rows, n]` (`n >= 1`): max, `exp(x − max)`, sum, scale by `1/sum`.
+#[inline(always)]
+pub(crate) unsafe fn softmax_forward<V: Vf>(y: &mut [f32], x: &[f32], n: usize) {
+    let l = V::LANES;
+    for (yr, xr) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+        let (yp, xp) = (yr.as_mut_ptr(), xr.as_ptr());
+        let mut mv = V::splat(f32::NEG_INFINITY);
+        let mut j = 0;
+        while j + l <= n {
+            mv = mv.max(V::load(xp.add(j)));
+            j += l;
+        }
+        if j < n {
+            mv = mv.max(load_part::<V>(xp.add(j), n - j, f32::NEG_INFINITY));
+        }
+        let mx = V::splat(reduce_max(mv));
+        {
+            let (yp, xp) = (yp, xp);
+            ew!(n, [yp], [xp], {
+                exp_nonpos(V::load(xp).sub(mx)).store(yp);
+            });
+        }
+        // Sum the stored exponentials; the tail is loaded with zero padding.
+        let mut sv = V::splat(0.0);
+        let mut j = 0;
+        while j + l <= n {
+            sv = sv.add(V::load(yp.add(j)));
+            j += l;
+        }
+        if j < n {
+            sv = sv.add(load_part::<V>(yp.add(j), n - j, 0.0));
+        }
+        let inv = V::splat(1.0 / reduce_add(sv));
+        let yp2 = yp;
+        ew!(n, [yp2], [], {
+            V::load(yp2).mul(inv).store(yp2);
+        });
+    }
+}
+
+/// `dx[b, :] += y ⊙ (dy − ⟨dy, y⟩)` over `[rows, n]` rows (`n >= 1`).
+#[inline(always)]
+pub(crate) unsafe fn softmax_backward<V: Vf>(dx: &mut [f32], dy: &[f32], y: &[f32], n: usize) {
+    let l = V::LANES;
+    for ((dr, gr), yr) in dx
+        .chunks_exact_mut(n)
+        .zip(dy.chunks_exact(n))
+        .zip(y.chunks_exact(n))
+    {
+        let (dp, gp, yp) = (dr.as_mut_ptr(), gr.as_ptr(), yr.as_ptr());
+        let mut acc = V::splat(0.0);
+        let mut j = 0;
+        while j + l <= n {
+            acc = V::load(gp.add(j)).mul_add(V::load(yp.add(j)), acc);
+            j += l;
+        }
+        if j < n {
+            acc = load_part::<V>(gp.add(j), n - j, 0.0)
+                .mul_add(load_part::<V>(yp.add(j), n - j, 0.0), acc);
+        }
+        let dot = V::splat(reduce_add(acc));
+        ew!(n, [dp], [gp, yp], {
+            let t = V::load(yp).mul(V::load(gp).sub(dot));
+            V::load(dp).add(t).store(dp);
+        });
+    }
+}
+
+/// `dx[i] += scale · (sigmoid(x[i]) − y[i])`; equal lengths.
+#[inline(always)]
+pub(crate) unsafe fn bce_backward<V: Vf>(
+    dx: &mut [f32],
+    logits: &[f32],
+    labels: &[f32],
+    scale: f32,
+) {
+    let s = V::splat(scale);
+    let (dp, xp, yp) = (dx.as_mut_ptr(), logits.as_ptr(), labels.as_ptr());
+    ew!(dx.len(), [dp], [xp, yp], {
+        let t = s.mul(sigmoid(V::load(xp)).sub(V::load(yp)));
+        V::load(dp).add(t).store(dp);
+    });
+}
+
+/// Adam constants in the parameter precision, derived once per step by the caller.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AdamConsts {
+    /// `1 − β1`.
+    pub b1c: f32,
+    /// `β2`.
+    pub b2: f32,
+    /// `1 − β2`.
+    pub b2c: f32,
+    /// ε.
+    pub eps: f32,
+    /// Dense: `lr / bc1`; sparse: `lr·sqrt(bc2)/bc1`.
+    pub step_size: f32,
+    /// `sqrt(bc2)` (dense only).
+    pub bc2_sqrt: f32,
+    /// L2 coefficient added to sparse rows' gradients (0 = none).
+    pub l2: f32,
+}
+
+/// Dense Adam in `reference::adam_step`'s exact operation order; equal lengths.
+#[inline(always)]
+pub(crate) unsafe fn adam<V: Vf>(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    h: &AdamConsts,
+) {
+    let (b1c, b2, b2c) = (V::splat(h.b1c), V::splat(h.b2), V::splat(h.b2c));
+    let (eps, ss, bc2s) = (V::splat(h.eps), V::splat(h.step_size), V::splat(h.bc2_sqrt));
+    let (pp, mp, vp, gp) = (p.as_mut_ptr(), m.as_mut_ptr(), v.as_mut_ptr(), g.as_ptr());
+    ew!(p.len(), [pp, mp, vp], [gp], {
+        let gi = V::load(gp);
+        let mi = V::load(mp);
+        let mi = mi.add(b1c.mul(gi.sub(mi)));
+        let vi = b2.mul(V::load(vp)).add(b2c.mul(gi).mul(gi));
+        let denom = vi.sqrt().div(bc2s).add(eps);
+        V::load(pp).sub(ss.mul(mi).div(denom)).store(pp);
+        mi.store(mp);
+        vi.store(vp);
+    });
+}
+
+/// SparseAdam on one contiguous run of parameters (a table row), in
+/// `reference::lazy_adam_rows`'s exact operation order; equal lengths.
+#[inline(always)]
+pub(crate) unsafe fn sparse_adam<V: Vf>(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    h: &AdamConsts,
+) {
+    let (b1c, b2c, eps, ss, l2) = (
+        V::splat(h.b1c),
+        V::splat(h.b2c),
+        V::splat(h.eps),
+        V::splat(h.step_size),
+        V::splat(h.l2),
+    );
+    let use_l2 = h.l2 != 0.0;
+    let (pp, mp, vp, gp) = (p.as_mut_ptr(), m.as_mut_ptr(), v.as_mut_ptr(), g.as_ptr());
+    ew!(p.len(), [pp, mp, vp], [gp], {
+        let pi = V::load(pp);
+        let mut gi = V::load(gp);
+        if use_l2 {
+            gi = gi.add(l2.mul(pi));
+        }
+        let mi = V::load(mp);
+        let mi = mi.add(b1c.mul(gi.sub(mi)));
+        let vi = V::load(vp);
+        let vi = vi.add(b2c.mul(gi.mul(gi).sub(vi)));
+        pi.sub(ss.mul(mi).div(vi.sqrt().add(eps))).store(pp);
+        mi.store(mp);
+        vi.store(vp);
+    });
+}
+
+/// `out[k] = Σ_p mat[k, p]²` over `[out.len(), z]` rows (`z >= 1`), lane-parallel sums.
+#[inline(always)]
+pub(crate) unsafe fn sq_norms<V: Vf>(out: &mut [f32], mat: &[f32], z: usize) {
+    let l = V::LANES;
+    for (o, row) in out.iter_mut().zip(mat.chunks_exact(z)) {
+        let rp = row.as_ptr();
+        let mut acc = V::splat(0.0);
+        let mut j = 0;
+        while j + l <= z {
+            let x = V::load(rp.add(j));
+            acc = x.mul_add(x, acc);
+            j += l;
+        }
+        if j < z {
+            let x = load_part::<V>(rp.add(j), z - j, 0.0);
+            acc = x.mul_add(x, acc);
+        }
+        *o = reduce_add(acc);
+    }
+}
+
+/// Most rows [`argmin_rows`] takes per call (its per-lane best state lives on the stack).
+pub(crate) const ARGMIN_ROWS: usize = 256;
+/// Largest code width [`argmin_rows`] takes (its packed code block lives on the stack).
+pub(crate) const ARGMIN_ZMAX: usize = 512;
+
+/// For each of `codes.len() <= ARGMIN_ROWS` rows of `r` (`[rows, z]`, `1 <= z <= ARGMIN_ZMAX`)
+/// the index of the code minimising `norms[k] − 2⟨r, C_k⟩`, ties to the lowest index.
+///
+/// Blocks of `2·LANES` codes are packed transposed (`[z, 2·LANES]`) on the stack; `ARGMIN_R`
+/// rows at a time accumulate their dots against the block in registers (one broadcast per row
+/// and step, one FMA per vector). Each row keeps a per-lane running best (distance, index)
+/// updated with a strict `<`: lane `l` sees codes `l, l+LANES, …` in increasing order, so it
+/// keeps the lowest index among its minima; the final lane reduction picks the smallest
+/// distance and, among equal ones, the smallest index. Padding codes get distance +inf and are
+/// never chosen.
+#[inline(always)]
+pub(crate) unsafe fn argmin_rows<V: Vf>(
+    codes: &mut [u32],
+    r: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    z: usize,
+) {
+    match V::ARGMIN_R {
+        8 => argmin_impl::<V, 8>(codes, r, codebook, norms, z),
+        _ => argmin_impl::<V, 4>(codes, r, codebook, norms, z),
+    }
+}
+
+#[inline(always)]
+unsafe fn argmin_impl<V: Vf, const R: usize>(
+    codes: &mut [u32],
+    r: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    z: usize,
+) {
+    let l = V::LANES;
+    let cw = 2 * l;
+    let rows = codes.len();
+    let k = norms.len();
+    debug_assert!(rows <= ARGMIN_ROWS && (1..=ARGMIN_ZMAX).contains(&z));
+    debug_assert!(r.len() >= rows * z && codebook.len() >= k * z);
+    let mut ct = MaybeUninit::<[f32; ARGMIN_ZMAX * 2 * MAX_LANES]>::uninit();
+    let ct = ct.as_mut_ptr() as *mut f32;
+    let mut best_d = MaybeUninit::<[f32; ARGMIN_ROWS * MAX_LANES]>::uninit();
+    let best_d = best_d.as_mut_ptr() as *mut f32;
+    let mut best_i = MaybeUninit::<[f32; ARGMIN_ROWS * MAX_LANES]>::uninit();
+    let best_i = best_i.as_mut_ptr() as *mut f32;
+    for q in 0..rows * l {
+        *best_d.add(q) = f32::INFINITY;
+        *best_i.add(q) = 0.0;
+    }
+    let mut nb = [0.0f32; 2 * MAX_LANES];
+    let mut iota = [0.0f32; 2 * MAX_LANES];
+    for (j, x) in iota.iter_mut().enumerate() {
+        *x = j as f32;
+    }
+    let (cbp, rp0) = (codebook.as_ptr(), r.as_ptr());
+    let mut c0 = 0;
+    while c0 < k {
+        let w = (k - c0).min(cw);
+        for j in 0..cw {
+            if j < w {
+                let src = cbp.add((c0 + j) * z);
+                for p in 0..z {
+                    *ct.add(p * cw + j) = *src.add(p);
+                }
+                nb[j] = norms[c0 + j];
+            } else {
+                for p in 0..z {
+                    *ct.add(p * cw + j) = 0.0;
+                }
+                nb[j] = f32::INFINITY;
+            }
+        }
+        let (n0, n1) = (V::load(nb.as_ptr()), V::load(nb.as_ptr().add(l)));
+        let base = V::splat(c0 as f32);
+        let (i0, i1) = (
+            base.add(V::load(iota.as_ptr())),
+            base.add(V::load(iota.as_ptr().add(l))),
+        );
+        let mut g = 0;
+        while g < rows {
+            let valid = (rows - g).min(R);
+            let mut rp = [rp0; R];
+            for (i, p) in rp.iter_mut().enumerate() {
+                *p = rp0.add((g + i.min(valid - 1)) * z);
+            }
+            let mut acc = [[V::splat(0.0); 2]; R];
+            for p in 0..z {
+                let b0 = V::load(ct.add(p * cw));
+                let b1 = V::load(ct.add(p * cw + l));
+                for i in 0..R {
+                    let a = V::splat(*rp[i].add(p));
+                    acc[i][0] = a.mul_add(b0, acc[i][0]);
+                    acc[i][1] = a.mul_add(b1, acc[i][1]);
+                }
+            }
+            for (i, a) in acc.iter().enumerate().take(valid) {
+                let bd = best_d.add((g + i) * l);
+                let bi = best_i.add((g + i) * l);
+                let (mut d_best, mut i_best) = (V::load(bd), V::load(bi));
+                // Same form as the reference: norm − (dot + dot).
+                let d0 = n0.sub(a[0].add(a[0]));
+                i_best = V::select_lt(d0, d_best, i0, i_best);
+                d_best = V::select_lt(d0, d_best, d0, d_best);
+                let d1 = n1.sub(a[1].add(a[1]));
+                i_best = V::select_lt(d1, d_best, i1, i_best);
+                d_best = V::select_lt(d1, d_best, d1, d_best);
+                d_best.store(bd);
+                i_best.store(bi);
+            }
+            g += R;
+        }
+        c0 += cw;
+    }
+    for (row, c) in codes.iter_mut().enumerate() {
+        *c = lane_best(best_d.add(row * l), best_i.add(row * l), l);
+    }
+}
+
+/// Reduces per-lane (distance, index) bests: smallest distance, ties to the smallest index.
+#[inline(always)]
+unsafe fn lane_best(d: *const f32, i: *const f32, l: usize) -> u32 {
+    let (mut bd, mut bi) = (*d, *i);
+    for q in 1..l {
+        let (dq, iq) = (*d.add(q), *i.add(q));
+        if dq < bd || (dq == bd && iq < bi) {
+            bd = dq;
+            bi = iq;
+        }
+    }
+    bi as u32
+}
+
+/// Argmin over precomputed dots: for each row of `dots` (`[codes.len(), K]`,
+/// `K = norms.len() >= 1`) the index minimising `norms[k] − (dot + dot)`, ties lowest.
+#[inline(always)]
+pub(crate) unsafe fn argmin_scan<V: Vf>(codes: &mut [u32], dots: &[f32], norms: &[f32]) {
+    let l = V::LANES;
+    let k = norms.len();
+    let mut iota = [0.0f32; MAX_LANES];
+    for (j, x) in iota.iter_mut().enumerate() {
+        *x = j as f32;
+    }
+    let iota = V::load(iota.as_ptr());
+    let np = norms.as_ptr();
+    for (c, row) in codes.iter_mut().zip(dots.chunks_exact(k)) {
+        let dp = row.as_ptr();
+        let (mut bd, mut bi) = (V::splat(f32::INFINITY), V::splat(0.0));
+        let mut j = 0;
+        while j < k {
+            let (nv, dv) = if j + l <= k {
+                (V::load(np.add(j)), V::load(dp.add(j)))
+            } else {
+                (
+                    load_part::<V>(np.add(j), k - j, f32::INFINITY),
+                    load_part::<V>(dp.add(j), k - j, 0.0),
+                )
+            };
+            let d = nv.sub(dv.add(dv));
+            let idx = V::splat(j as f32).add(iota);
+            bi = V::select_lt(d, bd, idx, bi);
+            bd = V::select_lt(d, bd, d, bd);
+            j += l;
+        }
+        let mut bufd = [0.0f32; MAX_LANES];
+        let mut bufi = [0.0f32; MAX_LANES];
+        bd.store(bufd.as_mut_ptr());
+        bi.store(bufi.as_mut_ptr());
+        *c = lane_best(bufd.as_ptr(), bufi.as_ptr(), l);
+    }
+}
+
+/// Depth of one packed k-block (`kc <= KC`).
+pub(crate) const KC: usize = 256;
+/// Row stride of a row-major packed A panel; padded past `KC` so that the `MR` rows of a panel
+/// do not all map to the same L1 sets.
+pub(crate) const A_STRIDE: usize = KC + 16;
+/// Register tile, AVX-512: 12 rows × 32 columns (24 zmm accumulators).
+pub(crate) const MR_512: usize = 12;
+/// See [`MR_512`].
+pub(crate) const NR_512: usize = 32;
+/// Register tile, AVX2: 6 rows × 16 columns (12 ymm accumulators).
+pub(crate) const MR_256: usize = 6;
+/// See [`MR_256`].
+pub(crate) const NR_256: usize = 16;
+/// Register tile, portable: 4 rows × 8 columns.
+pub(crate) const MR_P: usize = 4;
+/// See [`MR_P`].
+pub(crate) const NR_P: usize = 8;
+
+/// One block of work for the GEMM micro-kernel: `C[rows, cols] (+)= alpha · Ã · B̃` for one
+/// k-block of depth `kc`. The operands are packed by `gemm.rs` or, where the stored layout
+/// already fits, read in place:
+/// - A, `rows` rows in panels of `MR` rows, panel `q` at `ap + q·a_pan`. Row-major
+///   (`a_pmajor == false`, packed): element (i, p) at `i·A_STRIDE + p`. P-major: element (i, p)
+///   at `p·a_ps + i` (`a_ps = MR` when packed, the stored row length when read in place).
+/// - B, `cols` columns in panels of `NR` columns, panel `q` at `bp + q·b_pan`, element (p, j)
+///   at `p·ldb + j`. Every panel must have `NR` readable columns (the last one is packed when
+///   the stored matrix has fewer).
+/// - C, row-major with leading dimension `ldc`. On the first k-block (`first`),
+///   `C = alpha·acc + beta·C` (C not read when `beta == 0`); on later ones `C = C + alpha·acc`.
+///
+/// Every element of C is one FMA chain over p in increasing order per k-block, whatever the
+/// block's position, so results do not depend on how C is tiled across threads.
+pub(crate) struct GemmBlock {
+    pub kc: usize,
+    pub ap: *const f32,
+    pub a_pmajor: bool,
+    pub a_pan: usize,
+    pub a_ps: usize,
+    pub bp: *const f32,
+    pub b_pan: usize,
+    pub ldb: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub first: bool,
+}
+
+/// Runs a [`GemmBlock`] with this vector type's register tile.
+#[inline(always)]
+pub(crate) unsafe fn gemm_block<V: Vf>(t: &GemmBlock) {
+    match (V::GEMM_MR, V::GEMM_NV) {
+        (12, 2) => gemm_block_impl::<V, 12, 2>(t),
+        (6, 2) => gemm_block_impl::<V, 6, 2>(t),
+        _ => gemm_block_impl::<V, 4, 1>(t),
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize>(t: &GemmBlock) {
+    let nr = NV * V::LANES;
+    let mut q = 0;
+    while q * nr < t.cols {
+        let bq = t.bp.add(q * t.b_pan);
+        let cw = (t.cols - q * nr).min(nr);
+        let mut pa = 0;
+        while pa * MR < t.rows {
+            let rh = (t.rows - pa * MR).min(MR);
+            let cp = t.c.add(pa * MR * t.ldc + q * nr);
+            let ap = t.ap.add(pa * t.a_pan);
+            if t.a_pmajor {
+                tile::<V, MR, NV, 1>(t, ap, t.a_ps, bq, cp, rh, cw);
+            } else {
+                tile::<V, MR, NV, A_STRIDE>(t, ap, 1, bq, cp, rh, cw);
+            }
+            pa += 1;
+        }
+        q += 1;
+    }
+}
+
+/// One `MR × NV·LANES` register tile; A element (i, p) at `ap[i·SI + p·sp]`, B element (p, j)
+/// at `bp[p·ldb + j]`.
+#[inline(always)]
+unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const SI: usize>(
+    t: &GemmBlock,
+    ap: *const f32,
+    sp: usize,
+    bp: *const f32,
+    c: *mut f32,
+    rows: usize,
+    cols: usize,
+) {
+    let l = V::LANES;
+    let nr = NV * l;
+    let mut acc = [[V::splat(0.0); NV]; MR];
+    let (mut a, mut b) = (ap, bp);
+    for _ in 0..t.kc {
+        let mut bv = [V::splat(0.0); NV];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = V::load(b.add(v * l));
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = V::splat(*a.add(i * SI));
+            for (x, bvv) in row.iter_mut().zip(bv.iter()) {
+                *x = ai.mul_add(*bvv, *x);
+            }
+        }
+        a = a.add(sp);
+        b = b.add(t.ldb);
+    }
+    let (ldc, alpha, beta) = (t.ldc, t.alpha, t.beta);
+    if rows == MR && cols == nr {
+        let (va, vb) = (V::splat(alpha), V::splat(beta));
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                let cp = c.add(i * ldc + v * l);
+                let s = x.mul(va);
+                let out = if !t.first {
+                    V::load(cp).add(s)
+                } else if beta == 0.0 {
+                    s
+                } else {
+                    s.add(vb.mul(V::load(cp)))
+                };
+                out.store(cp);
+            }
+        }
+    } else {
+        let mut buf = MaybeUninit::<[f32; 12 * 32]>::uninit();
+        let buf = buf.as_mut_ptr() as *mut f32;
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                x.store(buf.add(i * nr + v * l));
+            }
+        }
+        for i in 0..rows {
+            for j in 0..cols {
+                let cp = c.add(i * ldc + j);
+                let s = *buf.add(i * nr + j) * alpha;
+                *cp = if !t.first {
+                    *cp + s
+                } else if beta == 0.0 {
+                    s
+                } else {
+                    s + beta * *cp
+                };
+            }
+        }
+    }
+}
+
+/// Independent accumulators in [`fma_loop`]: more than FMA latency × FMA ports (4 × 2), so
+/// the loop is throughput-bound.
+pub(crate) const FMA_ACCS: usize = 12;
+
+/// `iters` rounds of [`FMA_ACCS`] independent FMAs on registers (no memory traffic).
+#[inline(always)]
+pub(crate) unsafe fn fma_loop<V: Vf>(iters: usize) -> f32 {
+    let mut acc = [V::splat(0.0); FMA_ACCS];
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = V::splat(i as f32 * 1e-3);
+    }
+    let (x, y) = (V::splat(0.999_999), V::splat(1e-7));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(x, y);
+        }
+    }
+    let mut s = V::splat(0.0);
+    for a in acc {
+        s = s.add(a);
+    }
+    reduce_add(s)
+}
