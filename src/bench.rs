@@ -151,6 +151,8 @@ pub struct BenchReport {
     pub train_samples: Vec<f64>,
     /// SIMD path.
     pub simd: String,
+    /// Share of a training step's time per phase (name, fraction), when measured.
+    pub phases: Vec<(String, f64)>,
 }
 
 /// Peak RSS of this process in MiB (Linux `VmHWM`), 0 when unknown.
@@ -227,5 +229,6 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         peak_rss_mib: peak_rss_mib(),
         train_samples: samples,
         simd: String::new(),
+        phases: Vec::new(),
     })
 }

@@ -176,9 +176,12 @@ pub struct GenArgs {
     /// Output CSV path.
     #[arg(long)]
     pub out: PathBuf,
-    /// Seed [default: 7].
+    /// Seed of the synthetic world and its rows [default: 7].
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Also write the data set's schema (TOML) here, for `fit --schema`.
+    #[arg(long)]
+    pub schema_out: Option<PathBuf>,
 }
 
 /// Floating-point precision for `gradcheck`.

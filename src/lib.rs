@@ -14,9 +14,11 @@
 //! width, `K` codebook size, `D` quantization depth, `n` experts, `T` tasks, `h` hidden width.
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod error;

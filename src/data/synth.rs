@@ -404,13 +404,55 @@ pub struct SynthSummary {
 /// Writes `rows` synthetic impressions for `seed` to the CSV file `path` (header
 /// [`SYNTH_COLUMNS`]; read it with [`synth_schema`]).
 pub fn generate(rows: usize, seed: u64, path: impl AsRef<Path>) -> Result<SynthSummary> {
-    let path = path.as_ref();
+    write_rows(SynthRows::new(seed).take(rows), path.as_ref())
+}
+
+/// Writes a training and a validation file drawn from the *same* world of `seed` (the first
+/// `train_rows` rows of its stream, then the next `val_rows`).
+pub fn generate_split(
+    train_rows: usize,
+    val_rows: usize,
+    seed: u64,
+    train: impl AsRef<Path>,
+    val: impl AsRef<Path>,
+) -> Result<(SynthSummary, SynthSummary)> {
+    let mut stream = SynthRows::new(seed);
+    let a = write_rows(stream.by_ref().take(train_rows), train.as_ref())?;
+    let b = write_rows(stream.take(val_rows), val.as_ref())?;
+    Ok((a, b))
+}
+
+/// Writes rows as CSV to a temporary file next to `path`, then renames it over `path`.
+fn write_rows(rows_iter: impl Iterator<Item = SynthRow>, path: &Path) -> Result<SynthSummary> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("synth.csv"),
+        std::process::id()
+    ));
+    let res = write_rows_to(rows_iter, &tmp, path).and_then(|s| {
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        Ok(s)
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn write_rows_to(
+    rows_iter: impl Iterator<Item = SynthRow>,
+    tmp: &Path,
+    path: &Path,
+) -> Result<SynthSummary> {
     let io = |e: std::io::Error| Error::io(path, e);
-    let file = std::fs::File::create(path).map_err(io)?;
+    let file = std::fs::File::create(tmp).map_err(io)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     writeln!(out, "{}", SYNTH_COLUMNS.join(",")).map_err(io)?;
-    let (mut positives, mut sum_p) = (0usize, 0.0f64);
-    for r in SynthRows::new(seed).take(rows) {
+    let (mut rows, mut positives, mut sum_p) = (0usize, 0usize, 0.0f64);
+    for r in rows_iter {
+        rows += 1;
         positives += usize::from(r.label);
         sum_p += r.p_true;
         writeln!(
