@@ -228,7 +228,7 @@ fn demo(a: &FitArgs) -> Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join("hmdn-cpu-demo"));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let (train_csv, val_csv) = (dir.join("train.csv"), dir.join("val.csv"));
-    let (n_train, n_val) = (60_000, 20_000);
+    let (n_train, n_val) = (150_000, 30_000);
     data::synth::generate_split(n_train, n_val, 7, &train_csv, &val_csv)?;
     println!(
         "demo: synthetic hierarchical data (population → scenario → interest) in {}: {n_train} train / {n_val} validation rows",
@@ -242,8 +242,9 @@ fn demo(a: &FitArgs) -> Result<()> {
             model: Some(kind.name().into()),
             ..a.clone()
         };
+        // Small data, few epochs: a larger step than the default 1e-3 converges in seconds.
         args.epochs = args.epochs.or(Some(4));
-        args.batch_size = args.batch_size.or(Some(256));
+        args.batch_size = args.batch_size.or(Some(512));
         args.lr = args.lr.or(Some(3e-3));
         let mut run = run_config(&args)?;
         let out = dir.join(kind.name());
