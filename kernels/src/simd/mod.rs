@@ -7,8 +7,8 @@
 //!   vector trait `Vf` the kernels are written against, and the path dispatchers the public
 //!   kernels call.
 //! - `kern.rs`: every fast kernel, written once, generic over `Vf`, `#[inline(always)]`.
-//! - `x86.rs`: `Vf` for `__m512` (AVX-512F) and `__m256` (AVX2+FMA) and the
-//!   `#[target_feature]` entry points that instantiate `kern.rs` for them.
+//! - `x86.rs`: `Vf` for `__m512` (AVX-512F) and `__m256` (AVX2+FMA); the `entries!` macro
+//!   below generates the `#[target_feature]` entry points that instantiate `kern.rs` for them.
 //! - `portable.rs`: `Vf` for a plain `[f32; 8]`, the guaranteed fallback on every CPU and
 //!   architecture.
 //!
