@@ -16,6 +16,7 @@ fn ulps(a: f32, b: f32) -> u64 {
     (key(a) - key(b)).unsigned_abs()
 }
 fn main() {
+    println!("{}", hmdn_kernels::simd_info());
     let n = 4_000_000;
     let x: Vec<f32> = (0..n)
         .map(|i| -110.0 + 220.0 * (i as f32 / n as f32))

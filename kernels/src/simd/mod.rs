@@ -160,9 +160,12 @@ pub fn simd_info() -> String {
         feats.push("none");
     }
     let (_, env) = default_choice();
-    let env = match env {
+    let env = match env.as_deref().map(str::trim) {
+        None | Some("") => "HMDN_SIMD unset".to_string(),
+        Some(v) if SimdPath::from_name(v).is_none() => {
+            format!("HMDN_SIMD={v} not recognised, ignored")
+        }
         Some(v) => format!("HMDN_SIMD={v}"),
-        None => "HMDN_SIMD unset".to_string(),
     };
     format!(
         "simd: {} (cpu: {}; {}; arch {})",
