@@ -64,8 +64,9 @@ const RADIX_MIN: usize = 256;
 /// (`2·B` for `order`).
 ///
 /// The batch positions are ordered by index with a stable LSD radix sort (11-bit digits, as
-/// many passes as the largest index needs, into the second half of `order`) — the same order
-/// as a stable comparison sort, without the comparison sort's allocation.
+/// many passes as the largest index needs, ping-ponging between the halves of `order`) — the
+/// same order as a stable comparison sort, without its allocation. The sums are then taken
+/// walking the batch in order, each position adding into its row's slot.
 #[allow(clippy::too_many_arguments)]
 pub fn accumulate_row_grads<T: Real>(
     rows: &mut Vec<u32>,
@@ -82,28 +83,36 @@ pub fn accumulate_row_grads<T: Real>(
     order.clear();
     let n = idx.len();
     order.resize(2 * n, 0);
-    let sorted: &[u32] = {
-        let (a, b) = order.split_at_mut(n);
-        for (i, x) in a.iter_mut().enumerate() {
-            *x = i as u32;
-        }
-        if n < RADIX_MIN {
-            // Position as the tie-break makes the unstable (allocation-free) sort stable.
-            a.sort_unstable_by_key(|&p| (idx[p as usize], p));
-            a
-        } else {
-            radix_sort_positions(a, b, idx)
-        }
+    let (lo, hi) = order.split_at_mut(n);
+    for (i, x) in lo.iter_mut().enumerate() {
+        *x = i as u32;
+    }
+    // `sorted`: batch positions by index (stable); `slot`: the other half, reused below.
+    let (sorted, slot): (&[u32], &mut [u32]) = if n < RADIX_MIN {
+        // Position as the tie-break makes the unstable (allocation-free) sort stable.
+        lo.sort_unstable_by_key(|&p| (idx[p as usize], p));
+        (lo, hi)
+    } else if radix_sort_positions(lo, hi, idx) {
+        (hi, lo)
+    } else {
+        (lo, hi)
     };
+    // Distinct indices in ascending order, and for every batch position its output row.
     for &p in sorted {
-        let p = p as usize;
-        let i = idx[p];
+        let i = idx[p as usize];
         if rows.last() != Some(&i) {
             rows.push(i);
-            grad.extend(std::iter::repeat_n(T::ZERO, e));
         }
-        let base = grad.len() - e;
-        for (acc, &v) in grad[base..]
+        slot[p as usize] = (rows.len() - 1) as u32;
+    }
+    let slot = &*slot;
+    grad.resize(rows.len() * e, T::ZERO);
+    // Accumulate in batch order: each output row still receives its contributions in
+    // increasing position (the documented order), while `g` is read sequentially instead of
+    // in index order (its rows are far apart; the output rows are few and stay in cache).
+    for (p, &s) in slot.iter().enumerate() {
+        let dst = &mut grad[s as usize * e..(s as usize + 1) * e];
+        for (acc, &v) in dst
             .iter_mut()
             .zip(&g[p * stride + off..p * stride + off + e])
         {
@@ -112,16 +121,18 @@ pub fn accumulate_row_grads<T: Real>(
     }
 }
 
-/// Stable LSD radix sort of the positions in `a` by `idx[pos]`, ping-ponging with `b`;
-/// returns whichever buffer holds the result.
-fn radix_sort_positions<'a>(mut a: &'a mut [u32], mut b: &'a mut [u32], idx: &[u32]) -> &'a [u32] {
+/// Stable LSD radix sort of the positions in `a` by `idx[pos]`, ping-ponging with `b`.
+/// Returns `true` when the result ended up in `b`.
+fn radix_sort_positions(a: &mut [u32], b: &mut [u32], idx: &[u32]) -> bool {
     let max = idx.iter().copied().max().unwrap_or(0);
     let bits = 32 - max.leading_zeros();
     let mask = (1u32 << RADIX_BITS) - 1;
+    let (mut src, mut dst) = (a, b);
+    let mut in_b = false;
     let mut shift = 0;
     while shift < bits {
         let mut count = [0u32; 1 << RADIX_BITS];
-        for &p in a.iter() {
+        for &p in src.iter() {
             count[((idx[p as usize] >> shift) & mask) as usize] += 1;
         }
         let mut sum = 0;
@@ -130,13 +141,14 @@ fn radix_sort_positions<'a>(mut a: &'a mut [u32], mut b: &'a mut [u32], idx: &[u
             *c = sum;
             sum += t;
         }
-        for &p in a.iter() {
+        for &p in src.iter() {
             let d = ((idx[p as usize] >> shift) & mask) as usize;
-            b[count[d] as usize] = p;
+            dst[count[d] as usize] = p;
             count[d] += 1;
         }
-        std::mem::swap(&mut a, &mut b);
+        std::mem::swap(&mut src, &mut dst);
+        in_b = !in_b;
         shift += RADIX_BITS;
     }
-    a
+    in_b
 }

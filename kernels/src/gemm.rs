@@ -9,10 +9,15 @@
 //!   without its `avx512` feature.
 //! - `f64` (gradient checks only) runs `matrixmultiply::dgemm` via [`gemm_matrixmultiply`].
 //!
-//! Blocking: `k` is cut into equal blocks of depth `kc <= KC` (a function of `k` only). All of
-//! `op(B)` is packed once per call (in parallel) into column panels per k-block; C is tiled
-//! into row × column tasks; a task packs its rows of `op(A)` per k-block and runs the
-//! micro-kernel over its panels.
+//! Blocking: `k` is cut into equal blocks of depth `kc <= KC` (a function of `k` only); C is
+//! tiled into row × column tasks (whole-width row blocks of up to `MC` rows when there are
+//! enough, else column blocks too). Per k-block a task runs the micro-kernel over its panels.
+//! Operands already in a micro-kernel layout are read in place — `op(A)` when `ta == T`
+//! (forward `dYᵀ` of a weight gradient) and `op(B)` when `tb == N` — except their last partial
+//! panel, which is packed so the kernel never reads past the matrix. Otherwise A rows are
+//! packed per task and k-block (row-major panels, contiguous copies), and `op(B)` with
+//! `tb == T` (the forward weight `Wᵀ`) is packed once per call in parallel and shared by all
+//! row blocks, or, with a single row block, packed by each task for its own columns.
 //!
 //! Determinism: every element of C is computed as one FMA chain over each k-block in order,
 //! then added to C block after block; neither the chain nor the block order depends on which

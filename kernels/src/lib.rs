@@ -1,7 +1,7 @@
 //! # hmdn-kernels
 //!
 //! Slice-in / slice-out numeric kernels for hmdn-cpu. No kernel knows about models; each has a
-//! plain scalar twin in [`reference`], and `tests/equivalence.rs` makes them agree on awkward
+//! plain scalar twin in [`reference`](mod@reference), and `tests/equivalence.rs` makes them agree on awkward
 //! sizes.
 //!
 //! Dimension glossary used throughout: `B` batch rows, `d`/`n` feature width, `K` codebook
@@ -10,8 +10,8 @@
 //! Fast paths: every public kernel is generic over [`Real`]; for `f32` it runs SIMD code from
 //! [`simd`] (AVX-512F, AVX2+FMA or a portable fallback, chosen once at run time, overridable
 //! with `HMDN_SIMD=portable|avx2|avx512`; [`simd_info`] says which), for `f64` the scalar
-//! [`reference`]. f32 GEMM is our own packed kernel with per-thread reusable buffers (see
-//! [`gemm`]); no kernel allocates after its first call at a given shape.
+//! [`reference`](mod@reference). f32 GEMM is our own packed kernel with per-thread reusable buffers (see
+//! [`gemm`](mod@gemm)); no kernel allocates after its first call at a given shape.
 //!
 //! Determinism rule: parallel kernels split work over *disjoint outputs* in fixed-size chunks;
 //! any reduction is over fixed chunks merged in a fixed order, so results never depend on the

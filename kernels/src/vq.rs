@@ -7,7 +7,7 @@
 //!   into the loop — a GEMM micro-kernel whose epilogue is the argmin, so the `[B, K]` dots are
 //!   never stored. No scratch, no allocation.
 //! - [`argmin_sq_l2_scratch`]: the GEMM-based variant — `r · Cᵀ` in blocks of 256 rows by
-//!   [`crate::gemm`] into caller-provided scratch ([`argmin_scratch_len`]), then a SIMD scan.
+//!   [`crate::gemm()`] into caller-provided scratch ([`argmin_scratch_len`]), then a SIMD scan.
 //!   Measured slower than [`argmin_sq_l2`] at every shape tried (B = 4096, K 64…16384,
 //!   z 16…256; 1.3–4× slower, see `benches/RESULTS.md`), so there is no K above which the
 //!   kernels switch to it; it stays for experiments and as a second, independently blocked
@@ -107,7 +107,7 @@ pub fn argmin_scratch_len(b: usize, k: usize, z: usize) -> usize {
 
 /// [`argmin_sq_l2`] computed the GEMM way, with caller-provided scratch (at least
 /// [`argmin_scratch_len`] values; overwritten): f32 dots are computed block by block as
-/// `r_blk · Cᵀ` with [`crate::gemm`] into `scratch` and scanned with SIMD. Slower than
+/// `r_blk · Cᵀ` with [`crate::gemm()`] into `scratch` and scanned with SIMD. Slower than
 /// [`argmin_sq_l2`] in every measurement so far (see the module docs). Other types, `K = 0`
 /// and `z` outside `1..=512` run [`argmin_sq_l2`]. Never allocates beyond GEMM's per-thread
 /// packing buffers.

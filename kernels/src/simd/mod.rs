@@ -7,8 +7,8 @@
 //!   vector trait `Vf` the kernels are written against, and the path dispatchers the public
 //!   kernels call.
 //! - `kern.rs`: every fast kernel, written once, generic over `Vf`, `#[inline(always)]`.
-//! - `x86.rs`: `Vf` for `__m512` (AVX-512F) and `__m256` (AVX2+FMA) and the
-//!   `#[target_feature]` entry points that instantiate `kern.rs` for them.
+//! - `x86.rs`: `Vf` for `__m512` (AVX-512F) and `__m256` (AVX2+FMA); the `entries!` macro
+//!   below generates the `#[target_feature]` entry points that instantiate `kern.rs` for them.
 //! - `portable.rs`: `Vf` for a plain `[f32; 8]`, the guaranteed fallback on every CPU and
 //!   architecture.
 //!
@@ -160,9 +160,12 @@ pub fn simd_info() -> String {
         feats.push("none");
     }
     let (_, env) = default_choice();
-    let env = match env {
+    let env = match env.as_deref().map(str::trim) {
+        None | Some("") => "HMDN_SIMD unset".to_string(),
+        Some(v) if SimdPath::from_name(v).is_none() => {
+            format!("HMDN_SIMD={v} not recognised, ignored")
+        }
         Some(v) => format!("HMDN_SIMD={v}"),
-        None => "HMDN_SIMD unset".to_string(),
     };
     format!(
         "simd: {} (cpu: {}; {}; arch {})",
