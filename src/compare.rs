@@ -571,11 +571,9 @@ fn text_table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
 
 impl Comparison {
     fn seeds_text(&self) -> String {
-        let n = self.plan.seeds.len();
-        if n == 1 {
-            "1 seed".into()
-        } else {
-            format!("{n} seeds (1..={n})")
+        match self.plan.seeds.len() {
+            1 => "seed 1".into(),
+            n => format!("seeds 1..={n}"),
         }
     }
 
@@ -1051,8 +1049,10 @@ fn svg_bars(rows: &[VariantSummary], seeds: &str) -> String {
         if rotate {
             let _ = writeln!(
                 s,
-                r#"<text x="{cx:.1}" y="{label_y:.1}" text-anchor="end" font-size="12" transform="rotate(-30 {cx:.1} {label_y:.1})">{}</text>"#,
-                xml(&r.variant.label())
+                r#"<text x="{lx:.1}" y="{label_y:.1}" text-anchor="end" font-size="12" transform="rotate(-30 {lx:.1} {label_y:.1})">{}</text>"#,
+                xml(&r.variant.label()),
+                // The rotated label ends just right of the bar centre, so it reads as the bar's.
+                lx = cx + 6.0
             );
         } else {
             let _ = writeln!(
@@ -1249,7 +1249,8 @@ fn variant_config(
 
 /// Runs the comparison described by `a`, reading CSV caches as `opts` says, writes the result
 /// files into `a.out` and returns everything measured. Nothing is trained if the arguments,
-/// data or any run's configuration are invalid.
+/// data or any run's configuration are invalid. Runs on the current rayon pool (`a.threads` is
+/// applied by [`run`]); progress goes to stderr, one line per finished run.
 pub fn compare(a: &CompareArgs, opts: &LoadOptions) -> Result<Comparison> {
     let plan = Plan::new(a)?;
     train::prepare_out_dir(&a.out)?;
