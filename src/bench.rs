@@ -3,12 +3,13 @@
 
 use crate::config::{FieldSpec, ModelConfig, ModelKind};
 use crate::error::Result;
+use crate::model::profile::PhaseTimes;
 use crate::model::Model;
 use crate::optim::{OptimConfig, Optimizer};
 use crate::train::train_step;
 use crate::Batch;
 use rand::{Rng, SeedableRng};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Vocabulary sizes of the 23 categorical fields of processed Ali-CCP (torch-rechub layout).
 pub const ALICCP_VOCABS: [usize; 23] = [
@@ -151,8 +152,12 @@ pub struct BenchReport {
     pub train_samples: Vec<f64>,
     /// SIMD path.
     pub simd: String,
-    /// Share of a training step's time per phase (name, fraction), when measured.
+    /// Share of a training step's time per phase (name, fraction), when measured: the
+    /// model's phases (see [`crate::model::profile::Phase`]) and `optimizer` (the rest of
+    /// `train_step`: the Adam updates). Phases a model does not have are left out.
     pub phases: Vec<(String, f64)>,
+    /// Mean time of one training step in the profiled pass (ms).
+    pub profiled_step_ms: f64,
 }
 
 /// Peak RSS of this process in MiB (Linux `VmHWM`), 0 when unknown.
@@ -179,13 +184,49 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Trains `steps` steps on `data` from batch `*k` on with the model's phase profile on, and
+/// returns each phase's share of the step time plus the mean step time. The profile times
+/// forward and backward; the rest of `train_step` — the optimiser update — is the step time
+/// minus the profiled phases.
+fn profile_steps(
+    m: &mut Model<f32>,
+    opt: &mut Optimizer<f32>,
+    data: &SyntheticBatches,
+    k: &mut usize,
+    steps: usize,
+) -> Result<(Vec<(String, f64)>, Duration)> {
+    m.profile = Some(PhaseTimes::default());
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        train_step(m, opt, &data.get(*k))?;
+        *k += 1;
+    }
+    let total = t0.elapsed();
+    let p = m.profile.take().expect("profile set above");
+    let optimizer = total.saturating_sub(p.total());
+    let secs = total.as_secs_f64().max(f64::MIN_POSITIVE);
+    let phases = p
+        .entries()
+        .into_iter()
+        .chain([("optimizer", optimizer)])
+        .filter(|(_, d)| !d.is_zero())
+        .map(|(name, d)| (name.to_string(), d.as_secs_f64() / secs))
+        .collect();
+    Ok((phases, total / steps.max(1) as u32))
+}
+
 /// Runs the benchmark on the current rayon pool: `steps` timed training steps split into 5
-/// samples after a warm-up, then the same for inference.
+/// samples after a warm-up (k-means on the first batch for hmdn-*, as in training), one
+/// profiled pass of `steps / 5` steps for the phase breakdown, then the same timing for
+/// inference.
 pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> {
     let cfg = aliccp_shape_config(model);
     let mut m = Model::<f32>::new(&cfg, 1)?;
     let mut opt = Optimizer::new(&m.params, OptimConfig::default());
     let data = SyntheticBatches::new(&cfg, batch, 16, 2);
+    if cfg.model.uses_rq() && cfg.rq.kmeans_init {
+        m.kmeans_init(&data.get(0), &mut rand::rngs::StdRng::seed_from_u64(3));
+    }
     let warmup = 5.max(steps / 10);
     for i in 0..warmup {
         train_step(&mut m, &mut opt, &data.get(i))?;
@@ -202,6 +243,7 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         }
         train.push((per * batch) as f64 / t0.elapsed().as_secs_f64());
     }
+    let (phases, step_time) = profile_steps(&mut m, &mut opt, &data, &mut k, per)?;
     let mut infer = Vec::new();
     for i in 0..warmup {
         m.forward(&data.get(i));
@@ -229,6 +271,7 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         peak_rss_mib: peak_rss_mib(),
         train_samples: samples,
         simd: String::new(),
-        phases: Vec::new(),
+        phases,
+        profiled_step_ms: step_time.as_secs_f64() * 1e3,
     })
 }

@@ -27,7 +27,7 @@ pub struct RowGrad<T> {
     pub rows: Vec<u32>,
     /// Summed gradient of each listed row, `[rows.len(), e]` (sums taken in batch order).
     pub grad: Vec<T>,
-    /// Scratch for the stable sort in `accumulate_row_grads` (`[B]`).
+    /// Scratch for the stable sort in `accumulate_row_grads` (`[2·B]`).
     order: Vec<u32>,
 }
 
@@ -51,7 +51,7 @@ impl<T: Real> RowGrad<T> {
         self.order.clear();
         self.rows.reserve(bsz);
         self.grad.reserve(bsz * self.e);
-        self.order.reserve(bsz);
+        self.order.reserve(2 * bsz);
     }
 
     /// Empties the gradient (no rows touched).

@@ -8,6 +8,7 @@ pub mod head;
 pub mod kmeans;
 pub mod linear;
 pub mod mlp;
+pub mod profile;
 pub mod rq;
 pub mod wide;
 
@@ -22,6 +23,7 @@ use gatenu::{scale_backward, scale_forward, GateNu, GateNuCache};
 use head::{task_loss_backward, task_loss_forward, DomainTowers, TowerCache, Towers};
 use hmdn_kernels::Real;
 use mlp::{Mlp, MlpCache};
+use profile::{Laps, Phase, PhaseTimes};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rq::{DeadCodes, ResidualQuantizer, RqCache, RqUsage};
@@ -167,6 +169,9 @@ pub struct Model<T: Real> {
     pub towers: Option<Towers>,
     /// Shared-Bottom's per-task, per-domain logit layers `towers.<t>.<k>`.
     pub domain_towers: Option<DomainTowers>,
+    /// Phase timing of `forward` and `backward`: `None` (the default) costs one branch per
+    /// phase; `Some` accumulates wall time per [`Phase`] until taken.
+    pub profile: Option<PhaseTimes>,
     /// Field index of each distribution field (columns of the index matrix).
     dist_cols: Vec<usize>,
     /// Field index of the Shared-Bottom domain field.
@@ -355,6 +360,7 @@ impl<T: Real> Model<T> {
             cross,
             towers,
             domain_towers,
+            profile: None,
             dist_cols,
             domain_col,
             xb_dim,
@@ -374,7 +380,8 @@ impl<T: Real> Model<T> {
     }
 
     /// Sizes every buffer for `bsz` rows (a no-op unless `bsz` exceeds every earlier batch).
-    /// `forward` calls it; calling it up front keeps the first step allocation-free too.
+    /// `forward` calls it; calling it up front keeps the model's own buffers from growing in
+    /// the first step too (the kernels' per-thread GEMM scratch still grows on first use).
     pub fn ensure_batch(&mut self, bsz: usize) {
         if bsz <= self.buf.cap {
             return;
@@ -694,6 +701,7 @@ impl<T: Real> Model<T> {
             );
         }
         self.ensure_batch(bsz);
+        let mut laps = Laps::start(&self.profile);
         self.load_indices(batch);
         self.buf.bsz = bsz;
         let Model {
@@ -716,9 +724,13 @@ impl<T: Real> Model<T> {
             gate_dim,
             rq_cache,
             frozen,
+            profile,
             buf: b,
             ..
         } = self;
+        if let Some(p) = profile.as_mut() {
+            p.forwards += 1;
+        }
         let (nf, e, dx) = (cfg.fields.len(), cfg.embed_dim, cfg.x_dim());
         let (xbd, gz) = (*xb_dim, *gate_dim);
         let h = *cfg.hidden.last().expect("validated");
@@ -740,10 +752,13 @@ impl<T: Real> Model<T> {
         let mut rq_loss = T::ZERO;
         if let Some(de) = dist_embedding {
             de.forward(&mut b.xb, xbd, 0, idx, ps, bsz);
+            laps.lap(profile, Phase::Embeddings);
             if let (Some(q), Some(c)) = (rq.as_ref(), rq_cache.as_mut()) {
                 rq_loss = q.forward(&mut b.g, c, &b.xb[..bsz * xbd], ps, bsz);
+                laps.lap(profile, Phase::Rq);
             }
         }
+        laps.lap(profile, Phase::Embeddings);
         let g: &[T] = if rq.is_some() {
             &b.g[..bsz * gz]
         } else {
@@ -755,10 +770,12 @@ impl<T: Real> Model<T> {
             ModelKind::Dnn | ModelKind::WideDeep => {
                 let m = dnn.as_ref().expect("dnn");
                 m.forward(&mut b.dnn, x, ps, bsz);
+                laps.lap(profile, Phase::Backbone);
                 let tw = towers.as_ref().expect("towers");
                 for t in 0..nt {
                     tw.forward(t, logits, &mut b.tower, b.dnn.out(bsz), ps, bsz);
                 }
+                laps.lap(profile, Phase::Head);
                 if let Some(w) = wide {
                     w.forward(&mut b.wide_out, &mut b.wide, idx, ps, bsz);
                     for (lr, &wv) in logits.chunks_exact_mut(nt).zip(&b.wide_out[..bsz]) {
@@ -766,33 +783,40 @@ impl<T: Real> Model<T> {
                             *l += wv;
                         }
                     }
+                    laps.lap(profile, Phase::Embeddings);
                 }
             }
             ModelKind::Dcn => {
                 let (c, m) = (cross.as_ref().expect("cross"), dnn.as_ref().expect("dnn"));
                 c.forward(&mut b.cross, x, ps, bsz);
                 m.forward(&mut b.dnn, x, ps, bsz);
+                laps.lap(profile, Phase::Backbone);
                 // cat = [x_L, MLP(x)]   [B, d_x + h]
                 let w = dx + h;
                 copy_columns(&mut b.cat, w, 0, c.output(&b.cross, x, bsz), dx, bsz);
                 copy_columns(&mut b.cat, w, dx, b.dnn.out(bsz), h, bsz);
+                laps.lap(profile, Phase::Other);
                 let tw = towers.as_ref().expect("towers");
                 for t in 0..nt {
                     tw.forward(t, logits, &mut b.tower, &b.cat[..bsz * w], ps, bsz);
                 }
+                laps.lap(profile, Phase::Head);
             }
             ModelKind::SharedBottom => {
                 let m = dnn.as_ref().expect("dnn");
                 m.forward(&mut b.dnn, x, ps, bsz);
+                laps.lap(profile, Phase::Backbone);
                 let dom = &idx[*domain_col * bsz..(*domain_col + 1) * bsz];
                 let dt = domain_towers.as_ref().expect("domain towers");
                 dt.forward(logits, b.dnn.out(bsz), dom, ps, bsz);
+                laps.lap(profile, Phase::Head);
             }
             ModelKind::Mmoe | ModelKind::HmdnMmoe => {
                 let n = experts.len();
                 for (m, c) in experts.iter().zip(b.experts.iter_mut()) {
                     m.forward(c, x, ps, bsz);
                 }
+                laps.lap(profile, Phase::Backbone);
                 let tw = towers.as_ref().expect("towers");
                 let per_task = gates.iter().zip(b.gates.iter_mut()).zip(b.mix.iter_mut());
                 for (t, ((gate, gc), mix)) in per_task.enumerate() {
@@ -803,7 +827,9 @@ impl<T: Real> Model<T> {
                     for (i, c) in b.experts.iter().enumerate() {
                         mixture_accumulate(mix, &gc.probs, c.out(bsz), i, n, h, bsz);
                     }
+                    laps.lap(profile, Phase::Gates);
                     tw.forward(t, logits, &mut b.tower, mix, ps, bsz);
+                    laps.lap(profile, Phase::Head);
                 }
             }
             ModelKind::Pepnet | ModelKind::HmdnPepnet => {
@@ -815,30 +841,37 @@ impl<T: Real> Model<T> {
                 if !*frozen {
                     copy_columns(&mut b.v_ep, vw, gz, x, dx, bsz);
                 }
+                laps.lap(profile, Phase::Other);
                 ep.forward(&mut b.ep, &b.v_ep[..bsz * vw], ps, bsz);
                 scale_forward(&mut b.xp[..bsz * dx], &b.ep.delta[..bsz * dx], x);
+                laps.lap(profile, Phase::Gates);
                 // PPNet gates on [g, sg(x')], one per hidden layer.
                 copy_columns(&mut b.v_pp, vw, 0, g, gz, bsz);
                 if !*frozen {
                     copy_columns(&mut b.v_pp, vw, gz, &b.xp, dx, bsz);
                 }
+                laps.lap(profile, Phase::Other);
                 for (pn, c) in ppnet.iter().zip(b.pp.iter_mut()) {
                     pn.forward(c, &b.v_pp[..bsz * vw], ps, bsz);
                 }
+                laps.lap(profile, Phase::Gates);
                 // h_l = δ_l ⊙ ReLU(Linear_l(h_{l-1})), h_{-1} = x'.
                 for l in 0..m.layers.len() {
                     let hl = m.layers[l].d_out;
                     let (hs_below, hs_rest) = b.hs.split_at_mut(l);
                     let inp: &[T] = if l == 0 { &b.xp } else { &hs_below[l - 1] };
                     m.layer_forward(l, &mut b.a[l], inp, ps, bsz);
+                    laps.lap(profile, Phase::Backbone);
                     let n = bsz * hl;
                     scale_forward(&mut hs_rest[0][..n], &b.pp[l].delta[..n], &b.a[l][..n]);
+                    laps.lap(profile, Phase::Gates);
                 }
                 let top = &b.hs[m.layers.len() - 1][..bsz * h];
                 let tw = towers.as_ref().expect("towers");
                 for t in 0..nt {
                     tw.forward(t, logits, &mut b.tower, top, ps, bsz);
                 }
+                laps.lap(profile, Phase::Head);
             }
         }
 
@@ -852,6 +885,7 @@ impl<T: Real> Model<T> {
             }
             task_loss_forward(logits, &b.labels, bsz, nt)
         };
+        laps.lap(profile, Phase::Head);
         LossParts {
             task,
             rq: rq_part,
@@ -887,6 +921,7 @@ impl<T: Real> Model<T> {
             "backward needs the batch of the last forward"
         );
         assert_eq!(batch.labels.len(), bsz * nt, "backward needs labels [B, T]");
+        let mut laps = Laps::start(&self.profile);
         let Model {
             cfg,
             params: ps,
@@ -911,10 +946,15 @@ impl<T: Real> Model<T> {
             rg_dist,
             rg_wide,
             rq_cache,
+            profile,
             buf: b,
             ..
         } = self;
+        if let Some(p) = profile.as_mut() {
+            p.backwards += 1;
+        }
         ps.zero_grads(false);
+        laps.lap(profile, Phase::Other);
         let (nf, e, dx) = (cfg.fields.len(), cfg.embed_dim, cfg.x_dim());
         let (xbd, gz) = (*xb_dim, *gate_dim);
         let h = *cfg.hidden.last().expect("validated");
@@ -930,11 +970,13 @@ impl<T: Real> Model<T> {
         let dlogits = &mut b.dlogits[..bsz * nt];
         dlogits.fill(T::ZERO);
         task_loss_backward(dlogits, &b.logits, &b.labels, bsz, nt);
+        laps.lap(profile, Phase::Head);
         let dlogits = &b.dlogits[..bsz * nt];
         let dxv = &mut b.dx[..bsz * dx];
         dxv.fill(T::ZERO);
         let dg = &mut b.dg[..bsz * gz];
         dg.fill(T::ZERO);
+        laps.lap(profile, Phase::Other);
 
         match cfg.model {
             ModelKind::Dnn | ModelKind::WideDeep => {
@@ -944,8 +986,10 @@ impl<T: Real> Model<T> {
                 for t in 0..nt {
                     tw.backward(t, Some(dh), &mut b.tower, ps, dlogits, b.dnn.out(bsz), bsz);
                 }
+                laps.lap(profile, Phase::Head);
                 let m = dnn.as_ref().expect("dnn");
                 m.backward(Some(dxv), &mut b.dnn, ps, dh, x, bsz);
+                laps.lap(profile, Phase::Backbone);
                 if let Some(w) = wide {
                     // logit_t = tower_t + wide for every task: ∂L/∂wide = Σ_t ∂L/∂logit_t.
                     for (d, lr) in b.dwide[..bsz].iter_mut().zip(dlogits.chunks_exact(nt)) {
@@ -953,6 +997,7 @@ impl<T: Real> Model<T> {
                     }
                     let rg = &mut row_grads[rg_wide.clone()];
                     w.backward(rg, &mut b.wide, ps, &b.dwide[..bsz], idx, bsz);
+                    laps.lap(profile, Phase::Embeddings);
                 }
             }
             ModelKind::Dcn => {
@@ -971,11 +1016,14 @@ impl<T: Real> Model<T> {
                         bsz,
                     );
                 }
+                laps.lap(profile, Phase::Head);
                 take_columns(&mut b.dxl, dx, dcat, w, 0, bsz);
                 take_columns(&mut b.dh, h, dcat, w, dx, bsz);
+                laps.lap(profile, Phase::Other);
                 let (c, m) = (cross.as_ref().expect("cross"), dnn.as_ref().expect("dnn"));
                 c.backward(dxv, &mut b.cross, ps, &b.dxl[..bsz * dx], x, bsz);
                 m.backward(Some(dxv), &mut b.dnn, ps, &b.dh[..bsz * h], x, bsz);
+                laps.lap(profile, Phase::Backbone);
             }
             ModelKind::SharedBottom => {
                 let dh = &mut b.dh[..bsz * h];
@@ -983,14 +1031,17 @@ impl<T: Real> Model<T> {
                 let dom = &idx[*domain_col * bsz..(*domain_col + 1) * bsz];
                 let dt = domain_towers.as_ref().expect("domain towers");
                 dt.backward(dh, ps, dlogits, b.dnn.out(bsz), dom, bsz);
+                laps.lap(profile, Phase::Head);
                 let m = dnn.as_ref().expect("dnn");
                 m.backward(Some(dxv), &mut b.dnn, ps, dh, x, bsz);
+                laps.lap(profile, Phase::Backbone);
             }
             ModelKind::Mmoe | ModelKind::HmdnMmoe => {
                 let n = experts.len();
                 for d in b.dexp.iter_mut() {
                     d[..bsz * h].fill(T::ZERO);
                 }
+                laps.lap(profile, Phase::Other);
                 let tw = towers.as_ref().expect("towers");
                 let per_task = gates.iter().zip(b.gates.iter_mut()).zip(&b.mix);
                 for (t, ((gate, gc), mix)) in per_task.enumerate() {
@@ -998,16 +1049,19 @@ impl<T: Real> Model<T> {
                     dmix.fill(T::ZERO);
                     let mix = &mix[..bsz * h];
                     tw.backward(t, Some(dmix), &mut b.tower, ps, dlogits, mix, bsz);
+                    laps.lap(profile, Phase::Head);
                     gc.zero_dprobs(bsz, n);
                     for (i, (c, de)) in b.experts.iter().zip(b.dexp.iter_mut()).enumerate() {
                         let (dp, pr) = (&mut gc.dprobs, &gc.probs);
                         mixture_backward(de, dp, dmix, pr, c.out(bsz), i, n, h, bsz);
                     }
                     gate.backward(Some(dg), gc, ps, g, bsz);
+                    laps.lap(profile, Phase::Gates);
                 }
                 for ((m, c), de) in experts.iter().zip(b.experts.iter_mut()).zip(&b.dexp) {
                     m.backward(Some(dxv), c, ps, &de[..bsz * h], x, bsz);
                 }
+                laps.lap(profile, Phase::Backbone);
             }
             ModelKind::Pepnet | ModelKind::HmdnPepnet => {
                 let m = dnn.as_ref().expect("dnn");
@@ -1021,6 +1075,7 @@ impl<T: Real> Model<T> {
                     let top = &b.hs[nl - 1][..bsz * h];
                     tw.backward(t, Some(dtop), &mut b.tower, ps, dlogits, top, bsz);
                 }
+                laps.lap(profile, Phase::Head);
                 let dxp = &mut b.dxp[..bsz * dx];
                 dxp.fill(T::ZERO);
                 for l in (0..nl).rev() {
@@ -1039,6 +1094,7 @@ impl<T: Real> Model<T> {
                         &pc.delta[..n],
                         &b.a[l][..n],
                     );
+                    laps.lap(profile, Phase::Gates);
                     // Layer l (ReLU ∘ Linear) back to its input h_{l-1} (or x').
                     let (inp, dinp): (&[T], &mut [T]) = if l == 0 {
                         (&b.xp[..bsz * dx], &mut *dxp)
@@ -1048,11 +1104,13 @@ impl<T: Real> Model<T> {
                     };
                     dinp.fill(T::ZERO);
                     m.layer_backward(l, Some(dinp), &mut b.dpre, ps, da, &b.a[l], inp, bsz);
+                    laps.lap(profile, Phase::Backbone);
                     // δ_l = GateNU_l([g, sg(x')]): only the g columns pass gradient on.
                     let dv = &mut b.dv[..bsz * vw];
                     dv.fill(T::ZERO);
                     ppnet[l].backward(Some(dv), pc, ps, &b.v_pp[..bsz * vw], bsz);
                     add_columns_from(dg, gz, dv, vw, bsz);
+                    laps.lap(profile, Phase::Gates);
                 }
                 // x' = δ_ep ⊙ x.
                 let dxp = &b.dxp[..bsz * dx];
@@ -1068,6 +1126,7 @@ impl<T: Real> Model<T> {
                 dv.fill(T::ZERO);
                 ep.backward(Some(dv), &mut b.ep, ps, &b.v_ep[..bsz * vw], bsz);
                 add_columns_from(dg, gz, dv, vw, bsz);
+                laps.lap(profile, Phase::Gates);
             }
         }
 
@@ -1086,6 +1145,7 @@ impl<T: Real> Model<T> {
                     alpha,
                     bsz,
                 );
+                laps.lap(profile, Phase::Rq);
                 &b.dxb[..bsz * xbd]
             } else {
                 &b.dg[..bsz * xbd]
@@ -1118,6 +1178,7 @@ impl<T: Real> Model<T> {
             idx,
             bsz,
         );
+        laps.lap(profile, Phase::Embeddings);
     }
 }
 
