@@ -103,11 +103,24 @@ impl RunConfig {
     /// Reads a TOML config file; unknown keys are errors with their location.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Data {
-            file: path.to_path_buf(),
-            line: None,
-            column: None,
-            msg: e.to_string().trim().to_string(),
+        toml::from_str(&text).map_err(|e| {
+            // `e.to_string()` draws a multi-line source excerpt; the error is printed as one
+            // line, so report the position and the bare message instead.
+            let (line, column) = match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    (Some(line), Some(column))
+                }
+                None => (None, None),
+            };
+            Error::Data {
+                file: path.to_path_buf(),
+                line,
+                column,
+                msg: format!("invalid configuration: {}", e.message().trim()),
+            }
         })
     }
 }
@@ -504,23 +517,37 @@ fn divergence_note(out: &Path, st: &RunState) -> String {
     format!("{ckpt}; {best}; try a lower --lr")
 }
 
-/// Fails with [`Error::Diverged`] at `step` if any parameter is not finite (checked before
-/// weights are written, so no checkpoint ever holds NaN or infinity).
-fn check_finite(model: &Model<f32>, step: u64, out: &Path, st: &RunState) -> Result<()> {
+/// Fails with [`Error::Diverged`] at `step` if any parameter or optimiser moment is not
+/// finite. Checked before every checkpoint and best-weights write, so none ever holds NaN or
+/// infinity (an overflowing gradient shows up in Adam's second moment first, while the
+/// weights and the loss may still be finite).
+fn check_finite(
+    model: &Model<f32>,
+    opt: &Optimizer<f32>,
+    step: u64,
+    out: &Path,
+    st: &RunState,
+) -> Result<()> {
     let ps = &model.params;
-    if let Some(spec) = ps
-        .specs
-        .iter()
-        .find(|s| ps.values[s.range()].iter().any(|v| !v.is_finite()))
-    {
-        return Err(Error::Diverged {
-            step,
-            what: format!(
-                "parameter `{}` is not finite after the update; {}",
-                spec.name,
-                divergence_note(out, st)
-            ),
-        });
+    for (what, buf) in [
+        ("the weights", &ps.values),
+        ("Adam's first moment", &opt.m),
+        ("Adam's second moment", &opt.v),
+    ] {
+        if let Some(spec) = ps
+            .specs
+            .iter()
+            .find(|s| buf[s.range()].iter().any(|v| !v.is_finite()))
+        {
+            return Err(Error::Diverged {
+                step,
+                what: format!(
+                    "non-finite values in {what} of `{}` (checked before saving step {step}); {}",
+                    spec.name,
+                    divergence_note(out, st)
+                ),
+            });
+        }
     }
     Ok(())
 }
@@ -636,7 +663,7 @@ pub fn fit(run: &RunConfig, inp: &FitInputs) -> Result<FitSummary> {
                 false,
             );
             if tc.checkpoint_every > 0 && st.step % tc.checkpoint_every == 0 {
-                check_finite(&model, st.step, out, &st)?;
+                check_finite(&model, &opt, st.step, out, &st)?;
                 snapshot_stats(&mut st, &model, &usage);
                 save_state(out, &model, &opt, &st)?;
             }
@@ -650,7 +677,7 @@ pub fn fit(run: &RunConfig, inp: &FitInputs) -> Result<FitSummary> {
             true,
         );
         progress.finish_line();
-        check_finite(&model, st.step, out, &st)?;
+        check_finite(&model, &opt, st.step, out, &st)?;
 
         // Validation.
         predict_dataset(&mut model, inp.val, tc.eval_batch_size, &mut preds);
