@@ -162,6 +162,9 @@ pub struct RunState {
     pub dead_code_idle: Vec<u64>,
     /// One JSON object (as text) per finished epoch: the lines of metrics.jsonl.
     pub history: Vec<String>,
+    /// Rows of the training and validation files the run was started with (a resumed run
+    /// must see the same data; the configuration text alone cannot tell).
+    pub data_rows: [usize; 2],
 }
 
 /// Serde adapter: an `f64` as its shortest round-trip decimal string.
@@ -405,6 +408,37 @@ fn resume_from_checkpoint(out: &Path, cfg_text: &str) -> Result<bool> {
     }
 }
 
+/// Errors unless a resumed run reads its data as the interrupted one did: the same schema,
+/// the same vocabulary and the same numbers of training and validation rows.
+fn check_same_data(out: &Path, inp: &FitInputs, st: &RunState) -> Result<()> {
+    let differs = |what: &str| {
+        Err(Error::Checkpoint(format!(
+            "cannot resume {}: {what} differs from the interrupted run's; resume with the same \
+             files and arguments or use a new --out",
+            out.display()
+        )))
+    };
+    let schema_path = out.join(SCHEMA_FILE);
+    let saved_schema =
+        std::fs::read_to_string(&schema_path).map_err(|e| Error::io(&schema_path, e))?;
+    if saved_schema != inp.schema.to_toml() {
+        return differs("the schema");
+    }
+    if Vocab::load(out.join(VOCAB_FILE))?.fingerprint() != inp.vocab.fingerprint() {
+        return differs("the vocabulary built from the training file");
+    }
+    if st.data_rows != [inp.train.rows(), inp.val.rows()] {
+        return differs(&format!(
+            "the number of training / validation rows ({} / {}, before {} / {})",
+            inp.train.rows(),
+            inp.val.rows(),
+            st.data_rows[0],
+            st.data_rows[1]
+        ));
+    }
+    Ok(())
+}
+
 /// True for files an interrupted atomic write or the writability probe leaves behind.
 fn is_leftover(name: &str) -> bool {
     name == ".hmdn-write-test" || (name.starts_with('.') && name.contains(".tmp-"))
@@ -581,6 +615,7 @@ pub fn fit(run: &RunConfig, inp: &FitInputs) -> Result<FitSummary> {
     prepare_out_dir(out)?;
     if from_checkpoint {
         st = load_state(out, &mut model, &mut opt)?;
+        check_same_data(out, inp, &st)?;
         if let Some(u) = &mut usage {
             if st.rq_usage.len() == u.counts.len() {
                 u.counts.copy_from_slice(&st.rq_usage);
@@ -604,6 +639,7 @@ pub fn fit(run: &RunConfig, inp: &FitInputs) -> Result<FitSummary> {
             );
         }
         start_fresh(out, &cfg_text, inp)?;
+        st.data_rows = [inp.train.rows(), inp.val.rows()];
     }
 
     let mut batcher = Batcher::shuffled(inp.train.rows(), tc.batch_size, tc.seed);

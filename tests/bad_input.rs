@@ -348,6 +348,36 @@ fn model_directory_from_another_schema() {
         config
     );
 
+    // fit --resume with the same configuration, schema and vocabulary but another validation
+    // file (which does not enter the configuration text): refused.
+    let more = f.dir.write(
+        "more.csv",
+        &format!("{}{}", good_rows(), &good_rows()[HEADER.len()..]),
+    );
+    let r = f.dir.run(&[
+        "fit",
+        "--train",
+        &f.good,
+        "--val",
+        more.to_str().unwrap(),
+        "--schema",
+        &f.schema,
+        "--model",
+        "dnn",
+        "--epochs",
+        "1",
+        "--resume",
+        &model,
+    ]);
+    failure(
+        &r,
+        &["cannot resume", "number of training / validation rows"],
+    );
+    assert_eq!(
+        std::fs::read(Path::new(&model).join("weights.safetensors")).unwrap(),
+        weights
+    );
+
     // A model directory whose files do not belong together (vocab.json of another run).
     let g = Fixture::new("other-vocab");
     // More distinct users, so its vocabulary has another size.
