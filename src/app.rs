@@ -40,12 +40,21 @@ fn load_options() -> LoadOptions {
     }
 }
 
-/// Runs `f` on a rayon pool of `threads` workers (all cores when `None`).
+/// Upper bound of `--threads`: far above any useful count, far below the count at which
+/// creating the pool exhausts memory (every worker reserves a stack).
+pub const MAX_THREADS: usize = 1024;
+
+/// Runs `f` on a rayon pool of `threads` workers (all cores when `None` or 0).
 pub fn with_threads<R: Send>(
     threads: Option<usize>,
     f: impl FnOnce() -> Result<R> + Send,
 ) -> Result<R> {
     let n = threads.unwrap_or(0);
+    if n > MAX_THREADS {
+        return Err(Error::Config(format!(
+            "--threads {n} is more than {MAX_THREADS} worker threads (0 means all cores)"
+        )));
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build()
@@ -115,6 +124,9 @@ pub fn run_config(a: &FitArgs) -> Result<RunConfig> {
     }
     if run.train.batch_size == 0 {
         return Err(Error::Config("--batch-size must be at least 1".into()));
+    }
+    if run.train.epochs == 0 {
+        return Err(Error::Config("--epochs must be at least 1".into()));
     }
     Ok(run)
 }
@@ -298,6 +310,12 @@ pub fn load_model_dir(dir: &Path) -> Result<ModelDir> {
             dir.display()
         )));
     }
+    if !dir.join(CONFIG_FILE).is_file() {
+        return Err(Error::Checkpoint(format!(
+            "{} is not a model directory: it has no {CONFIG_FILE} (run `hmdn-cpu fit --out DIR` first)",
+            dir.display()
+        )));
+    }
     let run = RunConfig::load(&dir.join(CONFIG_FILE))?;
     let schema = Schema::load(dir.join(SCHEMA_FILE))?;
     let vocab = Vocab::load(dir.join(VOCAB_FILE))?;
@@ -403,14 +421,23 @@ fn predict(a: PredictArgs) -> Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("predictions.csv");
+    if out.is_dir() {
+        return Err(Error::Other(format!(
+            "{}: --out is a directory; give the path of the CSV file to write",
+            out.display()
+        )));
+    }
+    // The output is written to a temporary file next to it and renamed over it at the end, so
+    // a failure (bad row, full disk) never leaves a half-written file. It is created before
+    // the data is read so that an unwritable --out fails at once.
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&out, e))?;
     let res = with_threads(a.threads, || {
         let opts = LoadOptions {
             allow_missing_labels: true,
             ..load_options()
         };
         let ds = Dataset::open(&a.data, &md.schema, &md.vocab, &opts)?;
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&out, e))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
         let io = |e: std::io::Error| Error::io(&out, e);
         let tasks = &md.run.model.tasks;
@@ -453,18 +480,40 @@ fn predict(a: PredictArgs) -> Result<()> {
 }
 
 fn gen(a: GenArgs) -> Result<()> {
-    if a.rows == 0 {
-        return Err(Error::Config("--rows must be at least 1".into()));
+    if a.rows == 0 || a.val_rows == Some(0) {
+        return Err(Error::Config(
+            "--rows and --val-rows must be at least 1".into(),
+        ));
     }
-    let s = data::generate(a.rows, a.seed, &a.out)?;
-    println!(
-        "wrote {} rows to {} ({} clicks, CTR {:.4}, mean p_true {:.4})",
-        s.rows,
-        a.out.display(),
-        s.positives,
-        s.positives as f64 / s.rows as f64,
-        s.mean_p_true
-    );
+    let summary = |rows: usize, clicks: usize, mean_p: f64| {
+        format!(
+            "{rows} rows ({clicks} clicks, CTR {:.4}, mean p_true {mean_p:.4})",
+            clicks as f64 / rows as f64
+        )
+    };
+    match (a.val_rows, &a.val_out) {
+        (Some(n), Some(vp)) => {
+            let (t, v) = data::synth::generate_split(a.rows, n, a.seed, &a.out, vp)?;
+            println!(
+                "wrote {} to {}",
+                summary(t.rows, t.positives, t.mean_p_true),
+                a.out.display()
+            );
+            println!(
+                "wrote {} from the same world to {}",
+                summary(v.rows, v.positives, v.mean_p_true),
+                vp.display()
+            );
+        }
+        _ => {
+            let t = data::generate(a.rows, a.seed, &a.out)?;
+            println!(
+                "wrote {} to {}",
+                summary(t.rows, t.positives, t.mean_p_true),
+                a.out.display()
+            );
+        }
+    }
     if let Some(p) = &a.schema_out {
         write_atomic(p, data::synth_schema().to_toml().as_bytes())?;
         println!("wrote its schema to {}", p.display());

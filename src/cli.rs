@@ -69,10 +69,11 @@ pub struct FitArgs {
     /// Seed for initialisation and shuffling [default: 42].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Worker threads [default: all cores].
+    /// Worker threads (0 = all cores) [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Continue an interrupted run from this model directory's last checkpoint.
+    /// Continue an interrupted run in this model directory from its last checkpoint; give the
+    /// first run's arguments again. With no checkpoint yet, the run starts there from scratch.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Only print errors and the final summary.
@@ -104,7 +105,7 @@ pub struct EvalArgs {
     /// Rows per inference batch [default: 4096].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Worker threads [default: all cores].
+    /// Worker threads (0 = all cores) [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -124,7 +125,7 @@ pub struct PredictArgs {
     /// Rows per inference batch [default: 4096].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Worker threads [default: all cores].
+    /// Worker threads (0 = all cores) [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -144,7 +145,7 @@ pub struct CompareArgs {
     /// Comma-separated models, e.g. dnn,mmoe,hmdn-mmoe (dnn is the RelaImpr base).
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
-    /// Seeds per model [default: 3].
+    /// Seeds per model.
     #[arg(long, default_value_t = 3)]
     pub seeds: usize,
     /// Output directory (results.csv, plot SVG, one model directory per run).
@@ -162,7 +163,7 @@ pub struct CompareArgs {
     /// Rows per mini-batch.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Worker threads [default: all cores].
+    /// Worker threads (0 = all cores) [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -176,12 +177,19 @@ pub struct GenArgs {
     /// Output CSV path.
     #[arg(long)]
     pub out: PathBuf,
-    /// Seed of the synthetic world and its rows [default: 7].
+    /// Seed of the synthetic world and its rows.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// Also write the data set's schema (TOML) here, for `fit --schema`.
     #[arg(long)]
     pub schema_out: Option<PathBuf>,
+    /// Also write this many validation rows from the same world (the rows that follow the
+    /// training rows in its stream) to --val-out.
+    #[arg(long, requires = "val_out")]
+    pub val_rows: Option<usize>,
+    /// Output CSV of the validation rows.
+    #[arg(long, requires = "val_rows")]
+    pub val_out: Option<PathBuf>,
 }
 
 /// Floating-point precision for `gradcheck`.
@@ -199,7 +207,7 @@ pub struct GradcheckArgs {
     /// Model name.
     #[arg(long)]
     pub model: String,
-    /// Precision of the analytic pass [default: f64].
+    /// Precision of the analytic pass.
     #[arg(long, value_enum, default_value_t = Precision::F64)]
     pub precision: Precision,
     /// Seed for the random tiny configuration and batch.
@@ -210,13 +218,13 @@ pub struct GradcheckArgs {
 /// Arguments of `bench`.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Model name [default: hmdn-mmoe].
+    /// Model name.
     #[arg(long, default_value = "hmdn-mmoe")]
     pub model: String,
     /// Rows per batch.
     #[arg(long, default_value_t = 1024)]
     pub batch: usize,
-    /// Worker threads [default: all cores].
+    /// Worker threads (0 = all cores) [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
     /// Timed training steps (after warm-up).
