@@ -139,7 +139,7 @@ fn config_file_with_unknown_key_is_a_located_error() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("run.toml") && e.contains("codebok_size") && e.contains("line 3"),
+        e.contains("run.toml:3:") && e.contains("codebok_size"),
         "{e}"
     );
 }
