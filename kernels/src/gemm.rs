@@ -1,8 +1,7 @@
 //! The one place with `unsafe` around matrix multiply: a checked, row-major GEMM.
 //!
-//! - `f32` runs our own packed GEMM: operands are packed into per-thread buffers that are
-//!   reused across calls (they grow to the largest shape seen and never shrink, so a training
-//!   step allocates nothing after the first), and a register-tiled micro-kernel per SIMD path
+//! - `f32` runs our own packed GEMM: operands are packed into buffers from two global pools
+//!   (see "Packing buffers" below), and a register-tiled micro-kernel per SIMD path
 //!   (AVX-512 12×32, AVX2 6×16, portable 4×8; see `simd/kern.rs`) does the multiply-adds.
 //!   `matrixmultiply` 0.3 is not used for f32 because it allocates its packing buffer on every
 //!   call (`gemm_loop` → `make_packing_buffer` → `Alloc::new`), and the workspace builds it
@@ -23,12 +22,28 @@
 //! then added to C block after block; neither the chain nor the block order depends on which
 //! task computes the element, so the result is bit-identical for any thread count and any
 //! task grid. We never split `k` across threads.
+//!
+//! Packing buffers (no allocation after the first call at a shape, whatever `m` and the
+//! scheduling): every buffer request is bounded by a size that depends on `n` only (task
+//! buffers: packed A block + packed B columns at full depth `KC`) or, for the shared packed
+//! `op(B)` of `tb == T`, on `(n, k)` only — never on `m`, so never on the batch size in any
+//! orientation of a Linear layer (forward `n = d_out, k = d_in`; input grad `n = d_in`; weight
+//! grad `n = d_in` with `tb == N`, so its `k` = batch size does not matter). Buffers live in
+//! two global pools (not per thread, so it does not matter which worker runs which task);
+//! all buffers of a pool have the pool's high-water capacity, and each pool holds
+//! `threads + 1` of them. Every call first runs [`reserve_gemm`] for its shape (two atomic
+//! loads when nothing changes). A task holds one task buffer and runs no rayon work while it
+//! holds it, so at most one per thread is out at a time and the pool never runs dry. The
+//! shared-B pool can run dry (a thread waiting in one GEMM may steal another GEMM's job), so a
+//! shared B is optional: without a free one, each task packs its own B columns (the same
+//! values and FMA chains, so the same bits).
 
 use crate::cast::{f32s, f32s_mut, f32v, is_f32};
 use crate::simd::kern::{GemmBlock, A_STRIDE, KC};
 use crate::{simd, Real};
 use rayon::prelude::*;
-use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// Whether an operand is used as stored (`N`) or transposed (`T`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,24 +204,164 @@ pub fn gemm_matrixmultiply<T: Real>(
     }
 }
 
-thread_local! {
-    /// Packing buffers of this thread, reused across calls. A stack, so that a GEMM started
-    /// while another is using a buffer on the same thread (rayon work stealing inside an
-    /// outer parallel loop) simply takes another one.
-    static PACK_POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+/// A pool of packing buffers shared by all threads. Every buffer has at least `cap` f32
+/// (plus 16 for alignment); `made` counts the buffers the pool owns (in it or lent out).
+struct Pool {
+    bufs: Vec<Vec<f32>>,
+    cap: usize,
+    made: usize,
 }
 
-/// Runs `f` on a 64-byte-aligned buffer of `len` f32 taken from this thread's pool. Allocates
-/// only when the pool has no buffer or the one on top is smaller than `len`.
-fn with_pack_buf<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut v = PACK_POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+/// Buffers for one task of a GEMM (packed A rows and, when B is not shared, packed B).
+/// Mandatory: when the pool is empty a task allocates one (see [`reserve`] for why that does
+/// not happen after the first call at a shape).
+static TASK_POOL: Mutex<Pool> = Mutex::new(Pool::new());
+/// Buffers for the shared packed `op(B)` of a GEMM with several row blocks. Optional: when
+/// the pool is empty the GEMM runs without one (each task packs its own B), never allocating.
+static SHARED_POOL: Mutex<Pool> = Mutex::new(Pool::new());
+/// Lock-free copies of the pools' `cap` and `made`, so that [`reserve`] costs two atomic loads
+/// when nothing changes.
+static TASK_CAP: AtomicUsize = AtomicUsize::new(0);
+static TASK_MADE: AtomicUsize = AtomicUsize::new(0);
+static SHARED_CAP: AtomicUsize = AtomicUsize::new(0);
+static SHARED_MADE: AtomicUsize = AtomicUsize::new(0);
+
+impl Pool {
+    const fn new() -> Pool {
+        Pool {
+            bufs: Vec::new(),
+            cap: 0,
+            made: 0,
+        }
+    }
+}
+
+/// Locks a pool; a panic in another GEMM cannot leave a pool inconsistent (buffers are only
+/// pushed or popped under the lock), so poisoning is ignored.
+fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
+    pool.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Raises `pool` to at least `count` buffers of at least `len` f32 each, growing the buffers
+/// it holds now (lent-out ones grow when they come back, in [`put`]).
+fn reserve(pool: &Mutex<Pool>, cap: &AtomicUsize, made: &AtomicUsize, len: usize, count: usize) {
+    if len <= cap.load(Ordering::Acquire) && count <= made.load(Ordering::Acquire) {
+        return;
+    }
+    let mut p = lock(pool);
+    p.cap = p.cap.max(len);
+    let want = p.cap + 16;
+    for v in p.bufs.iter_mut() {
+        if v.len() < want {
+            v.resize(want, 0.0);
+        }
+    }
+    while p.made < count {
+        p.bufs.push(vec![0.0; want]);
+        p.made += 1;
+    }
+    cap.store(p.cap, Ordering::Release);
+    made.store(p.made, Ordering::Release);
+}
+
+/// Returns a buffer to `pool`, first growing it to the pool's current capacity.
+fn put(pool: &Mutex<Pool>, mut v: Vec<f32>) {
+    let mut p = lock(pool);
+    if v.len() < p.cap + 16 {
+        v.resize(p.cap + 16, 0.0);
+    }
+    p.bufs.push(v);
+}
+
+/// Runs `f` on a 64-byte-aligned slice of `len` f32 of `v` (which has `len + 16` or more).
+fn aligned<R>(v: &mut [f32], len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let off = v.as_ptr().align_offset(64).min(16);
+    f(&mut v[off..off + len])
+}
+
+/// Runs `f` on a task buffer of `len` f32 from [`TASK_POOL`]. Allocates only if the pool is
+/// empty or its capacity is below `len`, which [`reserve_gemm`] rules out.
+fn with_task_buf<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let v = lock(&TASK_POOL).bufs.pop();
+    let mut v = v.unwrap_or_else(|| {
+        let mut p = lock(&TASK_POOL);
+        p.made += 1;
+        TASK_MADE.store(p.made, Ordering::Release);
+        Vec::new()
+    });
     if v.len() < len + 16 {
         v.resize(len + 16, 0.0);
     }
-    let off = v.as_ptr().align_offset(64).min(16);
-    let r = f(&mut v[off..off + len]);
-    PACK_POOL.with(|p| p.borrow_mut().push(v));
+    let r = aligned(&mut v, len, f);
+    put(&TASK_POOL, v);
     r
+}
+
+/// Runs `f` on a shared-B buffer of `len` f32 from [`SHARED_POOL`], or on `None` when the pool
+/// has no buffer of that size free (never allocates).
+fn with_shared_buf<R>(len: usize, f: impl FnOnce(Option<&mut [f32]>) -> R) -> R {
+    let v = {
+        let mut p = lock(&SHARED_POOL);
+        if p.cap >= len {
+            p.bufs.pop()
+        } else {
+            None
+        }
+    };
+    match v {
+        Some(mut v) => {
+            let r = aligned(&mut v, len, |s| f(Some(s)));
+            put(&SHARED_POOL, v);
+            r
+        }
+        None => f(None),
+    }
+}
+
+/// Task-buffer bound for a GEMM with `n` columns of C on micro-kernel `(mr, nr)`: the packed
+/// A block (`MC` rows at `A_STRIDE`, or one in-place panel's tail of `mr × KC`) plus packed B
+/// for all `⌈n/nr⌉` panels at full depth `KC`. Independent of `m` and `k`, hence of the batch
+/// size in every orientation of a Linear layer.
+fn task_bound(n: usize, mr: usize, nr: usize) -> usize {
+    (MC * A_STRIDE).max(mr * KC) + KC * n.div_ceil(nr) * nr
+}
+
+/// Shared-B bound: all k-blocks of packed `op(B)`, `nkb · npan · kc · nr` (depends on n, k).
+fn shared_bound(n: usize, k: usize, nr: usize) -> usize {
+    let nkb = k.div_ceil(KC);
+    nkb * k.div_ceil(nkb) * n.div_ceil(nr) * nr
+}
+
+/// Preallocates the f32 GEMM's packing buffers for products with `n` columns of C and depth
+/// `k`, run on up to `threads` threads at once, so that later GEMMs of that `(n, k)` (with any
+/// `m`, any `k` when `op(B)` is not transposed) allocate nothing. [`gemm`] calls it itself with
+/// the current rayon pool's size, so every shape reserves at its first call; call it directly
+/// to reserve before then (e.g. for a pool size not yet used).
+///
+/// Guarantee: a task holds one task buffer while it runs and runs no rayon work inside, so
+/// at most one per thread is lent out at any time; `threads + 1` task buffers (the extra one
+/// for a caller outside the pool) of capacity [`task_bound`] therefore always suffice. The
+/// shared-B buffers (`threads + 1` as well) are an optimisation only: a GEMM that finds none
+/// free lets each task pack its own B columns instead (same values, same FMA chains, so the
+/// result is bit-identical).
+///
+/// Only `tb == T` uses a shared B (its size depends on `k`); with `tb == N` the reservation is
+/// independent of `k`, which is what makes a weight gradient (`k` = batch size) free of
+/// allocations at every batch size once its `n` was seen.
+pub fn reserve_gemm(n: usize, k: usize, tb: Trans, threads: usize) {
+    let (mr, nr) = simd::gemm_dims(simd::simd_path());
+    let count = threads.max(1) + 1;
+    reserve(
+        &TASK_POOL,
+        &TASK_CAP,
+        &TASK_MADE,
+        task_bound(n, mr, nr),
+        count,
+    );
+    if tb == Trans::T {
+        let len = shared_bound(n, k, nr);
+        reserve(&SHARED_POOL, &SHARED_CAP, &SHARED_MADE, len, count);
+    }
 }
 
 /// C shared by the tasks of one GEMM; each task writes only its own tile.
@@ -424,7 +579,9 @@ fn sgemm(
     c: &mut [f32],
 ) {
     let path = simd::simd_path();
-    let par = m * n * k >= PAR_MIN_FLOPS && rayon::current_num_threads() > 1;
+    let threads = rayon::current_num_threads();
+    reserve_gemm(n, k, tb, threads);
+    let par = m * n * k >= PAR_MIN_FLOPS && threads > 1;
     let pl = Plan::new(m, n, k, path, par);
     let cptr = CPtr(c.as_mut_ptr());
     let ntr = m.div_ceil(pl.rb);
@@ -449,7 +606,7 @@ fn sgemm(
             (false, None) => pl.kc * pl.cpan * nr,
             (false, Some(_)) => 0,
         };
-        with_pack_buf(a_len + b_len, |buf| {
+        with_task_buf(a_len + b_len, |buf| {
             let (ap, own) = buf.split_at_mut(a_len);
             for kb in 0..pl.nkb {
                 let (pc, kcur) = (kb * pl.kc, pl.kcur(kb));
@@ -532,9 +689,12 @@ fn sgemm(
         }
     };
     if ntr > 1 && !b_direct {
-        with_pack_buf(pl.nkb * pl.npan * pl.kc * pl.nr, |bp| {
-            pack_b(bp, b, tb, &pl, par && k * n >= 1 << 15);
-            run(Some(&*bp));
+        with_shared_buf(pl.nkb * pl.npan * pl.kc * pl.nr, |bp| match bp {
+            Some(bp) => {
+                pack_b(bp, b, tb, &pl, par && k * n >= 1 << 15);
+                run(Some(&*bp));
+            }
+            None => run(None),
         });
     } else {
         run(None);

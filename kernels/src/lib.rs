@@ -10,7 +10,7 @@
 //! Fast paths: every public kernel is generic over [`Real`]; for `f32` it runs SIMD code from
 //! [`simd`] (AVX-512F, AVX2+FMA or a portable fallback, chosen once at run time, overridable
 //! with `HMDN_SIMD=portable|avx2|avx512`; [`simd_info`] says which), for `f64` the scalar
-//! [`reference`](mod@reference). f32 GEMM is our own packed kernel with per-thread reusable buffers (see
+//! [`reference`](mod@reference). f32 GEMM is our own packed kernel with pooled reusable buffers (see
 //! [`gemm`](mod@gemm)); no kernel allocates after its first call at a given shape.
 //!
 //! Determinism rule: parallel kernels split work over *disjoint outputs* in fixed-size chunks;
@@ -32,6 +32,6 @@ pub mod simd;
 pub mod softmax;
 pub mod vq;
 
-pub use gemm::{gemm, Trans};
+pub use gemm::{gemm, reserve_gemm, Trans};
 pub use real::Real;
 pub use simd::{available_paths, simd_info, simd_path, with_path, SimdPath};

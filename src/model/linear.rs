@@ -1,6 +1,7 @@
 //! Linear layer `y = x·Wᵀ + b` (PyTorch `nn.Linear`, weight stored `[out, in]`).
 
 use crate::params::{Init, ParamId, ParamKind, ParamStore};
+use hmdn_kernels::act::bias_grad;
 use hmdn_kernels::{gemm, Real, Trans};
 use rand::Rng;
 
@@ -105,12 +106,8 @@ impl Linear {
             T::ONE,
             &mut ps.grads[wr],
         );
-        // Bias: column sums in row order (fixed order, thread-count independent).
-        let gb = &mut ps.grads[br];
-        for row in dout[..bsz * self.d_out].chunks_exact(self.d_out) {
-            for (g, &d) in gb.iter_mut().zip(row) {
-                *g += d;
-            }
-        }
+        // Bias: column sums added in row order onto the existing gradient (SIMD over columns,
+        // parallel only over fixed column groups, so thread-count independent).
+        bias_grad(&mut ps.grads[br], &dout[..bsz * self.d_out]);
     }
 }

@@ -123,6 +123,41 @@ impl<T: Real> RqCache<T> {
     }
 }
 
+/// Lanes of the partial sums in [`row_loss`]: two SSE / one AVX register of f32.
+const LOSS_LANES: usize = 8;
+
+/// `Σ_j (c_j − su_j)² + β·(sc_j − ul_j)²` over one row of width w, for the L_rq term of one
+/// level and row.
+///
+/// Summed in [`LOSS_LANES`] interleaved partial sums (element j goes to sum `j mod 8`, in
+/// order) that are combined pairwise in a fixed order: a fixed function of w, so the result
+/// does not depend on threads, and the frozen pass reproduces the unfrozen one bit for bit.
+/// The independent sums let the compiler vectorise the loop and break the add-latency chain
+/// that one running sum has.
+#[inline]
+fn row_loss<T: Real>(c: &[T], su: &[T], sc: &[T], ul: &[T], beta: T) -> T {
+    let mut acc = [T::ZERO; LOSS_LANES];
+    let it = c
+        .chunks_exact(LOSS_LANES)
+        .zip(su.chunks_exact(LOSS_LANES))
+        .zip(sc.chunks_exact(LOSS_LANES))
+        .zip(ul.chunks_exact(LOSS_LANES));
+    let full = c.len() / LOSS_LANES * LOSS_LANES;
+    for (((c, su), sc), ul) in it {
+        for j in 0..LOSS_LANES {
+            let t1 = c[j] - su[j];
+            let t2 = sc[j] - ul[j];
+            acc[j] += t1 * t1 + beta * t2 * t2;
+        }
+    }
+    for j in full..c.len() {
+        let t1 = c[j] - su[j];
+        let t2 = sc[j] - ul[j];
+        acc[j - full] += t1 * t1 + beta * t2 * t2;
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
 impl ResidualQuantizer {
     /// Registers the codebooks (random normal, std [`CODEBOOK_INIT_STD`]) for `n_dist_fields`
     /// = P fields of width `e`. Errors ([`Error::Config`]) for K = 0, e = 0, P = 0, D = 0
@@ -324,19 +359,14 @@ impl ResidualQuantizer {
             let mut acc = 0.0f64;
             for (b, &c) in codes.iter().enumerate() {
                 let c = c as usize;
-                let crow = &book[c * w..(c + 1) * w];
                 let r = b * w..(b + 1) * w;
-                let mut row = T::ZERO;
-                for (((&cl, &su), &sc), &ul) in crow
-                    .iter()
-                    .zip(&sg_u[r.clone()])
-                    .zip(&sg_c[r.clone()])
-                    .zip(&u_d[r])
-                {
-                    let t1 = cl - su;
-                    let t2 = sc - ul;
-                    row += t1 * t1 + beta * t2 * t2;
-                }
+                let row = row_loss(
+                    &book[c * w..(c + 1) * w],
+                    &sg_u[r.clone()],
+                    &sg_c[r.clone()],
+                    &u_d[r],
+                    beta,
+                );
                 acc += row.to_f64();
             }
             loss += acc / bsz as f64;
