@@ -4,14 +4,14 @@
 //! variants (per-level codebooks, explicit RQ, direct gradient, dead-code restarts), shared
 //! distribution tables and dense embedding Adam with L2.
 //!
-//! The configuration is sized so that every kernel with a parallel path actually takes it on
-//! 2+ threads (see the constants in `hmdn-kernels`): GEMMs need `m·n·k ≥ 2^18` multiply-adds
-//! (B·128·258 for the first layers), elementwise kernels, dense Adam and `bias_grad` need
-//! `≥ 2^15` elements (B·128 activations; the 128×258 first-layer weights), the gather needs
-//! `B ≥ 512`, the argmin `B·K·z ≥ 2^18` (1536·64·96), the row-gradient sort takes its radix path
-//! at `B ≥ 256`, and lazy Adam runs in parallel from `rows·e ≥ 2^15` (≈1530 distinct rows of
-//! the 200 000-row table × e = 32). A bit-for-bit comparison would hide nothing, so any
-//! reduction whose split depends on the thread count shows up as a mismatch.
+//! The configuration is sized so that the kernels' parallel paths are taken on 2+ threads
+//! (see the constants in `hmdn-kernels`): GEMMs need `m·n·k ≥ 2^18` multiply-adds (B·128·258
+//! for the first layers), elementwise kernels and dense Adam `≥ 2^15` elements (B·128
+//! activations; the 128×258 first-layer weights), the gather `B ≥ 512`, the argmin
+//! `B·K·z ≥ 2^18` (1536·64·96), and lazy Adam `rows·e ≥ 2^15` (≈1530 distinct rows of the
+//! 200 000-row table × e = 32); the row-gradient sort takes its radix path (`B ≥ 256`). Only
+//! the gates' softmax (B·3 values) stays below its threshold. Any reduction whose split
+//! depended on the thread count would show up as a mismatch in the bit-for-bit comparison.
 
 use hmdn_cpu::config::{FieldSpec, ModelConfig, ModelKind, RqGradient, RqMode};
 use hmdn_cpu::gradcheck::RandomBatch;
