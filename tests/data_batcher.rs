@@ -5,33 +5,11 @@ mod data_common;
 use data_common::*;
 use hmdn_cpu::data::synth::{generate, synth_schema};
 use hmdn_cpu::data::{BatchBuffers, Batcher, Dataset};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
-/// Counts allocations made by the current thread (tests run on several threads).
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: defers every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        System.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        System.realloc(p, l, n)
-    }
-}
+mod alloc_counter;
+use alloc_counter::{allocs, CountingAlloc};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 fn dataset(dir: &TempDir, rows: usize) -> Dataset {
     let csv = dir.path("synth.csv");
@@ -148,7 +126,7 @@ fn no_allocation_per_batch() {
     let mut buf = BatchBuffers::new(128, &ds);
     let mut b = Batcher::shuffled(ds.rows(), 128, 1);
     let mut batches = 0;
-    let before = ALLOCS.with(|c| c.get());
+    let before = allocs();
     for epoch in 0..2 {
         b.set_epoch(epoch); // reshuffles in place
         while b.next_batch(&ds, &mut buf) {
@@ -156,11 +134,11 @@ fn no_allocation_per_batch() {
             std::hint::black_box(buf.batch());
         }
     }
-    let after = ALLOCS.with(|c| c.get());
+    let after = allocs();
     assert_eq!(batches, 32);
     assert_eq!(after - before, 0, "allocations while batching");
     // The counter does count (so the zero above means something).
     let v = std::hint::black_box(vec![1u8; 10]);
-    assert!(ALLOCS.with(|c| c.get()) > after);
+    assert!(allocs() > after);
     drop(v);
 }
