@@ -26,7 +26,7 @@ use mlp::{Mlp, MlpCache};
 use profile::{Laps, Phase, PhaseTimes};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rq::{DeadCodes, ResidualQuantizer, RqCache, RqUsage};
+use rq::{DeadCodes, ResidualQuantizer, RqCache};
 use std::ops::Range;
 use wide::{Wide, WideCache};
 
@@ -191,8 +191,6 @@ pub struct Model<T: Real> {
     rq_cache: Option<RqCache<T>>,
     /// Gradient-check mode: reuse the cached codes and stop-gradient values.
     frozen: bool,
-    /// Code usage per quantizer level since the last [`Model::reset_stats`].
-    usage: Option<RqUsage>,
     /// Idle-step counters for dead-code restarts (when enabled).
     dead: Option<DeadCodes>,
     /// Sums of gate weights `[T, n]` and rows summed, from [`Model::record_gates`].
@@ -340,7 +338,6 @@ impl<T: Real> Model<T> {
             ..Buffers::default()
         };
         let rq_cache = rq.as_ref().map(|q| q.new_cache::<T>(0));
-        let usage = rq.as_ref().map(|q| q.usage());
         let dead = rq
             .as_ref()
             .filter(|_| cfg.rq.dead_code_restart_steps > 0)
@@ -369,7 +366,6 @@ impl<T: Real> Model<T> {
             rg_emb,
             rg_dist,
             rg_wide,
-            usage,
             dead,
             gate_sums: vec![0.0; cfg.tasks.len() * cfg.n_experts],
             gate_rows: 0,
@@ -538,26 +534,20 @@ impl<T: Real> Model<T> {
         (&mut self.params, &self.row_grads)
     }
 
-    /// Clears the per-epoch statistics (code usage, gate means).
+    /// Clears the per-epoch gate statistics (the trainer keeps the code-usage histogram,
+    /// because it must survive a resume).
     pub fn reset_stats(&mut self) {
-        if let Some(u) = &mut self.usage {
-            u.reset();
-        }
         self.gate_sums.fill(0.0);
         self.gate_rows = 0;
     }
 
-    /// Book-keeping after a training step: records the step's codes in the usage statistics
-    /// and, when `dead_code_restart_steps > 0`, re-seeds codes idle for that long from this
-    /// batch's residuals. The restart generator is derived from `(seed, step)`, so a resumed
+    /// Book-keeping after a training step: when `dead_code_restart_steps > 0`, re-seeds codes
+    /// idle for that long from this batch's residuals. The restart generator is derived from `(seed, step)`, so a resumed
     /// run makes the same choices.
     pub fn after_step(&mut self, step: u64, seed: u64) {
         let (Some(q), Some(cache)) = (&self.rq, &self.rq_cache) else {
             return;
         };
-        if let Some(u) = &mut self.usage {
-            u.record(cache);
-        }
         if let Some(dead) = &mut self.dead {
             let mut rng = StdRng::seed_from_u64(
                 seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x6465_6164,
@@ -578,19 +568,6 @@ impl<T: Real> Model<T> {
                 d.idle.copy_from_slice(idle);
             }
         }
-    }
-
-    /// Per quantizer level: rows recorded, distinct codes used and perplexity, as JSON
-    /// (`None` without a quantizer).
-    pub fn usage_report(&self) -> Option<serde_json::Value> {
-        let u = self.usage.as_ref()?;
-        let levels: Vec<_> = u
-            .levels()
-            .iter()
-            .enumerate()
-            .map(|(d, l)| serde_json::json!({"level": d, "rows": l.total, "codes_used": l.distinct, "perplexity": l.perplexity}))
-            .collect();
-        Some(serde_json::Value::Array(levels))
     }
 
     /// Adds the gate weights of the last forward to the running means (MMoE models).
