@@ -2,6 +2,9 @@
 //! with mismatched dims, K = 0, D = 0, unknown model or field name, a distribution field that
 //! is not categorical).
 
+mod temp_dir;
+use temp_dir::TempDir;
+
 use hmdn_cpu::config::{ModelConfig, ModelKind, RqMode};
 use hmdn_cpu::error::Error;
 use hmdn_cpu::gradcheck::tiny_config;
@@ -131,10 +134,8 @@ fn zero_sizes() {
 
 #[test]
 fn config_file_with_unknown_key_is_a_located_error() {
-    let dir = std::env::temp_dir().join(format!("hmdn-badcfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("run.toml");
-    std::fs::write(&p, "[model]\nembed_dim = 8\ncodebok_size = 3\n").unwrap();
+    let dir = TempDir::new("badcfg");
+    let p = dir.write("run.toml", "[model]\nembed_dim = 8\ncodebok_size = 3\n");
     let e = hmdn_cpu::train::RunConfig::load(&p)
         .unwrap_err()
         .to_string();

@@ -1,6 +1,9 @@
 //! Save → load round trips of weights and optimiser state are bit-exact, and mismatches are
 //! reported as errors, not panics.
 
+mod temp_dir;
+use temp_dir::TempDir;
+
 use hmdn_cpu::checkpoint::{
     load_optimizer, load_weights, optimizer_to_bytes, save_weights, write_atomic,
 };
@@ -39,17 +42,11 @@ fn store(seed: u64, rows: usize) -> ParamStore<f32> {
     ps
 }
 
-fn tmpdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("hmdn-ckpt-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn weights_round_trip_is_bit_exact() {
-    let dir = tmpdir("w");
+    let dir = TempDir::new("ckpt-w");
     let a = store(1, 5);
-    let path = dir.join("weights.safetensors");
+    let path = dir.path("weights.safetensors");
     save_weights(&path, &a).unwrap();
     let mut b = store(2, 5);
     assert_ne!(a.values, b.values);
@@ -60,7 +57,7 @@ fn weights_round_trip_is_bit_exact() {
 
 #[test]
 fn optimizer_round_trip_is_bit_exact() {
-    let dir = tmpdir("o");
+    let dir = TempDir::new("ckpt-o");
     let mut ps = store(3, 5);
     let mut opt = Optimizer::new(&ps, OptimConfig::default());
     ps.values[2] = 0.25;
@@ -78,7 +75,7 @@ fn optimizer_round_trip_is_bit_exact() {
             grad: &grad,
         }],
     );
-    let path = dir.join("optimizer.safetensors");
+    let path = dir.path("optimizer.safetensors");
     write_atomic(&path, &optimizer_to_bytes(&opt, &ps).unwrap()).unwrap();
     let mut back = Optimizer::new(&ps, OptimConfig::default());
     load_optimizer(&path, &mut back, &ps).unwrap();
@@ -89,8 +86,8 @@ fn optimizer_round_trip_is_bit_exact() {
 
 #[test]
 fn shape_mismatch_is_an_error() {
-    let dir = tmpdir("m");
-    let path = dir.join("weights.safetensors");
+    let dir = TempDir::new("ckpt-m");
+    let path = dir.path("weights.safetensors");
     save_weights(&path, &store(1, 5)).unwrap();
     let mut other = store(1, 6);
     let err = load_weights(&path, &mut other).unwrap_err().to_string();
@@ -102,8 +99,8 @@ fn shape_mismatch_is_an_error() {
 
 #[test]
 fn garbage_file_is_an_error() {
-    let dir = tmpdir("g");
-    let path = dir.join("weights.safetensors");
+    let dir = TempDir::new("ckpt-g");
+    let path = dir.path("weights.safetensors");
     std::fs::write(&path, b"definitely not safetensors").unwrap();
     let mut ps = store(1, 5);
     let err = load_weights(&path, &mut ps).unwrap_err().to_string();

@@ -3,11 +3,11 @@
 //! the SVG against a tag-balance scan, and every argument error before any training.
 
 mod data_common;
-use data_common::TempDir;
+use data_common::{opts_in as opts, TempDir};
 use hmdn_cpu::cli::CompareArgs;
 use hmdn_cpu::compare::{self, GainOutcome, Variant};
 use hmdn_cpu::config::ModelKind;
-use hmdn_cpu::data::{self, LoadOptions};
+use hmdn_cpu::data;
 use hmdn_cpu::train::RunConfig;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,13 +38,6 @@ fn args(dir: &TempDir, models: &[&str], seeds: usize) -> CompareArgs {
         epochs: Some(2),
         batch_size: Some(256),
         threads: None,
-    }
-}
-
-fn opts(dir: &TempDir) -> LoadOptions {
-    LoadOptions {
-        cache_dir: Some(dir.path("cache")),
-        ..LoadOptions::default()
     }
 }
 

@@ -9,36 +9,12 @@ use std::process::{Command, Output};
 /// The binary under test, built by cargo for this test profile.
 pub const BIN: &str = env!("CARGO_BIN_EXE_hmdn-cpu");
 
-/// A fresh directory under the system temp dir, removed when dropped.
-pub struct TempDir(pub PathBuf);
+#[path = "../temp_dir/mod.rs"]
+mod temp_dir;
+#[allow(unused_imports)] // not every test crate reads the real data
+pub use temp_dir::{shared, TempDir};
 
 impl TempDir {
-    /// Creates `<tmp>/hmdn-cli-<tag>-<pid>-<n>` (empty).
-    pub fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "hmdn-cli-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    /// `self/name`.
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Writes `text` to `name` and returns the path.
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
     /// A command running the binary with `HMDN_CACHE_DIR` inside this directory.
     pub fn cmd<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
         let mut c = Command::new(BIN);
@@ -49,12 +25,6 @@ impl TempDir {
     /// Runs the binary to completion and captures its output.
     pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Run {
         Run::from(self.cmd(args).output().expect("cannot start hmdn-cpu"))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -91,13 +61,6 @@ impl Run {
         );
         self
     }
-}
-
-/// `../shared/data/<rel>` relative to the crate root (read only).
-pub fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(rel)
 }
 
 /// `fixtures/schemas/<name>`.

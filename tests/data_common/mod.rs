@@ -2,42 +2,12 @@
 #![allow(dead_code)]
 
 use hmdn_cpu::data::{LoadOptions, Schema};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// A fresh directory under the system temp dir, removed when dropped.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "hmdn-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Writes `text` to `name` and returns the path.
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+#[path = "../temp_dir/mod.rs"]
+mod temp_dir;
+#[allow(unused_imports)] // not every test crate reads the real data
+pub use temp_dir::{shared, TempDir};
 
 /// Schema from TOML text (panics on error: tests of valid schemas).
 pub fn schema(text: &str) -> Schema {
@@ -50,13 +20,6 @@ pub fn opts_in(dir: &TempDir) -> LoadOptions {
         cache_dir: Some(dir.path("cache")),
         ..LoadOptions::default()
     }
-}
-
-/// `../shared/data/<rel>` relative to the crate root.
-pub fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(rel)
 }
 
 /// `fixtures/schemas/<name>` in the crate.
