@@ -615,6 +615,12 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                 println!("    {name:<12} {:5.1}%", frac * 100.0);
             }
         }
+        if !r.infer_phases.is_empty() {
+            println!("  where an inference forward's time goes:");
+            for (name, frac) in &r.infer_phases {
+                println!("    {name:<12} {:5.1}%", frac * 100.0);
+            }
+        }
     }
     Ok(())
 }

@@ -158,6 +158,8 @@ pub struct BenchReport {
     pub phases: Vec<(String, f64)>,
     /// Mean time of one training step in the profiled pass (ms).
     pub profiled_step_ms: f64,
+    /// Share of an inference forward's time per phase (name, fraction).
+    pub infer_phases: Vec<(String, f64)>,
 }
 
 /// Peak RSS of this process in MiB (Linux `VmHWM`), 0 when unknown.
@@ -256,6 +258,21 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         }
         infer.push((per * batch) as f64 / t0.elapsed().as_secs_f64());
     }
+    // Inference breakdown: forwards only, so the phases cover the whole time.
+    m.profile = Some(PhaseTimes::default());
+    let t0 = Instant::now();
+    for _ in 0..per {
+        m.forward(&data.get(k));
+        k += 1;
+    }
+    let total = t0.elapsed().as_secs_f64().max(f64::MIN_POSITIVE);
+    let p = m.profile.take().expect("profile set above");
+    let infer_phases = p
+        .entries()
+        .into_iter()
+        .filter(|(_, d)| !d.is_zero())
+        .map(|(name, d)| (name.to_string(), d.as_secs_f64() / total))
+        .collect();
     let (ff, tf) = flops_per_sample(&cfg);
     let samples = train.clone();
     let ts = median(&mut train);
@@ -273,5 +290,6 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         simd: String::new(),
         phases,
         profiled_step_ms: step_time.as_secs_f64() * 1e3,
+        infer_phases,
     })
 }

@@ -196,3 +196,100 @@ impl<T: Real> ParamStore<T> {
         }
     }
 }
+
+/// Gradient slice of a [`ParamStore`] arena that may start past element 0: `grads[r]` takes
+/// arena ranges `r` (as from [`ParamStore::range`]) and subtracts `base`. A full view has
+/// `base == 0`; a row chunk of a batch owns one over the dense tail of the arena only (see
+/// [`ParamStore::dense_tail`]), so it can accumulate its own gradients while other chunks do
+/// the same on other threads.
+#[derive(Debug)]
+pub struct GradSlice<'a, T> {
+    /// Arena index of `data[0]`.
+    base: usize,
+    data: &'a mut [T],
+}
+
+impl<'a, T> GradSlice<'a, T> {
+    /// A view of `data` as arena elements `base..base + data.len()`.
+    pub fn new(base: usize, data: &'a mut [T]) -> Self {
+        GradSlice { base, data }
+    }
+}
+
+impl<T> std::ops::Index<Range<usize>> for GradSlice<'_, T> {
+    type Output = [T];
+    #[track_caller]
+    fn index(&self, r: Range<usize>) -> &[T] {
+        assert!(
+            r.start >= self.base,
+            "gradient of arena range {r:?} is not in this view (starts at {})",
+            self.base
+        );
+        &self.data[r.start - self.base..r.end - self.base]
+    }
+}
+
+impl<T> std::ops::IndexMut<Range<usize>> for GradSlice<'_, T> {
+    #[track_caller]
+    fn index_mut(&mut self, r: Range<usize>) -> &mut [T] {
+        assert!(
+            r.start >= self.base,
+            "gradient of arena range {r:?} is not in this view (starts at {})",
+            self.base
+        );
+        &mut self.data[r.start - self.base..r.end - self.base]
+    }
+}
+
+/// What a layer's `backward` needs of the parameters: read-only values and a (possibly
+/// partial) gradient arena to accumulate into. Fields are public so a layer can borrow a
+/// weight (`values`) and its gradient (`grads`) at the same time.
+#[derive(Debug)]
+pub struct Grads<'a, T> {
+    /// Tensor specs of the store (for [`Grads::range`]).
+    pub specs: &'a [ParamSpec],
+    /// All parameter values of the store.
+    pub values: &'a [T],
+    /// Gradients, indexed by arena range.
+    pub grads: GradSlice<'a, T>,
+}
+
+impl<'a, T> Grads<'a, T> {
+    /// Element range of a tensor in the arena.
+    pub fn range(&self, id: ParamId) -> Range<usize> {
+        self.specs[id.0].range()
+    }
+
+    /// Values of one tensor (borrowed from the store, not from this view).
+    pub fn value(&self, id: ParamId) -> &'a [T] {
+        &self.values[self.specs[id.0].range()]
+    }
+
+    /// Gradient of one tensor.
+    pub fn grad_mut(&mut self, id: ParamId) -> &mut [T] {
+        let r = self.specs[id.0].range();
+        &mut self.grads[r]
+    }
+}
+
+impl<T: Real> ParamStore<T> {
+    /// A [`Grads`] view of the whole store.
+    pub fn grads_view(&mut self) -> Grads<'_, T> {
+        Grads {
+            specs: &self.specs,
+            values: &self.values,
+            grads: GradSlice::new(0, &mut self.grads),
+        }
+    }
+
+    /// First arena element of the dense tail: every tensor at or after it is
+    /// [`ParamKind::Dense`] (tables are registered first, so the tail holds the quantizer,
+    /// the backbone and the towers). `len()` when the last tensor is a table.
+    pub fn dense_tail(&self) -> usize {
+        self.specs
+            .iter()
+            .rev()
+            .find(|s| s.kind != ParamKind::Dense)
+            .map_or(0, |s| s.offset + s.len)
+    }
+}

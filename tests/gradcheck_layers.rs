@@ -162,7 +162,7 @@ fn linear() {
         lin.forward(&mut out, &inp[0].v, ps, B);
         let mut dx = vec![0.0; B * 7];
         if let Some(d) = dout {
-            lin.backward(Some(&mut dx), ps, d, &inp[0].v, B);
+            lin.backward(Some(&mut dx), &mut ps.grads_view(), d, &inp[0].v, B);
         }
         (out, vec![dx])
     };
@@ -283,7 +283,7 @@ fn mlp() {
         let out = cache.out(B).to_vec();
         let mut dx = vec![0.0; B * 7];
         if let Some(d) = dout {
-            mlp.backward(Some(&mut dx), &mut cache, ps, d, &inp[0].v, B);
+            mlp.backward(Some(&mut dx), &mut cache, &mut ps.grads_view(), d, &inp[0].v, B);
         }
         (out, vec![dx])
     };
@@ -303,7 +303,7 @@ fn mlp_single_layers_compose_like_the_whole() {
     mlp.forward(&mut cache, &x, &ps, B);
     let mut dx_whole = vec![0.0; B * 4];
     ps.zero_grads(true);
-    mlp.backward(Some(&mut dx_whole), &mut cache, &mut ps, &dout, &x, B);
+    mlp.backward(Some(&mut dx_whole), &mut cache, &mut ps.grads_view(), &dout, &x, B);
     let g_whole = ps.grads.clone();
 
     let (mut h0, mut h1) = (vec![0.0; B * 5], vec![0.0; B * 3]);
@@ -312,8 +312,8 @@ fn mlp_single_layers_compose_like_the_whole() {
     assert_eq!(h1, cache.out(B));
     ps.zero_grads(true);
     let (mut dh0, mut dx, mut scratch) = (vec![0.0; B * 5], vec![0.0; B * 4], vec![0.0; B * 5]);
-    mlp.layer_backward(1, Some(&mut dh0), &mut scratch, &mut ps, &dout, &h1, &h0, B);
-    mlp.layer_backward(0, Some(&mut dx), &mut scratch, &mut ps, &dh0, &h0, &x, B);
+    mlp.layer_backward(1, Some(&mut dh0), &mut scratch, &mut ps.grads_view(), &dout, &h1, &h0, B);
+    mlp.layer_backward(0, Some(&mut dx), &mut scratch, &mut ps.grads_view(), &dh0, &h0, &x, B);
     assert_eq!(dx, dx_whole);
     assert_eq!(ps.grads, g_whole);
 }
@@ -335,7 +335,7 @@ fn gate() {
             for (a, &v) in cache.dprobs.iter_mut().zip(d) {
                 *a += v;
             }
-            gate.backward(Some(&mut dg), &mut cache, ps, &inp[0].v, B);
+            gate.backward(Some(&mut dg), &mut cache, &mut ps.grads_view(), &inp[0].v, B);
         }
         (out, vec![dg])
     };
@@ -399,7 +399,7 @@ fn gatenu() {
             for (a, &v) in cache.ddelta.iter_mut().zip(d) {
                 *a += v;
             }
-            g.backward(Some(&mut dv), &mut cache, ps, &inp[0].v, B);
+            g.backward(Some(&mut dv), &mut cache, &mut ps.grads_view(), &inp[0].v, B);
         }
         (out, vec![dv])
     };
@@ -447,7 +447,7 @@ fn cross() {
         let out = net.output(&cache, &inp[0].v, B).to_vec();
         let mut dx = vec![0.0; B * d];
         if let Some(g) = dout {
-            net.backward(&mut dx, &mut cache, ps, g, &inp[0].v, B);
+            net.backward(&mut dx, &mut cache, &mut ps.grads_view(), g, &inp[0].v, B);
         }
         (out, vec![dx])
     };
@@ -495,7 +495,7 @@ fn towers() {
         let mut dh = vec![vec![0.0; B * h]; t];
         if let Some(d) = dout {
             for (k, dk) in dh.iter_mut().enumerate() {
-                towers.backward(k, Some(dk), &mut cache, ps, d, &inp[k].v, B);
+                towers.backward(k, Some(dk), &mut cache, &mut ps.grads_view(), d, &inp[k].v, B);
             }
         }
         (logits, dh)
@@ -517,7 +517,7 @@ fn domain_towers() {
         towers.forward(&mut logits, &inp[0].v, &dom, ps, B);
         let mut dh = vec![0.0; B * h];
         if let Some(d) = dout {
-            towers.backward(&mut dh, ps, d, &inp[0].v, &dom, B);
+            towers.backward(&mut dh, &mut ps.grads_view(), d, &inp[0].v, &dom, B);
         }
         (logits, vec![dh])
     };

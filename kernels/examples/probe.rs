@@ -13,13 +13,14 @@ fn main() {
         .num_threads(threads)
         .build()
         .unwrap();
+    let m_rows: usize = std::env::var("M").ok().map(|s| s.parse().unwrap()).unwrap_or(4096);
     pool.install(|| {
         for (name, m, n, k, ta, tb) in [
-            ("fwd", 4096, 128, 368, Trans::N, Trans::T),
-            ("dx", 4096, 368, 128, Trans::N, Trans::N),
-            ("dw", 128, 368, 4096, Trans::T, Trans::N),
-            ("fwd64", 4096, 32, 64, Trans::N, Trans::T),
-            ("dw64", 32, 64, 4096, Trans::T, Trans::N),
+            ("fwd", m_rows, 128, 368, Trans::N, Trans::T),
+            ("dx", m_rows, 368, 128, Trans::N, Trans::N),
+            ("dw", 128, 368, m_rows, Trans::T, Trans::N),
+            ("fwd64", m_rows, 32, 64, Trans::N, Trans::T),
+            ("dw64", 32, 64, m_rows, Trans::T, Trans::N),
         ] {
             let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();

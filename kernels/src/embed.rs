@@ -24,7 +24,7 @@ pub fn gather_rows<T: Real>(
     idx: &[u32],
 ) {
     let b = idx.len();
-    if b < 2 * GATHER_ROWS || off + e > stride || e == 0 || rayon::current_num_threads() < 2 {
+    if b < 2 * GATHER_ROWS || off + e > stride || e == 0 || crate::par::threads() < 2 {
         return reference::gather_rows(out, stride, off, table, e, idx);
     }
     let vrows = table.len() / e;

@@ -164,7 +164,7 @@ pub fn gemm_matrixmultiply<T: Real>(
         Trans::N => (n as isize, 1),
         Trans::T => (1, k as isize),
     };
-    let par = m * n * k >= PAR_MIN_FLOPS && m > ROWS_PER_TASK && rayon::current_num_threads() > 1;
+    let par = m * n * k >= PAR_MIN_FLOPS && m > ROWS_PER_TASK && crate::par::threads() > 1;
     let block = |r0: usize, cblk: &mut [T]| {
         let rows = cblk.len() / n;
         // Offset of row r0 of op(A): N → r0*k, T → column r0 of the k×m storage.
@@ -409,7 +409,7 @@ impl Plan {
             // Aim for two tasks per thread. Prefer whole-width row blocks (each streams the
             // shared packed B once); when there are too few rows, split columns (each column
             // task re-packs its A rows) and only then shrink the row blocks.
-            let want = 2 * rayon::current_num_threads();
+            let want = 2 * crate::par::threads();
             if rt < want {
                 ct = want.div_ceil(rt).min(npan);
                 if rt * ct < want {
@@ -579,9 +579,10 @@ fn sgemm(
     c: &mut [f32],
 ) {
     let path = simd::simd_path();
-    let threads = rayon::current_num_threads();
-    reserve_gemm(n, k, tb, threads);
-    let par = m * n * k >= PAR_MIN_FLOPS && threads > 1;
+    // Buffers for every thread of the pool, even inside `serial`: several serial callers
+    // (the model's row chunks) may each hold one at once.
+    reserve_gemm(n, k, tb, rayon::current_num_threads());
+    let par = m * n * k >= PAR_MIN_FLOPS && crate::par::threads() > 1;
     let pl = Plan::new(m, n, k, path, par);
     let cptr = CPtr(c.as_mut_ptr());
     let ntr = m.div_ceil(pl.rb);

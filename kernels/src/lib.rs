@@ -25,7 +25,7 @@ pub mod embed;
 pub mod gemm;
 pub mod loss;
 pub mod optim;
-mod par;
+pub mod par;
 pub mod real;
 pub mod reference;
 pub mod simd;

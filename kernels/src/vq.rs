@@ -73,7 +73,7 @@ pub fn argmin_sq_l2<T: Real>(
         f32s(code_norms),
     );
     let path = simd::simd_path();
-    let threads = rayon::current_num_threads();
+    let threads = crate::par::threads();
     if b * k * z >= 1 << 18 && threads > 1 && b > 8 {
         // Each row's result is independent of the chunking, so the chunk size may follow
         // the thread count; smaller chunks repack the code blocks more often.
@@ -149,7 +149,7 @@ pub fn argmin_sq_l2_scratch<T: Real>(
         let dots = &mut scratch[..rows * k];
         gemm(rows, k, z, 1.0f32, rb, Trans::N, cb, Trans::T, 0.0, dots);
         let dots = &*dots;
-        if rows * k >= 1 << 15 && rayon::current_num_threads() > 1 {
+        if rows * k >= 1 << 15 && crate::par::threads() > 1 {
             c.par_chunks_mut(16)
                 .zip(dots.par_chunks(16 * k))
                 .for_each(|(c, d)| simd::argmin_scan(path, c, d, nm));

@@ -2,7 +2,7 @@
 //! parameters `cross.<l>.weight` `[d]` and `cross.<l>.bias` `[d]` (a rank-one feature
 //! crossing per layer; Wang et al., 2017).
 
-use crate::params::{Init, ParamId, ParamKind, ParamStore};
+use crate::params::{Grads, Init, ParamId, ParamKind, ParamStore};
 use hmdn_kernels::Real;
 use rand::Rng;
 
@@ -135,7 +135,7 @@ impl Cross {
         &self,
         dx0: &mut [T],
         cache: &mut CrossCache<T>,
-        ps: &mut ParamStore<T>,
+        ps: &mut Grads<'_, T>,
         dout: &[T],
         x0: &[T],
         bsz: usize,

@@ -6,7 +6,7 @@
 //! of slices has to be built (and allocated) per step.
 
 use crate::model::linear::Linear;
-use crate::params::ParamStore;
+use crate::params::{Grads, ParamStore};
 use hmdn_kernels::softmax::{softmax_rows_backward, softmax_rows_forward};
 use hmdn_kernels::Real;
 use rand::Rng;
@@ -88,7 +88,7 @@ impl Gate {
         &self,
         dg: Option<&mut [T]>,
         cache: &mut GateCache<T>,
-        ps: &mut ParamStore<T>,
+        ps: &mut Grads<'_, T>,
         g: &[T],
         bsz: usize,
     ) {

@@ -3,7 +3,7 @@
 //! hidden layer). With γ = 2 a neutral gate (logit 0) leaves its input unchanged.
 
 use crate::model::linear::Linear;
-use crate::params::ParamStore;
+use crate::params::{Grads, ParamStore};
 use hmdn_kernels::act::{bias_add, scaled_sigmoid_forward};
 use hmdn_kernels::act::{bias_relu_forward, relu_backward, scaled_sigmoid_backward};
 use hmdn_kernels::{gemm, Real, Trans};
@@ -136,7 +136,7 @@ impl GateNu {
         &self,
         dv: Option<&mut [T]>,
         cache: &mut GateNuCache<T>,
-        ps: &mut ParamStore<T>,
+        ps: &mut Grads<'_, T>,
         v: &[T],
         bsz: usize,
     ) {

@@ -4,7 +4,7 @@
 //! Logits and labels are `[B, T]` row-major (one column per task).
 
 use crate::model::linear::Linear;
-use crate::params::ParamStore;
+use crate::params::{Grads, ParamStore};
 use hmdn_kernels::loss::{bce_with_logits_backward, bce_with_logits_sum};
 use hmdn_kernels::Real;
 use rand::Rng;
@@ -115,7 +115,7 @@ impl Towers {
         t: usize,
         dh: Option<&mut [T]>,
         cache: &mut TowerCache<T>,
-        ps: &mut ParamStore<T>,
+        ps: &mut Grads<'_, T>,
         dlogits: &[T],
         h: &[T],
         bsz: usize,
@@ -204,7 +204,7 @@ impl DomainTowers {
     pub fn backward<T: Real>(
         &self,
         dh: &mut [T],
-        ps: &mut ParamStore<T>,
+        ps: &mut Grads<'_, T>,
         dlogits: &[T],
         h: &[T],
         dom: &[u32],

@@ -1,6 +1,6 @@
 //! Linear layer `y = x·Wᵀ + b` (PyTorch `nn.Linear`, weight stored `[out, in]`).
 
-use crate::params::{Init, ParamId, ParamKind, ParamStore};
+use crate::params::{Grads, Init, ParamId, ParamKind, ParamStore};
 use hmdn_kernels::act::bias_grad;
 use hmdn_kernels::{gemm, Real, Trans};
 use rand::Rng;
@@ -74,7 +74,7 @@ impl Linear {
     pub fn backward<T: Real>(
         &self,
         dinp: Option<&mut [T]>,
-        ps: &mut ParamStore<T>,
+        ps: &mut Grads<'_, T>,
         dout: &[T],
         inp: &[T],
         bsz: usize,

@@ -6,7 +6,7 @@
 //! hidden output between layers.
 
 use crate::model::linear::Linear;
-use crate::params::ParamStore;
+use crate::params::{Grads, ParamStore};
 use hmdn_kernels::act::{bias_relu_forward, relu_backward};
 use hmdn_kernels::{gemm, Real, Trans};
 use rand::Rng;
@@ -141,7 +141,7 @@ impl Mlp {
         l: usize,
         dinp: Option<&mut [T]>,
         dpre: &mut [T],
-        ps: &mut ParamStore<T>,
+        ps: &mut Grads<'_, T>,
         dout: &[T],
         out: &[T],
         inp: &[T],
@@ -181,7 +181,7 @@ impl Mlp {
         &self,
         dinp: Option<&mut [T]>,
         cache: &mut MlpCache<T>,
-        ps: &mut ParamStore<T>,
+        ps: &mut Grads<'_, T>,
         dout: &[T],
         inp: &[T],
         bsz: usize,

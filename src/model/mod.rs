@@ -14,7 +14,8 @@ pub mod wide;
 
 use crate::config::{ModelConfig, ModelKind};
 use crate::error::Result;
-use crate::params::ParamStore;
+use crate::params::{GradSlice, Grads, ParamStore};
+use rayon::prelude::*;
 use crate::Batch;
 use cross::{Cross, CrossCache};
 use embedding::{MultiEmbedding, RowGrad};
@@ -41,14 +42,20 @@ pub struct LossParts<T> {
     pub total: T,
 }
 
-/// Activation and gradient buffers of a [`Model`], sized once per batch size (they grow when a
-/// larger batch arrives and are reused afterwards; a training step never allocates).
+/// Batch-level buffers of a [`Model`]: what the embedding gathers, the quantizer and the loss
+/// work on (whole batch), plus the row chunks the backbone runs on. Sized once per batch size
+/// (they grow when a larger batch arrives and are reused afterwards; a training step never
+/// allocates).
 #[derive(Clone, Debug, Default)]
 struct Buffers<T> {
     /// Rows the buffers can hold.
     cap: usize,
     /// Rows of the last forward.
     bsz: usize,
+    /// Row-chunk layout of the last forward: rows per chunk (the last may have fewer) and
+    /// number of chunks (see [`chunk_layout`]).
+    chunk_rows: usize,
+    n_chunks: usize,
     /// Categorical indices, field-major `[F, B]` (the batch's `[B, F]` transposed).
     idx: Vec<u32>,
     /// Model input `x` `[B, d_x]` and its gradient.
@@ -66,16 +73,39 @@ struct Buffers<T> {
     /// Logits `[B, T]` and their gradient.
     logits: Vec<T>,
     dlogits: Vec<T>,
+    /// Wide part: cache, logit `[B]`, its gradient `[B]`.
+    wide: WideCache<T>,
+    wide_out: Vec<T>,
+    dwide: Vec<T>,
+    /// Row chunks (at least `n_chunks`; more when an earlier batch needed them).
+    chunks: Vec<Chunk<T>>,
+}
+
+/// One row chunk of a batch: the backbone's activations for its rows, its own gradient arena
+/// over the store's dense tail, and its own phase clock. Chunks run in parallel; their
+/// gradients are summed in chunk order afterwards, so the result does not depend on which
+/// thread ran which chunk.
+#[derive(Clone, Debug, Default)]
+struct Chunk<T> {
+    /// Rows the buffers can hold.
+    cap: usize,
+    /// Gradients of the arena's dense tail (`ParamStore::dense_tail()..`), this chunk's rows
+    /// only.
+    grads: Vec<T>,
+    /// Phase times of this chunk's work when the model is profiled.
+    profile: Option<PhaseTimes>,
+    b: ChunkBuffers<T>,
+}
+
+/// Backbone activations and gradients of one [`Chunk`], `[rows, ·]` each.
+#[derive(Clone, Debug, Default)]
+struct ChunkBuffers<T> {
     /// Gradient of the bottom MLP's output / a tower input `[B, h]`.
     dh: Vec<T>,
     /// Tower scratch.
     tower: TowerCache<T>,
     /// Bottom MLP (`dnn`).
     dnn: MlpCache<T>,
-    /// Wide part: cache, logit `[B]`, its gradient `[B]`.
-    wide: WideCache<T>,
-    wide_out: Vec<T>,
-    dwide: Vec<T>,
     /// DCN: cross cache, `[x_L, MLP(x)]` `[B, d_x + h]`, its gradient, and `∂L/∂x_L` `[B, d_x]`.
     cross: CrossCache<T>,
     cat: Vec<T>,
@@ -103,6 +133,174 @@ struct Buffers<T> {
     dhs: Vec<Vec<T>>,
     da: Vec<T>,
     dpre: Vec<T>,
+}
+
+/// Batches below this many rows run as one chunk.
+const MIN_SPLIT_ROWS: usize = 128;
+/// Rows per chunk aimed at: a chunk's activations stay in L2 and its weight-gradient GEMMs
+/// still have a deep enough `k`.
+const CHUNK_TARGET_ROWS: usize = 256;
+/// Most chunks per batch (each holds a dense gradient arena, summed after every backward).
+const MAX_CHUNKS: usize = 16;
+
+/// `(rows per chunk, chunks)` for a batch of `bsz` rows (no chunk for an empty batch). A function of `bsz` only — never of
+/// the thread count — so the gradient sums, and hence the weights, are the same on any number
+/// of threads. Batches of at least [`MIN_SPLIT_ROWS`] get at least two chunks (two cores have
+/// work even at batch 256).
+pub fn chunk_layout(bsz: usize) -> (usize, usize) {
+    if bsz < MIN_SPLIT_ROWS {
+        return (bsz, usize::from(bsz > 0));
+    }
+    let n = bsz.div_ceil(CHUNK_TARGET_ROWS).clamp(2, MAX_CHUNKS);
+    let rows = bsz.div_ceil(n).next_multiple_of(8);
+    (rows, bsz.div_ceil(rows))
+}
+
+/// Largest rows per chunk and chunk count of any batch of at most `bsz` rows, so that buffers
+/// sized for a batch also fit every smaller one (an epoch's short last batch).
+fn chunk_capacity(bsz: usize) -> (usize, usize) {
+    let (mut rows, mut n) = (0, 0);
+    for b in 1..=bsz {
+        let (r, c) = chunk_layout(b);
+        rows = rows.max(r);
+        n = n.max(c);
+    }
+    (rows, n)
+}
+
+/// Runs `f(i, r0, rows, chunk, a_rows, b_rows)` on every chunk `i` (rows `r0..r0 + rows` of the
+/// batch) in parallel, handing each its rows of `a` (`wa` wide) and `b` (`wb` wide); splits
+/// in halves with `rayon::join`, so no per-call allocation.
+#[allow(clippy::too_many_arguments)]
+fn run_chunks<T: Send, C: Send, F>(
+    chunks: &mut [C],
+    first: usize,
+    chunk_rows: usize,
+    r0: usize,
+    bsz: usize,
+    a: &mut [T],
+    wa: usize,
+    b: &mut [T],
+    wb: usize,
+    f: &F,
+) where
+    F: Fn(usize, usize, usize, &mut C, &mut [T], &mut [T]) + Sync,
+{
+    match chunks.len() {
+        0 => {}
+        1 => {
+            let rows = chunk_rows.min(bsz - r0);
+            f(first, r0, rows, &mut chunks[0], a, b);
+        }
+        len => {
+            let mid = len / 2;
+            let split = (mid * chunk_rows).min(bsz - r0);
+            let (cl, cr) = chunks.split_at_mut(mid);
+            let (al, ar) = a.split_at_mut(split * wa);
+            let (bl, br) = b.split_at_mut(split * wb);
+            rayon::join(
+                || run_chunks(cl, first, chunk_rows, r0, bsz, al, wa, bl, wb, f),
+                || run_chunks(cr, first + mid, chunk_rows, r0 + split, bsz, ar, wa, br, wb, f),
+            );
+        }
+    }
+}
+
+/// The layers a chunk runs (everything between the embeddings / quantizer and the logits),
+/// borrowed from a [`Model`].
+struct Net<'a> {
+    cfg: &'a ModelConfig,
+    dnn: Option<&'a Mlp>,
+    experts: &'a [Mlp],
+    gates: &'a [Gate],
+    epnet: Option<&'a GateNu>,
+    ppnet: &'a [GateNu],
+    cross: Option<&'a Cross>,
+    towers: Option<&'a Towers>,
+    domain_towers: Option<&'a DomainTowers>,
+    /// Width of the gate input g.
+    gz: usize,
+    /// First arena element of the dense tail (where chunk gradient arenas start).
+    dense_base: usize,
+}
+
+impl<'a> Net<'a> {
+    /// An empty [`Chunk`] with the caches this net needs.
+    fn new_chunk<T: Real>(&self) -> Chunk<T> {
+        let nt = self.cfg.tasks.len();
+        let b = ChunkBuffers {
+            dnn: self.dnn.map_or_else(MlpCache::default, MlpCache::new),
+            experts: self.experts.iter().map(MlpCache::new).collect(),
+            gates: vec![GateCache::default(); self.gates.len()],
+            mix: vec![Vec::new(); if self.experts.is_empty() { 0 } else { nt }],
+            dexp: vec![Vec::new(); self.experts.len()],
+            pp: vec![GateNuCache::default(); self.ppnet.len()],
+            a: vec![Vec::new(); self.ppnet.len()],
+            hs: vec![Vec::new(); self.ppnet.len()],
+            dhs: vec![Vec::new(); self.ppnet.len()],
+            ..ChunkBuffers::default()
+        };
+        Chunk {
+            b,
+            ..Chunk::default()
+        }
+    }
+
+    /// Sizes `c` for `rows` rows and a dense tail of `dense_len` gradients.
+    fn ensure_chunk<T: Real>(&self, c: &mut Chunk<T>, rows: usize, dense_len: usize) {
+        if c.grads.len() < dense_len {
+            c.grads.resize(dense_len, T::ZERO);
+        }
+        if rows <= c.cap {
+            return;
+        }
+        let cfg = self.cfg;
+        let (dx, gz) = (cfg.x_dim(), self.gz);
+        let h = *cfg.hidden.last().expect("validated");
+        let b = &mut c.b;
+        grow(&mut b.dh, rows * h);
+        b.tower.ensure_batch(rows);
+        if self.dnn.is_some() {
+            b.dnn.ensure_batch(rows);
+        }
+        if let Some(cr) = self.cross {
+            b.cross.ensure_batch(cr, rows);
+            grow(&mut b.cat, rows * (dx + h));
+            grow(&mut b.dcat, rows * (dx + h));
+            grow(&mut b.dxl, rows * dx);
+        }
+        for ec in &mut b.experts {
+            ec.ensure_batch(rows);
+        }
+        for v in b.mix.iter_mut().chain(b.dexp.iter_mut()) {
+            grow(v, rows * h);
+        }
+        if !self.experts.is_empty() {
+            grow(&mut b.dmix, rows * h);
+        }
+        for (g, gc) in self.gates.iter().zip(&mut b.gates) {
+            gc.ensure_batch(rows, g.n());
+        }
+        if let Some(ep) = self.epnet {
+            b.ep.ensure_batch(ep, rows);
+            for v in [&mut b.v_ep, &mut b.v_pp, &mut b.dv] {
+                grow(v, rows * (gz + dx));
+            }
+            grow(&mut b.xp, rows * dx);
+            grow(&mut b.dxp, rows * dx);
+            let widest = cfg.hidden.iter().copied().max().unwrap_or(0);
+            grow(&mut b.da, rows * widest);
+            grow(&mut b.dpre, rows * widest);
+            for (l, (pn, pc)) in self.ppnet.iter().zip(&mut b.pp).enumerate() {
+                pc.ensure_batch(pn, rows);
+                let hl = cfg.hidden[l];
+                grow(&mut b.a[l], rows * hl);
+                grow(&mut b.hs[l], rows * hl);
+                grow(&mut b.dhs[l], rows * hl);
+            }
+        }
+        c.cap = rows;
+    }
 }
 
 /// Grows `v` to at least `n` elements (never shrinks, so capacity is kept across batches).
@@ -325,18 +523,7 @@ impl<T: Real> Model<T> {
         }
         let rg_wide = rg_dist.end..row_grads.len();
 
-        let buf = Buffers {
-            dnn: dnn.as_ref().map_or_else(MlpCache::default, MlpCache::new),
-            experts: experts.iter().map(MlpCache::new).collect(),
-            gates: vec![GateCache::default(); gates.len()],
-            mix: vec![Vec::new(); if experts.is_empty() { 0 } else { nt }],
-            dexp: vec![Vec::new(); experts.len()],
-            pp: vec![GateNuCache::default(); ppnet.len()],
-            a: vec![Vec::new(); ppnet.len()],
-            hs: vec![Vec::new(); ppnet.len()],
-            dhs: vec![Vec::new(); ppnet.len()],
-            ..Buffers::default()
-        };
+        let buf = Buffers::default();
         let rq_cache = rq.as_ref().map(|q| q.new_cache::<T>(0));
         let dead = rq
             .as_ref()
@@ -375,18 +562,48 @@ impl<T: Real> Model<T> {
         })
     }
 
-    /// Sizes every buffer for `bsz` rows (a no-op unless `bsz` exceeds every earlier batch).
-    /// `forward` calls it; calling it up front keeps the model's own buffers from growing in
-    /// the first step too (the kernels' per-thread GEMM scratch still grows on first use).
+    /// The layers a chunk runs, borrowed from this model (see [`Net`]).
+    fn net(&self) -> Net<'_> {
+        Net {
+            cfg: &self.cfg,
+            dnn: self.dnn.as_ref(),
+            experts: &self.experts,
+            gates: &self.gates,
+            epnet: self.epnet.as_ref(),
+            ppnet: &self.ppnet,
+            cross: self.cross.as_ref(),
+            towers: self.towers.as_ref(),
+            domain_towers: self.domain_towers.as_ref(),
+            gz: self.gate_dim,
+            dense_base: self.params.dense_tail(),
+        }
+    }
+
+    /// Sizes every buffer for `bsz` rows (a no-op unless `bsz` exceeds every earlier batch),
+    /// and for every smaller batch too. `forward` calls it; calling it up front keeps the
+    /// model's own buffers from growing in the first step too (the kernels' GEMM packing
+    /// buffers still grow on first use).
     pub fn ensure_batch(&mut self, bsz: usize) {
         if bsz <= self.buf.cap {
             return;
         }
+        let (rows, n) = chunk_capacity(bsz);
+        let dense_len = self.params.len() - self.params.dense_tail();
+        let mut chunks = std::mem::take(&mut self.buf.chunks);
+        {
+            let net = self.net();
+            while chunks.len() < n {
+                chunks.push(net.new_chunk());
+            }
+            for c in &mut chunks {
+                net.ensure_chunk(c, rows, dense_len);
+            }
+        }
         let cfg = &self.cfg;
         let (nf, nt, dx) = (cfg.fields.len(), cfg.tasks.len(), cfg.x_dim());
         let (xbd, gz) = (self.xb_dim, self.gate_dim);
-        let h = *cfg.hidden.last().expect("validated");
         let b = &mut self.buf;
+        b.chunks = chunks;
         b.idx.resize(nf * bsz, 0);
         for v in [&mut b.x, &mut b.dx] {
             grow(v, bsz * dx);
@@ -399,51 +616,10 @@ impl<T: Real> Model<T> {
         for v in [&mut b.labels, &mut b.logits, &mut b.dlogits] {
             grow(v, bsz * nt);
         }
-        grow(&mut b.dh, bsz * h);
-        b.tower.ensure_batch(bsz);
-        if self.dnn.is_some() {
-            b.dnn.ensure_batch(bsz);
-        }
         if let Some(w) = &self.wide {
             b.wide.ensure_batch(bsz, w.emb.n_fields());
             grow(&mut b.wide_out, bsz);
             grow(&mut b.dwide, bsz);
-        }
-        if let Some(c) = &self.cross {
-            b.cross.ensure_batch(c, bsz);
-            grow(&mut b.cat, bsz * (dx + h));
-            grow(&mut b.dcat, bsz * (dx + h));
-            grow(&mut b.dxl, bsz * dx);
-        }
-        for c in &mut b.experts {
-            c.ensure_batch(bsz);
-        }
-        for v in b.mix.iter_mut().chain(b.dexp.iter_mut()) {
-            grow(v, bsz * h);
-        }
-        if !self.experts.is_empty() {
-            grow(&mut b.dmix, bsz * h);
-        }
-        for (g, c) in self.gates.iter().zip(&mut b.gates) {
-            c.ensure_batch(bsz, g.n());
-        }
-        if let Some(ep) = &self.epnet {
-            b.ep.ensure_batch(ep, bsz);
-            for v in [&mut b.v_ep, &mut b.v_pp, &mut b.dv] {
-                grow(v, bsz * (gz + dx));
-            }
-            grow(&mut b.xp, bsz * dx);
-            grow(&mut b.dxp, bsz * dx);
-            let widest = cfg.hidden.iter().copied().max().unwrap_or(0);
-            grow(&mut b.da, bsz * widest);
-            grow(&mut b.dpre, bsz * widest);
-            for (l, (pn, c)) in self.ppnet.iter().zip(&mut b.pp).enumerate() {
-                c.ensure_batch(pn, bsz);
-                let hl = cfg.hidden[l];
-                grow(&mut b.a[l], bsz * hl);
-                grow(&mut b.hs[l], bsz * hl);
-                grow(&mut b.dhs[l], bsz * hl);
-            }
         }
         for g in &mut self.row_grads {
             g.reserve(bsz);
@@ -504,26 +680,33 @@ impl<T: Real> Model<T> {
     /// (Softmax, sigmoid, the cross network and BCE are smooth; argmins are frozen.)
     pub fn relu_pattern(&self, out: &mut Vec<bool>) {
         out.clear();
-        let (b, bsz) = (&self.buf, self.buf.bsz);
-        let mut push = |v: &[T], w: usize| out.extend(v[..bsz * w].iter().map(|&a| a > T::ZERO));
+        let b = &self.buf;
+        let chunks = &b.chunks[..b.n_chunks];
+        let rows = |i: usize| b.chunk_rows.min(b.bsz - i * b.chunk_rows);
+        let mut push = |v: &[T], w: usize, r: usize| {
+            out.extend(v[..r * w].iter().map(|&a| a > T::ZERO));
+        };
         let pepnet = self.epnet.is_some();
-        if let (Some(m), false) = (&self.dnn, pepnet) {
-            for (l, lin) in m.layers.iter().enumerate() {
-                push(&b.dnn.h[l], lin.d_out);
+        for (i, c) in chunks.iter().enumerate() {
+            let (r, cb) = (rows(i), &c.b);
+            if let (Some(m), false) = (&self.dnn, pepnet) {
+                for (l, lin) in m.layers.iter().enumerate() {
+                    push(&cb.dnn.h[l], lin.d_out, r);
+                }
             }
-        }
-        for (m, c) in self.experts.iter().zip(&b.experts) {
-            for (l, lin) in m.layers.iter().enumerate() {
-                push(&c.h[l], lin.d_out);
+            for (m, ec) in self.experts.iter().zip(&cb.experts) {
+                for (l, lin) in m.layers.iter().enumerate() {
+                    push(&ec.h[l], lin.d_out, r);
+                }
             }
-        }
-        if let (Some(m), Some(ep)) = (&self.dnn, &self.epnet) {
-            for (l, lin) in m.layers.iter().enumerate() {
-                push(&b.a[l], lin.d_out);
-            }
-            push(&b.ep.a1, ep.fc1.d_out);
-            for (pn, c) in self.ppnet.iter().zip(&b.pp) {
-                push(&c.a1, pn.fc1.d_out);
+            if let (Some(m), Some(ep)) = (&self.dnn, &self.epnet) {
+                for (l, lin) in m.layers.iter().enumerate() {
+                    push(&cb.a[l], lin.d_out, r);
+                }
+                push(&cb.ep.a1, ep.fc1.d_out, r);
+                for (pn, pc) in self.ppnet.iter().zip(&cb.pp) {
+                    push(&pc.a1, pn.fc1.d_out, r);
+                }
             }
         }
     }
@@ -573,18 +756,22 @@ impl<T: Real> Model<T> {
     /// Adds the gate weights of the last forward to the running means (MMoE models).
     pub fn record_gates(&mut self) {
         let n = self.cfg.n_experts;
-        let bsz = self.buf.bsz;
-        if self.gates.is_empty() || bsz == 0 {
+        let b = &self.buf;
+        if self.gates.is_empty() || b.bsz == 0 {
             return;
         }
-        for (t, c) in self.buf.gates.iter().enumerate() {
-            for row in c.probs[..bsz * n].chunks_exact(n) {
-                for (i, &p) in row.iter().enumerate() {
-                    self.gate_sums[t * n + i] += p.to_f64();
+        // Rows in batch order (chunk by chunk), so the sums do not depend on the split.
+        for t in 0..self.gates.len() {
+            for (i, c) in b.chunks[..b.n_chunks].iter().enumerate() {
+                let rows = b.chunk_rows.min(b.bsz - i * b.chunk_rows);
+                for row in c.b.gates[t].probs[..rows * n].chunks_exact(n) {
+                    for (e, &p) in row.iter().enumerate() {
+                        self.gate_sums[t * n + e] += p.to_f64();
+                    }
                 }
             }
         }
-        self.gate_rows += bsz as u64;
+        self.gate_rows += b.bsz as u64;
     }
 
     /// Mean gate weight per task and expert since the last reset, as JSON (MMoE models).
@@ -660,6 +847,9 @@ impl<T: Real> Model<T> {
     /// Runs the forward pass on `batch`, caching what `backward` needs; computes the loss
     /// when the batch has labels (`task` is 0 otherwise).
     ///
+    /// The embeddings and the quantizer run on the whole batch; the backbone and towers run
+    /// on row chunks in parallel ([`chunk_layout`]).
+    ///
     /// # Panics
     /// If the batch does not match the configuration (shapes, index out of a vocabulary), or
     /// a frozen forward runs on another batch size than the unfrozen one before it.
@@ -680,7 +870,11 @@ impl<T: Real> Model<T> {
         self.ensure_batch(bsz);
         let mut laps = Laps::start(&self.profile);
         self.load_indices(batch);
+        let (chunk_rows, n_chunks) = chunk_layout(bsz);
         self.buf.bsz = bsz;
+        self.buf.chunk_rows = chunk_rows;
+        self.buf.n_chunks = n_chunks;
+        let dense_base = self.params.dense_tail();
         let Model {
             cfg,
             params: ps,
@@ -710,7 +904,6 @@ impl<T: Real> Model<T> {
         }
         let (nf, e, dx) = (cfg.fields.len(), cfg.embed_dim, cfg.x_dim());
         let (xbd, gz) = (*xb_dim, *gate_dim);
-        let h = *cfg.hidden.last().expect("validated");
         let idx = &b.idx[..nf * bsz];
 
         // x = [E_1[i_1], …, E_F[i_F], numerics]   [B, d_x]
@@ -742,114 +935,64 @@ impl<T: Real> Model<T> {
             &b.xb[..bsz * xbd]
         };
 
+        // Backbone and towers, chunk by chunk.
+        let net = Net {
+            cfg,
+            dnn: dnn.as_ref(),
+            experts,
+            gates,
+            epnet: epnet.as_ref(),
+            ppnet,
+            cross: cross.as_ref(),
+            towers: towers.as_ref(),
+            domain_towers: domain_towers.as_ref(),
+            gz,
+            dense_base,
+        };
+        let dom: &[u32] = if cfg.model == ModelKind::SharedBottom {
+            &idx[*domain_col * bsz..(*domain_col + 1) * bsz]
+        } else {
+            &[]
+        };
+        let chunks = &mut b.chunks[..n_chunks];
+        let on = profile.is_some();
+        for c in chunks.iter_mut() {
+            c.profile = on.then(PhaseTimes::default);
+        }
+        let (ps, frozen) = (&*ps, *frozen);
+        let serial = n_chunks >= rayon::current_num_threads();
+        run_chunks(
+            chunks,
+            0,
+            chunk_rows,
+            0,
+            bsz,
+            &mut b.logits[..bsz * nt],
+            nt,
+            &mut [],
+            0,
+            &|_, r0, rows, c, logits, _| {
+                let (xr, gr) = (&x[r0 * dx..(r0 + rows) * dx], &g[r0 * gz..(r0 + rows) * gz]);
+                let dr = if dom.is_empty() { dom } else { &dom[r0..r0 + rows] };
+                let mut run = || chunk_forward(&net, ps, c, xr, gr, dr, logits, rows, frozen);
+                if serial {
+                    hmdn_kernels::par::serial(run);
+                } else {
+                    run();
+                }
+            },
+        );
+        laps.lap_shared(profile, chunks.iter().filter_map(|c| c.profile.as_ref()));
+
         let logits = &mut b.logits[..bsz * nt];
-        match cfg.model {
-            ModelKind::Dnn | ModelKind::WideDeep => {
-                let m = dnn.as_ref().expect("dnn");
-                m.forward(&mut b.dnn, x, ps, bsz);
-                laps.lap(profile, Phase::Backbone);
-                let tw = towers.as_ref().expect("towers");
-                for t in 0..nt {
-                    tw.forward(t, logits, &mut b.tower, b.dnn.out(bsz), ps, bsz);
-                }
-                laps.lap(profile, Phase::Head);
-                if let Some(w) = wide {
-                    w.forward(&mut b.wide_out, &mut b.wide, idx, ps, bsz);
-                    for (lr, &wv) in logits.chunks_exact_mut(nt).zip(&b.wide_out[..bsz]) {
-                        for l in lr {
-                            *l += wv;
-                        }
-                    }
-                    laps.lap(profile, Phase::Embeddings);
+        if let Some(w) = wide {
+            w.forward(&mut b.wide_out, &mut b.wide, idx, ps, bsz);
+            for (lr, &wv) in logits.chunks_exact_mut(nt).zip(&b.wide_out[..bsz]) {
+                for l in lr {
+                    *l += wv;
                 }
             }
-            ModelKind::Dcn => {
-                let (c, m) = (cross.as_ref().expect("cross"), dnn.as_ref().expect("dnn"));
-                c.forward(&mut b.cross, x, ps, bsz);
-                m.forward(&mut b.dnn, x, ps, bsz);
-                laps.lap(profile, Phase::Backbone);
-                // cat = [x_L, MLP(x)]   [B, d_x + h]
-                let w = dx + h;
-                copy_columns(&mut b.cat, w, 0, c.output(&b.cross, x, bsz), dx, bsz);
-                copy_columns(&mut b.cat, w, dx, b.dnn.out(bsz), h, bsz);
-                laps.lap(profile, Phase::Other);
-                let tw = towers.as_ref().expect("towers");
-                for t in 0..nt {
-                    tw.forward(t, logits, &mut b.tower, &b.cat[..bsz * w], ps, bsz);
-                }
-                laps.lap(profile, Phase::Head);
-            }
-            ModelKind::SharedBottom => {
-                let m = dnn.as_ref().expect("dnn");
-                m.forward(&mut b.dnn, x, ps, bsz);
-                laps.lap(profile, Phase::Backbone);
-                let dom = &idx[*domain_col * bsz..(*domain_col + 1) * bsz];
-                let dt = domain_towers.as_ref().expect("domain towers");
-                dt.forward(logits, b.dnn.out(bsz), dom, ps, bsz);
-                laps.lap(profile, Phase::Head);
-            }
-            ModelKind::Mmoe | ModelKind::HmdnMmoe => {
-                let n = experts.len();
-                for (m, c) in experts.iter().zip(b.experts.iter_mut()) {
-                    m.forward(c, x, ps, bsz);
-                }
-                laps.lap(profile, Phase::Backbone);
-                let tw = towers.as_ref().expect("towers");
-                let per_task = gates.iter().zip(b.gates.iter_mut()).zip(b.mix.iter_mut());
-                for (t, ((gate, gc), mix)) in per_task.enumerate() {
-                    // h_t = Σ_i G_t,i(g)·E_i(x)   [B, h]
-                    gate.forward(gc, g, ps, bsz);
-                    let mix = &mut mix[..bsz * h];
-                    mix.fill(T::ZERO);
-                    for (i, c) in b.experts.iter().enumerate() {
-                        mixture_accumulate(mix, &gc.probs, c.out(bsz), i, n, h, bsz);
-                    }
-                    laps.lap(profile, Phase::Gates);
-                    tw.forward(t, logits, &mut b.tower, mix, ps, bsz);
-                    laps.lap(profile, Phase::Head);
-                }
-            }
-            ModelKind::Pepnet | ModelKind::HmdnPepnet => {
-                let m = dnn.as_ref().expect("dnn");
-                let ep = epnet.as_ref().expect("epnet");
-                let vw = gz + dx;
-                // EPNet: x' = δ_ep([g, sg(x)]) ⊙ x. Frozen: keep the cached sg(x) columns.
-                copy_columns(&mut b.v_ep, vw, 0, g, gz, bsz);
-                if !*frozen {
-                    copy_columns(&mut b.v_ep, vw, gz, x, dx, bsz);
-                }
-                laps.lap(profile, Phase::Other);
-                ep.forward(&mut b.ep, &b.v_ep[..bsz * vw], ps, bsz);
-                scale_forward(&mut b.xp[..bsz * dx], &b.ep.delta[..bsz * dx], x);
-                laps.lap(profile, Phase::Gates);
-                // PPNet gates on [g, sg(x')], one per hidden layer.
-                copy_columns(&mut b.v_pp, vw, 0, g, gz, bsz);
-                if !*frozen {
-                    copy_columns(&mut b.v_pp, vw, gz, &b.xp, dx, bsz);
-                }
-                laps.lap(profile, Phase::Other);
-                for (pn, c) in ppnet.iter().zip(b.pp.iter_mut()) {
-                    pn.forward(c, &b.v_pp[..bsz * vw], ps, bsz);
-                }
-                laps.lap(profile, Phase::Gates);
-                // h_l = δ_l ⊙ ReLU(Linear_l(h_{l-1})), h_{-1} = x'.
-                for l in 0..m.layers.len() {
-                    let hl = m.layers[l].d_out;
-                    let (hs_below, hs_rest) = b.hs.split_at_mut(l);
-                    let inp: &[T] = if l == 0 { &b.xp } else { &hs_below[l - 1] };
-                    m.layer_forward(l, &mut b.a[l], inp, ps, bsz);
-                    laps.lap(profile, Phase::Backbone);
-                    let n = bsz * hl;
-                    scale_forward(&mut hs_rest[0][..n], &b.pp[l].delta[..n], &b.a[l][..n]);
-                    laps.lap(profile, Phase::Gates);
-                }
-                let top = &b.hs[m.layers.len() - 1][..bsz * h];
-                let tw = towers.as_ref().expect("towers");
-                for t in 0..nt {
-                    tw.forward(t, logits, &mut b.tower, top, ps, bsz);
-                }
-                laps.lap(profile, Phase::Head);
-            }
+            laps.lap(profile, Phase::Embeddings);
         }
 
         let alpha = T::from_f64(cfg.rq.alpha);
@@ -873,6 +1016,9 @@ impl<T: Real> Model<T> {
     /// Zeroes the dense gradients, then accumulates the gradients of the last forward's total
     /// loss: dense ones into `params.grads`, embedding tables' into [`Model::row_grads`].
     ///
+    /// Each row chunk accumulates into its own arena; the arenas are then added to
+    /// `params.grads` in chunk order (a fixed order, so any thread count gives the same sums).
+    ///
     /// # Panics
     /// If `batch` is not the batch of the last forward (rows differ) or has no labels.
     #[track_caller]
@@ -891,6 +1037,8 @@ impl<T: Real> Model<T> {
         //   also adds α·∂L_rq/∂(x_b, codebooks).
         // * Shared distribution tables: x_b's gradient joins ∂L/∂x at its field's columns
         //   before the single scatter into row gradients.
+        // * Row chunks: every parameter gradient is a sum over rows, so it is the sum of the
+        //   chunks' sums; ∂L/∂x and ∂L/∂g are per row, each chunk writes its own rows.
         let bsz = batch.rows;
         let nt = self.cfg.tasks.len();
         assert_eq!(
@@ -899,6 +1047,7 @@ impl<T: Real> Model<T> {
         );
         assert_eq!(batch.labels.len(), bsz * nt, "backward needs labels [B, T]");
         let mut laps = Laps::start(&self.profile);
+        let dense_base = self.params.dense_tail();
         let Model {
             cfg,
             params: ps,
@@ -934,7 +1083,7 @@ impl<T: Real> Model<T> {
         laps.lap(profile, Phase::Other);
         let (nf, e, dx) = (cfg.fields.len(), cfg.embed_dim, cfg.x_dim());
         let (xbd, gz) = (*xb_dim, *gate_dim);
-        let h = *cfg.hidden.last().expect("validated");
+        let (chunk_rows, n_chunks) = (b.chunk_rows, b.n_chunks);
         let idx = &b.idx[..nf * bsz];
         let x = &b.x[..bsz * dx];
         let g: &[T] = if rq.is_some() {
@@ -949,162 +1098,69 @@ impl<T: Real> Model<T> {
         task_loss_backward(dlogits, &b.logits, &b.labels, bsz, nt);
         laps.lap(profile, Phase::Head);
         let dlogits = &b.dlogits[..bsz * nt];
-        let dxv = &mut b.dx[..bsz * dx];
-        dxv.fill(T::ZERO);
-        let dg = &mut b.dg[..bsz * gz];
-        dg.fill(T::ZERO);
+
+        // Backbone and towers, chunk by chunk: ∂L/∂x and ∂L/∂g rows, chunk gradient arenas.
+        let net = Net {
+            cfg,
+            dnn: dnn.as_ref(),
+            experts,
+            gates,
+            epnet: epnet.as_ref(),
+            ppnet,
+            cross: cross.as_ref(),
+            towers: towers.as_ref(),
+            domain_towers: domain_towers.as_ref(),
+            gz,
+            dense_base,
+        };
+        let dom: &[u32] = if cfg.model == ModelKind::SharedBottom {
+            &idx[*domain_col * bsz..(*domain_col + 1) * bsz]
+        } else {
+            &[]
+        };
+        let chunks = &mut b.chunks[..n_chunks];
+        let on = profile.is_some();
+        for c in chunks.iter_mut() {
+            c.profile = on.then(PhaseTimes::default);
+        }
+        let serial = n_chunks >= rayon::current_num_threads();
+        {
+            let psr = &*ps;
+            run_chunks(
+                chunks,
+                0,
+                chunk_rows,
+                0,
+                bsz,
+                &mut b.dx[..bsz * dx],
+                dx,
+                &mut b.dg[..bsz * gz],
+                gz,
+                &|_, r0, rows, c, dxr, dgr| {
+                    let (xr, gr) = (&x[r0 * dx..(r0 + rows) * dx], &g[r0 * gz..(r0 + rows) * gz]);
+                    let dr = if dom.is_empty() { dom } else { &dom[r0..r0 + rows] };
+                    let dl = &dlogits[r0 * nt..(r0 + rows) * nt];
+                    let mut run = || chunk_backward(&net, psr, c, xr, gr, dr, dl, dxr, dgr, rows);
+                    if serial {
+                        hmdn_kernels::par::serial(run);
+                    } else {
+                        run();
+                    }
+                },
+            );
+        }
+        laps.lap_shared(profile, chunks.iter().filter_map(|c| c.profile.as_ref()));
+        sum_chunk_grads(&mut ps.grads[dense_base..], chunks);
         laps.lap(profile, Phase::Other);
 
-        match cfg.model {
-            ModelKind::Dnn | ModelKind::WideDeep => {
-                let dh = &mut b.dh[..bsz * h];
-                dh.fill(T::ZERO);
-                let tw = towers.as_ref().expect("towers");
-                for t in 0..nt {
-                    tw.backward(t, Some(dh), &mut b.tower, ps, dlogits, b.dnn.out(bsz), bsz);
-                }
-                laps.lap(profile, Phase::Head);
-                let m = dnn.as_ref().expect("dnn");
-                m.backward(Some(dxv), &mut b.dnn, ps, dh, x, bsz);
-                laps.lap(profile, Phase::Backbone);
-                if let Some(w) = wide {
-                    // logit_t = tower_t + wide for every task: ∂L/∂wide = Σ_t ∂L/∂logit_t.
-                    for (d, lr) in b.dwide[..bsz].iter_mut().zip(dlogits.chunks_exact(nt)) {
-                        *d = lr.iter().fold(T::ZERO, |a, &v| a + v);
-                    }
-                    let rg = &mut row_grads[rg_wide.clone()];
-                    w.backward(rg, &mut b.wide, ps, &b.dwide[..bsz], idx, bsz);
-                    laps.lap(profile, Phase::Embeddings);
-                }
+        if let Some(w) = wide {
+            // logit_t = tower_t + wide for every task: ∂L/∂wide = Σ_t ∂L/∂logit_t.
+            for (d, lr) in b.dwide[..bsz].iter_mut().zip(dlogits.chunks_exact(nt)) {
+                *d = lr.iter().fold(T::ZERO, |a, &v| a + v);
             }
-            ModelKind::Dcn => {
-                let w = dx + h;
-                let dcat = &mut b.dcat[..bsz * w];
-                dcat.fill(T::ZERO);
-                let tw = towers.as_ref().expect("towers");
-                for t in 0..nt {
-                    tw.backward(
-                        t,
-                        Some(dcat),
-                        &mut b.tower,
-                        ps,
-                        dlogits,
-                        &b.cat[..bsz * w],
-                        bsz,
-                    );
-                }
-                laps.lap(profile, Phase::Head);
-                take_columns(&mut b.dxl, dx, dcat, w, 0, bsz);
-                take_columns(&mut b.dh, h, dcat, w, dx, bsz);
-                laps.lap(profile, Phase::Other);
-                let (c, m) = (cross.as_ref().expect("cross"), dnn.as_ref().expect("dnn"));
-                c.backward(dxv, &mut b.cross, ps, &b.dxl[..bsz * dx], x, bsz);
-                m.backward(Some(dxv), &mut b.dnn, ps, &b.dh[..bsz * h], x, bsz);
-                laps.lap(profile, Phase::Backbone);
-            }
-            ModelKind::SharedBottom => {
-                let dh = &mut b.dh[..bsz * h];
-                dh.fill(T::ZERO);
-                let dom = &idx[*domain_col * bsz..(*domain_col + 1) * bsz];
-                let dt = domain_towers.as_ref().expect("domain towers");
-                dt.backward(dh, ps, dlogits, b.dnn.out(bsz), dom, bsz);
-                laps.lap(profile, Phase::Head);
-                let m = dnn.as_ref().expect("dnn");
-                m.backward(Some(dxv), &mut b.dnn, ps, dh, x, bsz);
-                laps.lap(profile, Phase::Backbone);
-            }
-            ModelKind::Mmoe | ModelKind::HmdnMmoe => {
-                let n = experts.len();
-                for d in b.dexp.iter_mut() {
-                    d[..bsz * h].fill(T::ZERO);
-                }
-                laps.lap(profile, Phase::Other);
-                let tw = towers.as_ref().expect("towers");
-                let per_task = gates.iter().zip(b.gates.iter_mut()).zip(&b.mix);
-                for (t, ((gate, gc), mix)) in per_task.enumerate() {
-                    let dmix = &mut b.dmix[..bsz * h];
-                    dmix.fill(T::ZERO);
-                    let mix = &mix[..bsz * h];
-                    tw.backward(t, Some(dmix), &mut b.tower, ps, dlogits, mix, bsz);
-                    laps.lap(profile, Phase::Head);
-                    gc.zero_dprobs(bsz, n);
-                    for (i, (c, de)) in b.experts.iter().zip(b.dexp.iter_mut()).enumerate() {
-                        let (dp, pr) = (&mut gc.dprobs, &gc.probs);
-                        mixture_backward(de, dp, dmix, pr, c.out(bsz), i, n, h, bsz);
-                    }
-                    gate.backward(Some(dg), gc, ps, g, bsz);
-                    laps.lap(profile, Phase::Gates);
-                }
-                for ((m, c), de) in experts.iter().zip(b.experts.iter_mut()).zip(&b.dexp) {
-                    m.backward(Some(dxv), c, ps, &de[..bsz * h], x, bsz);
-                }
-                laps.lap(profile, Phase::Backbone);
-            }
-            ModelKind::Pepnet | ModelKind::HmdnPepnet => {
-                let m = dnn.as_ref().expect("dnn");
-                let ep = epnet.as_ref().expect("epnet");
-                let nl = m.layers.len();
-                let vw = gz + dx;
-                let dtop = &mut b.dhs[nl - 1][..bsz * h];
-                dtop.fill(T::ZERO);
-                let tw = towers.as_ref().expect("towers");
-                for t in 0..nt {
-                    let top = &b.hs[nl - 1][..bsz * h];
-                    tw.backward(t, Some(dtop), &mut b.tower, ps, dlogits, top, bsz);
-                }
-                laps.lap(profile, Phase::Head);
-                let dxp = &mut b.dxp[..bsz * dx];
-                dxp.fill(T::ZERO);
-                for l in (0..nl).rev() {
-                    let n = bsz * m.layers[l].d_out;
-                    // h_l = δ_l ⊙ a_l: ∂L/∂δ_l = ∂L/∂h_l ⊙ a_l, ∂L/∂a_l = ∂L/∂h_l ⊙ δ_l.
-                    let (dhs_below, dhs_rest) = b.dhs.split_at_mut(l);
-                    let dh_l = &dhs_rest[0][..n];
-                    let pc = &mut b.pp[l];
-                    pc.zero_ddelta(bsz, m.layers[l].d_out);
-                    let da = &mut b.da[..n];
-                    da.fill(T::ZERO);
-                    scale_backward(
-                        &mut pc.ddelta[..n],
-                        Some(da),
-                        dh_l,
-                        &pc.delta[..n],
-                        &b.a[l][..n],
-                    );
-                    laps.lap(profile, Phase::Gates);
-                    // Layer l (ReLU ∘ Linear) back to its input h_{l-1} (or x').
-                    let (inp, dinp): (&[T], &mut [T]) = if l == 0 {
-                        (&b.xp[..bsz * dx], &mut *dxp)
-                    } else {
-                        let nb = bsz * m.layers[l - 1].d_out;
-                        (&b.hs[l - 1][..nb], &mut dhs_below[l - 1][..nb])
-                    };
-                    dinp.fill(T::ZERO);
-                    m.layer_backward(l, Some(dinp), &mut b.dpre, ps, da, &b.a[l], inp, bsz);
-                    laps.lap(profile, Phase::Backbone);
-                    // δ_l = GateNU_l([g, sg(x')]): only the g columns pass gradient on.
-                    let dv = &mut b.dv[..bsz * vw];
-                    dv.fill(T::ZERO);
-                    ppnet[l].backward(Some(dv), pc, ps, &b.v_pp[..bsz * vw], bsz);
-                    add_columns_from(dg, gz, dv, vw, bsz);
-                    laps.lap(profile, Phase::Gates);
-                }
-                // x' = δ_ep ⊙ x.
-                let dxp = &b.dxp[..bsz * dx];
-                b.ep.zero_ddelta(bsz, dx);
-                scale_backward(
-                    &mut b.ep.ddelta[..bsz * dx],
-                    Some(&mut *dxv),
-                    dxp,
-                    &b.ep.delta[..bsz * dx],
-                    x,
-                );
-                let dv = &mut b.dv[..bsz * vw];
-                dv.fill(T::ZERO);
-                ep.backward(Some(dv), &mut b.ep, ps, &b.v_ep[..bsz * vw], bsz);
-                add_columns_from(dg, gz, dv, vw, bsz);
-                laps.lap(profile, Phase::Gates);
-            }
+            let rg = &mut row_grads[rg_wide.clone()];
+            w.backward(rg, &mut b.wide, ps, &b.dwide[..bsz], idx, bsz);
+            laps.lap(profile, Phase::Embeddings);
         }
 
         // Distribution embeddings: ∂L/∂x_b through the quantizer (or g = x_b directly).
@@ -1156,6 +1212,322 @@ impl<T: Real> Model<T> {
             bsz,
         );
         laps.lap(profile, Phase::Embeddings);
+    }
+}
+
+/// Elements of the dense gradient per task of [`sum_chunk_grads`] (fixed, so the split
+/// never depends on the thread count; each element's sum runs over chunks in order anyway).
+const SUM_BLOCK: usize = 1 << 14;
+
+/// `out[j] += Σ_c chunks[c].grads[j]`, chunks in order.
+fn sum_chunk_grads<T: Real>(out: &mut [T], chunks: &[Chunk<T>]) {
+    let add = |j0: usize, o: &mut [T]| {
+        let len = o.len();
+        for c in chunks {
+            for (a, &v) in o.iter_mut().zip(&c.grads[j0..j0 + len]) {
+                *a += v;
+            }
+        }
+    };
+    if out.len() >= 2 * SUM_BLOCK && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(SUM_BLOCK)
+            .enumerate()
+            .for_each(|(q, o)| add(q * SUM_BLOCK, o));
+    } else {
+        add(0, out);
+    }
+}
+
+/// The backbone and towers of one chunk (`bsz` rows): from `x` and `g` to `logits`.
+#[allow(clippy::too_many_arguments)]
+fn chunk_forward<T: Real>(
+    net: &Net<'_>,
+    ps: &ParamStore<T>,
+    c: &mut Chunk<T>,
+    x: &[T],
+    g: &[T],
+    dom: &[u32],
+    logits: &mut [T],
+    bsz: usize,
+    frozen: bool,
+) {
+    let Chunk { profile, b, .. } = c;
+    let mut laps = Laps::start(profile);
+    let cfg = net.cfg;
+    let (nt, dx, gz) = (cfg.tasks.len(), cfg.x_dim(), net.gz);
+    let h = *cfg.hidden.last().expect("validated");
+    match cfg.model {
+        ModelKind::Dnn | ModelKind::WideDeep => {
+            let m = net.dnn.expect("dnn");
+            m.forward(&mut b.dnn, x, ps, bsz);
+            laps.lap(profile, Phase::Backbone);
+            let tw = net.towers.expect("towers");
+            for t in 0..nt {
+                tw.forward(t, logits, &mut b.tower, b.dnn.out(bsz), ps, bsz);
+            }
+            laps.lap(profile, Phase::Head);
+        }
+        ModelKind::Dcn => {
+            let (cr, m) = (net.cross.expect("cross"), net.dnn.expect("dnn"));
+            cr.forward(&mut b.cross, x, ps, bsz);
+            m.forward(&mut b.dnn, x, ps, bsz);
+            laps.lap(profile, Phase::Backbone);
+            // cat = [x_L, MLP(x)]   [B, d_x + h]
+            let w = dx + h;
+            copy_columns(&mut b.cat, w, 0, cr.output(&b.cross, x, bsz), dx, bsz);
+            copy_columns(&mut b.cat, w, dx, b.dnn.out(bsz), h, bsz);
+            laps.lap(profile, Phase::Other);
+            let tw = net.towers.expect("towers");
+            for t in 0..nt {
+                tw.forward(t, logits, &mut b.tower, &b.cat[..bsz * w], ps, bsz);
+            }
+            laps.lap(profile, Phase::Head);
+        }
+        ModelKind::SharedBottom => {
+            let m = net.dnn.expect("dnn");
+            m.forward(&mut b.dnn, x, ps, bsz);
+            laps.lap(profile, Phase::Backbone);
+            let dt = net.domain_towers.expect("domain towers");
+            dt.forward(logits, b.dnn.out(bsz), dom, ps, bsz);
+            laps.lap(profile, Phase::Head);
+        }
+        ModelKind::Mmoe | ModelKind::HmdnMmoe => {
+            let n = net.experts.len();
+            for (m, ec) in net.experts.iter().zip(b.experts.iter_mut()) {
+                m.forward(ec, x, ps, bsz);
+            }
+            laps.lap(profile, Phase::Backbone);
+            let tw = net.towers.expect("towers");
+            let per_task = net.gates.iter().zip(b.gates.iter_mut()).zip(b.mix.iter_mut());
+            for (t, ((gate, gc), mix)) in per_task.enumerate() {
+                // h_t = Σ_i G_t,i(g)·E_i(x)   [B, h]
+                gate.forward(gc, g, ps, bsz);
+                let mix = &mut mix[..bsz * h];
+                mix.fill(T::ZERO);
+                for (i, ec) in b.experts.iter().enumerate() {
+                    mixture_accumulate(mix, &gc.probs, ec.out(bsz), i, n, h, bsz);
+                }
+                laps.lap(profile, Phase::Gates);
+                tw.forward(t, logits, &mut b.tower, mix, ps, bsz);
+                laps.lap(profile, Phase::Head);
+            }
+        }
+        ModelKind::Pepnet | ModelKind::HmdnPepnet => {
+            let m = net.dnn.expect("dnn");
+            let ep = net.epnet.expect("epnet");
+            let vw = gz + dx;
+            // EPNet: x' = δ_ep([g, sg(x)]) ⊙ x. Frozen: keep the cached sg(x) columns.
+            copy_columns(&mut b.v_ep, vw, 0, g, gz, bsz);
+            if !frozen {
+                copy_columns(&mut b.v_ep, vw, gz, x, dx, bsz);
+            }
+            laps.lap(profile, Phase::Other);
+            ep.forward(&mut b.ep, &b.v_ep[..bsz * vw], ps, bsz);
+            scale_forward(&mut b.xp[..bsz * dx], &b.ep.delta[..bsz * dx], x);
+            laps.lap(profile, Phase::Gates);
+            // PPNet gates on [g, sg(x')], one per hidden layer.
+            copy_columns(&mut b.v_pp, vw, 0, g, gz, bsz);
+            if !frozen {
+                copy_columns(&mut b.v_pp, vw, gz, &b.xp, dx, bsz);
+            }
+            laps.lap(profile, Phase::Other);
+            for (pn, pc) in net.ppnet.iter().zip(b.pp.iter_mut()) {
+                pn.forward(pc, &b.v_pp[..bsz * vw], ps, bsz);
+            }
+            laps.lap(profile, Phase::Gates);
+            // h_l = δ_l ⊙ ReLU(Linear_l(h_{l-1})), h_{-1} = x'.
+            for l in 0..m.layers.len() {
+                let hl = m.layers[l].d_out;
+                let (hs_below, hs_rest) = b.hs.split_at_mut(l);
+                let inp: &[T] = if l == 0 { &b.xp } else { &hs_below[l - 1] };
+                m.layer_forward(l, &mut b.a[l], inp, ps, bsz);
+                laps.lap(profile, Phase::Backbone);
+                let n = bsz * hl;
+                scale_forward(&mut hs_rest[0][..n], &b.pp[l].delta[..n], &b.a[l][..n]);
+                laps.lap(profile, Phase::Gates);
+            }
+            let top = &b.hs[m.layers.len() - 1][..bsz * h];
+            let tw = net.towers.expect("towers");
+            for t in 0..nt {
+                tw.forward(t, logits, &mut b.tower, top, ps, bsz);
+            }
+            laps.lap(profile, Phase::Head);
+        }
+    }
+}
+
+/// Backward of [`chunk_forward`] from this chunk's `dlogits`: writes its rows of `∂L/∂x`
+/// (`dxv`) and `∂L/∂g` (`dg`) and accumulates its parameter gradients into `c.grads`.
+#[allow(clippy::too_many_arguments)]
+fn chunk_backward<T: Real>(
+    net: &Net<'_>,
+    store: &ParamStore<T>,
+    c: &mut Chunk<T>,
+    x: &[T],
+    g: &[T],
+    dom: &[u32],
+    dlogits: &[T],
+    dxv: &mut [T],
+    dg: &mut [T],
+    bsz: usize,
+) {
+    let Chunk {
+        profile, b, grads, ..
+    } = c;
+    let mut laps = Laps::start(profile);
+    grads.fill(T::ZERO);
+    let mut gv = Grads {
+        specs: &store.specs,
+        values: &store.values,
+        grads: GradSlice::new(net.dense_base, grads),
+    };
+    let ps = &mut gv;
+    dxv.fill(T::ZERO);
+    dg.fill(T::ZERO);
+    laps.lap(profile, Phase::Other);
+    let cfg = net.cfg;
+    let (nt, dx, gz) = (cfg.tasks.len(), cfg.x_dim(), net.gz);
+    let h = *cfg.hidden.last().expect("validated");
+    match cfg.model {
+        ModelKind::Dnn | ModelKind::WideDeep => {
+            let dh = &mut b.dh[..bsz * h];
+            dh.fill(T::ZERO);
+            let tw = net.towers.expect("towers");
+            for t in 0..nt {
+                tw.backward(t, Some(dh), &mut b.tower, ps, dlogits, b.dnn.out(bsz), bsz);
+            }
+            laps.lap(profile, Phase::Head);
+            let m = net.dnn.expect("dnn");
+            m.backward(Some(dxv), &mut b.dnn, ps, dh, x, bsz);
+            laps.lap(profile, Phase::Backbone);
+        }
+        ModelKind::Dcn => {
+            let w = dx + h;
+            let dcat = &mut b.dcat[..bsz * w];
+            dcat.fill(T::ZERO);
+            let tw = net.towers.expect("towers");
+            for t in 0..nt {
+                tw.backward(
+                    t,
+                    Some(dcat),
+                    &mut b.tower,
+                    ps,
+                    dlogits,
+                    &b.cat[..bsz * w],
+                    bsz,
+                );
+            }
+            laps.lap(profile, Phase::Head);
+            take_columns(&mut b.dxl, dx, dcat, w, 0, bsz);
+            take_columns(&mut b.dh, h, dcat, w, dx, bsz);
+            laps.lap(profile, Phase::Other);
+            let (cr, m) = (net.cross.expect("cross"), net.dnn.expect("dnn"));
+            cr.backward(dxv, &mut b.cross, ps, &b.dxl[..bsz * dx], x, bsz);
+            m.backward(Some(dxv), &mut b.dnn, ps, &b.dh[..bsz * h], x, bsz);
+            laps.lap(profile, Phase::Backbone);
+        }
+        ModelKind::SharedBottom => {
+            let dh = &mut b.dh[..bsz * h];
+            dh.fill(T::ZERO);
+            let dt = net.domain_towers.expect("domain towers");
+            dt.backward(dh, ps, dlogits, b.dnn.out(bsz), dom, bsz);
+            laps.lap(profile, Phase::Head);
+            let m = net.dnn.expect("dnn");
+            m.backward(Some(dxv), &mut b.dnn, ps, dh, x, bsz);
+            laps.lap(profile, Phase::Backbone);
+        }
+        ModelKind::Mmoe | ModelKind::HmdnMmoe => {
+            let n = net.experts.len();
+            for d in b.dexp.iter_mut() {
+                d[..bsz * h].fill(T::ZERO);
+            }
+            laps.lap(profile, Phase::Other);
+            let tw = net.towers.expect("towers");
+            let per_task = net.gates.iter().zip(b.gates.iter_mut()).zip(&b.mix);
+            for (t, ((gate, gc), mix)) in per_task.enumerate() {
+                let dmix = &mut b.dmix[..bsz * h];
+                dmix.fill(T::ZERO);
+                let mix = &mix[..bsz * h];
+                tw.backward(t, Some(dmix), &mut b.tower, ps, dlogits, mix, bsz);
+                laps.lap(profile, Phase::Head);
+                gc.zero_dprobs(bsz, n);
+                for (i, (ec, de)) in b.experts.iter().zip(b.dexp.iter_mut()).enumerate() {
+                    let (dp, pr) = (&mut gc.dprobs, &gc.probs);
+                    mixture_backward(de, dp, dmix, pr, ec.out(bsz), i, n, h, bsz);
+                }
+                gate.backward(Some(dg), gc, ps, g, bsz);
+                laps.lap(profile, Phase::Gates);
+            }
+            for ((m, ec), de) in net.experts.iter().zip(b.experts.iter_mut()).zip(&b.dexp) {
+                m.backward(Some(dxv), ec, ps, &de[..bsz * h], x, bsz);
+            }
+            laps.lap(profile, Phase::Backbone);
+        }
+        ModelKind::Pepnet | ModelKind::HmdnPepnet => {
+            let m = net.dnn.expect("dnn");
+            let ep = net.epnet.expect("epnet");
+            let nl = m.layers.len();
+            let vw = gz + dx;
+            let dtop = &mut b.dhs[nl - 1][..bsz * h];
+            dtop.fill(T::ZERO);
+            let tw = net.towers.expect("towers");
+            for t in 0..nt {
+                let top = &b.hs[nl - 1][..bsz * h];
+                tw.backward(t, Some(dtop), &mut b.tower, ps, dlogits, top, bsz);
+            }
+            laps.lap(profile, Phase::Head);
+            let dxp = &mut b.dxp[..bsz * dx];
+            dxp.fill(T::ZERO);
+            for l in (0..nl).rev() {
+                let n = bsz * m.layers[l].d_out;
+                // h_l = δ_l ⊙ a_l: ∂L/∂δ_l = ∂L/∂h_l ⊙ a_l, ∂L/∂a_l = ∂L/∂h_l ⊙ δ_l.
+                let (dhs_below, dhs_rest) = b.dhs.split_at_mut(l);
+                let dh_l = &dhs_rest[0][..n];
+                let pc = &mut b.pp[l];
+                pc.zero_ddelta(bsz, m.layers[l].d_out);
+                let da = &mut b.da[..n];
+                da.fill(T::ZERO);
+                scale_backward(
+                    &mut pc.ddelta[..n],
+                    Some(da),
+                    dh_l,
+                    &pc.delta[..n],
+                    &b.a[l][..n],
+                );
+                laps.lap(profile, Phase::Gates);
+                // Layer l (ReLU ∘ Linear) back to its input h_{l-1} (or x').
+                let (inp, dinp): (&[T], &mut [T]) = if l == 0 {
+                    (&b.xp[..bsz * dx], &mut *dxp)
+                } else {
+                    let nb = bsz * m.layers[l - 1].d_out;
+                    (&b.hs[l - 1][..nb], &mut dhs_below[l - 1][..nb])
+                };
+                dinp.fill(T::ZERO);
+                m.layer_backward(l, Some(dinp), &mut b.dpre, ps, da, &b.a[l], inp, bsz);
+                laps.lap(profile, Phase::Backbone);
+                // δ_l = GateNU_l([g, sg(x')]): only the g columns pass gradient on.
+                let dv = &mut b.dv[..bsz * vw];
+                dv.fill(T::ZERO);
+                net.ppnet[l].backward(Some(dv), pc, ps, &b.v_pp[..bsz * vw], bsz);
+                add_columns_from(dg, gz, dv, vw, bsz);
+                laps.lap(profile, Phase::Gates);
+            }
+            // x' = δ_ep ⊙ x.
+            let dxp = &b.dxp[..bsz * dx];
+            b.ep.zero_ddelta(bsz, dx);
+            scale_backward(
+                &mut b.ep.ddelta[..bsz * dx],
+                Some(&mut *dxv),
+                dxp,
+                &b.ep.delta[..bsz * dx],
+                x,
+            );
+            let dv = &mut b.dv[..bsz * vw];
+            dv.fill(T::ZERO);
+            ep.backward(Some(dv), &mut b.ep, ps, &b.v_ep[..bsz * vw], bsz);
+            add_columns_from(dg, gz, dv, vw, bsz);
+            laps.lap(profile, Phase::Gates);
+        }
     }
 }
 

@@ -99,3 +99,49 @@ impl Laps {
         }
     }
 }
+
+impl PhaseTimes {
+    /// Every phase with its time.
+    pub fn phases(&self) -> [(Phase, Duration); 6] {
+        [
+            (Phase::Embeddings, self.embeddings),
+            (Phase::Rq, self.rq),
+            (Phase::Gates, self.gates),
+            (Phase::Backbone, self.backbone),
+            (Phase::Head, self.head),
+            (Phase::Other, self.other),
+        ]
+    }
+}
+
+impl Laps {
+    /// Charges the wall time since the last lap — a parallel section — to the phases in the
+    /// proportions of the summed per-task `shares` (each task timed its own phases, so their
+    /// sum is thread time; the wall time is what the section cost the step). All to
+    /// [`Phase::Other`] when the shares are empty.
+    pub(crate) fn lap_shared<'a>(
+        &mut self,
+        profile: &mut Option<PhaseTimes>,
+        shares: impl Iterator<Item = &'a PhaseTimes>,
+    ) {
+        if let (Some(t0), Some(p)) = (self.0, profile.as_mut()) {
+            let now = Instant::now();
+            let wall = now - t0;
+            let mut sum = PhaseTimes::default();
+            for s in shares {
+                for (ph, d) in s.phases() {
+                    sum.add(ph, d);
+                }
+            }
+            let total = sum.total().as_secs_f64();
+            if total > 0.0 {
+                for (ph, d) in sum.phases() {
+                    p.add(ph, wall.mul_f64(d.as_secs_f64() / total));
+                }
+            } else {
+                p.add(Phase::Other, wall);
+            }
+            self.0 = Some(now);
+        }
+    }
+}
