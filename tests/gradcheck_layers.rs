@@ -283,7 +283,14 @@ fn mlp() {
         let out = cache.out(B).to_vec();
         let mut dx = vec![0.0; B * 7];
         if let Some(d) = dout {
-            mlp.backward(Some(&mut dx), &mut cache, &mut ps.grads_view(), d, &inp[0].v, B);
+            mlp.backward(
+                Some(&mut dx),
+                &mut cache,
+                &mut ps.grads_view(),
+                d,
+                &inp[0].v,
+                B,
+            );
         }
         (out, vec![dx])
     };
@@ -303,7 +310,14 @@ fn mlp_single_layers_compose_like_the_whole() {
     mlp.forward(&mut cache, &x, &ps, B);
     let mut dx_whole = vec![0.0; B * 4];
     ps.zero_grads(true);
-    mlp.backward(Some(&mut dx_whole), &mut cache, &mut ps.grads_view(), &dout, &x, B);
+    mlp.backward(
+        Some(&mut dx_whole),
+        &mut cache,
+        &mut ps.grads_view(),
+        &dout,
+        &x,
+        B,
+    );
     let g_whole = ps.grads.clone();
 
     let (mut h0, mut h1) = (vec![0.0; B * 5], vec![0.0; B * 3]);
@@ -312,8 +326,26 @@ fn mlp_single_layers_compose_like_the_whole() {
     assert_eq!(h1, cache.out(B));
     ps.zero_grads(true);
     let (mut dh0, mut dx, mut scratch) = (vec![0.0; B * 5], vec![0.0; B * 4], vec![0.0; B * 5]);
-    mlp.layer_backward(1, Some(&mut dh0), &mut scratch, &mut ps.grads_view(), &dout, &h1, &h0, B);
-    mlp.layer_backward(0, Some(&mut dx), &mut scratch, &mut ps.grads_view(), &dh0, &h0, &x, B);
+    mlp.layer_backward(
+        1,
+        Some(&mut dh0),
+        &mut scratch,
+        &mut ps.grads_view(),
+        &dout,
+        &h1,
+        &h0,
+        B,
+    );
+    mlp.layer_backward(
+        0,
+        Some(&mut dx),
+        &mut scratch,
+        &mut ps.grads_view(),
+        &dh0,
+        &h0,
+        &x,
+        B,
+    );
     assert_eq!(dx, dx_whole);
     assert_eq!(ps.grads, g_whole);
 }
@@ -335,7 +367,13 @@ fn gate() {
             for (a, &v) in cache.dprobs.iter_mut().zip(d) {
                 *a += v;
             }
-            gate.backward(Some(&mut dg), &mut cache, &mut ps.grads_view(), &inp[0].v, B);
+            gate.backward(
+                Some(&mut dg),
+                &mut cache,
+                &mut ps.grads_view(),
+                &inp[0].v,
+                B,
+            );
         }
         (out, vec![dg])
     };
@@ -399,7 +437,13 @@ fn gatenu() {
             for (a, &v) in cache.ddelta.iter_mut().zip(d) {
                 *a += v;
             }
-            g.backward(Some(&mut dv), &mut cache, &mut ps.grads_view(), &inp[0].v, B);
+            g.backward(
+                Some(&mut dv),
+                &mut cache,
+                &mut ps.grads_view(),
+                &inp[0].v,
+                B,
+            );
         }
         (out, vec![dv])
     };
@@ -495,7 +539,15 @@ fn towers() {
         let mut dh = vec![vec![0.0; B * h]; t];
         if let Some(d) = dout {
             for (k, dk) in dh.iter_mut().enumerate() {
-                towers.backward(k, Some(dk), &mut cache, &mut ps.grads_view(), d, &inp[k].v, B);
+                towers.backward(
+                    k,
+                    Some(dk),
+                    &mut cache,
+                    &mut ps.grads_view(),
+                    d,
+                    &inp[k].v,
+                    B,
+                );
             }
         }
         (logits, dh)

@@ -13,7 +13,10 @@ fn main() {
         .num_threads(threads)
         .build()
         .unwrap();
-    let m_rows: usize = std::env::var("M").ok().map(|s| s.parse().unwrap()).unwrap_or(4096);
+    let m_rows: usize = std::env::var("M")
+        .ok()
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(4096);
     pool.install(|| {
         for (name, m, n, k, ta, tb) in [
             ("fwd", m_rows, 128, 368, Trans::N, Trans::T),

@@ -15,7 +15,6 @@ pub mod wide;
 use crate::config::{ModelConfig, ModelKind};
 use crate::error::Result;
 use crate::params::{GradSlice, Grads, ParamStore};
-use rayon::prelude::*;
 use crate::Batch;
 use cross::{Cross, CrossCache};
 use embedding::{MultiEmbedding, RowGrad};
@@ -27,6 +26,7 @@ use mlp::{Mlp, MlpCache};
 use profile::{Laps, Phase, PhaseTimes};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use rq::{DeadCodes, ResidualQuantizer, RqCache};
 use std::ops::Range;
 use wide::{Wide, WideCache};
@@ -200,7 +200,20 @@ fn run_chunks<T: Send, C: Send, F>(
             let (bl, br) = b.split_at_mut(split * wb);
             rayon::join(
                 || run_chunks(cl, first, chunk_rows, r0, bsz, al, wa, bl, wb, f),
-                || run_chunks(cr, first + mid, chunk_rows, r0 + split, bsz, ar, wa, br, wb, f),
+                || {
+                    run_chunks(
+                        cr,
+                        first + mid,
+                        chunk_rows,
+                        r0 + split,
+                        bsz,
+                        ar,
+                        wa,
+                        br,
+                        wb,
+                        f,
+                    )
+                },
             );
         }
     }
@@ -973,7 +986,11 @@ impl<T: Real> Model<T> {
             0,
             &|_, r0, rows, c, logits, _| {
                 let (xr, gr) = (&x[r0 * dx..(r0 + rows) * dx], &g[r0 * gz..(r0 + rows) * gz]);
-                let dr = if dom.is_empty() { dom } else { &dom[r0..r0 + rows] };
+                let dr = if dom.is_empty() {
+                    dom
+                } else {
+                    &dom[r0..r0 + rows]
+                };
                 let mut run = || chunk_forward(&net, ps, c, xr, gr, dr, logits, rows, frozen);
                 if serial {
                     hmdn_kernels::par::serial(run);
@@ -1138,7 +1155,11 @@ impl<T: Real> Model<T> {
                 gz,
                 &|_, r0, rows, c, dxr, dgr| {
                     let (xr, gr) = (&x[r0 * dx..(r0 + rows) * dx], &g[r0 * gz..(r0 + rows) * gz]);
-                    let dr = if dom.is_empty() { dom } else { &dom[r0..r0 + rows] };
+                    let dr = if dom.is_empty() {
+                        dom
+                    } else {
+                        &dom[r0..r0 + rows]
+                    };
                     let dl = &dlogits[r0 * nt..(r0 + rows) * nt];
                     let mut run = || chunk_backward(&net, psr, c, xr, gr, dr, dl, dxr, dgr, rows);
                     if serial {
@@ -1298,7 +1319,11 @@ fn chunk_forward<T: Real>(
             }
             laps.lap(profile, Phase::Backbone);
             let tw = net.towers.expect("towers");
-            let per_task = net.gates.iter().zip(b.gates.iter_mut()).zip(b.mix.iter_mut());
+            let per_task = net
+                .gates
+                .iter()
+                .zip(b.gates.iter_mut())
+                .zip(b.mix.iter_mut());
             for (t, ((gate, gc), mix)) in per_task.enumerate() {
                 // h_t = Σ_i G_t,i(g)·E_i(x)   [B, h]
                 gate.forward(gc, g, ps, bsz);
