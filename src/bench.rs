@@ -120,6 +120,10 @@ pub fn flops_per_sample(cfg: &ModelConfig) -> (f64, f64) {
         }
     };
     let mut train = 3.0 * fwd;
+    if matches!(cfg.model, ModelKind::Pepnet | ModelKind::HmdnPepnet) {
+        // GateNU inputs are [g, sg(x)]: no input gradient for their x columns.
+        train -= (1 + cfg.hidden.len()) as f64 * lin(x, cfg.gatenu_hidden);
+    }
     if cfg.model.uses_rq() {
         // argmin over K codes of width z at each of D levels (forward only).
         let rq = 2.0 * (cfg.rq.codebook_size * cfg.xb_dim() * cfg.rq_depth()) as f64;

@@ -679,8 +679,10 @@ pub fn fit(run: &RunConfig, inp: &FitInputs) -> Result<FitSummary> {
                     });
                 }
             };
-            if let (Some(u), Some(cache)) = (&mut usage, model.rq_cache()) {
-                u.record(cache);
+            if let Some(u) = &mut usage {
+                for cache in model.rq_caches() {
+                    u.record(cache);
+                }
             }
             model.after_step(st.step, tc.seed);
             st.step += 1;

@@ -439,6 +439,7 @@ fn gatenu() {
             }
             g.backward(
                 Some(&mut dv),
+                din,
                 &mut cache,
                 &mut ps.grads_view(),
                 &inp[0].v,
@@ -448,6 +449,36 @@ fn gatenu() {
         (out, vec![dv])
     };
     check_layer("gatenu", &mut ps, inputs, &mut run, &mut rng);
+}
+
+/// The leading-columns input gradient (PEPNet needs only g's columns of `[g, sg(x)]`) equals
+/// those columns of the full one, and the parameter gradients are the same.
+#[test]
+fn gatenu_leading_columns() {
+    let mut rng = StdRng::seed_from_u64(19);
+    let mut ps = ParamStore::new();
+    let (din, hid, dout_w, cols) = (9, 7, 3, 4);
+    let g = GateNu::new(&mut ps, "epnet", din, hid, dout_w, 2.0, &mut rng);
+    let mut cache = GateNuCache::default();
+    let v = input("v", &[B, din], &mut rng).v;
+    let d = input("d", &[B, dout_w], &mut rng).v;
+    let mut run = |ps: &mut ParamStore<f64>, cols: usize| {
+        ps.zero_grads(true);
+        g.forward(&mut cache, &v, ps, B);
+        cache.zero_ddelta(B, dout_w);
+        cache.ddelta[..B * dout_w].copy_from_slice(&d);
+        let mut dv = vec![0.5; B * cols];
+        g.backward(Some(&mut dv), cols, &mut cache, &mut ps.grads_view(), &v, B);
+        (dv, ps.grads.clone())
+    };
+    let (full, g_full) = run(&mut ps, din);
+    let (part, g_part) = run(&mut ps, cols);
+    assert_eq!(g_full, g_part);
+    for (fr, pr) in full.chunks_exact(din).zip(part.chunks_exact(cols)) {
+        for (a, b) in fr[..cols].iter().zip(pr) {
+            assert!((a - b).abs() <= 1e-14, "{a} vs {b}");
+        }
+    }
 }
 
 #[test]

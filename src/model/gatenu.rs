@@ -36,6 +36,9 @@ pub struct GateNuCache<T> {
     pub da1: Vec<T>,
     /// Scratch: `∂L/∂(fc1 pre-activation)` `[B, hidden]`.
     pub du1: Vec<T>,
+    /// Scratch: the leading input columns of `W1` `[hidden, cols]`, when only those columns
+    /// of `∂L/∂v` are wanted.
+    pub w1_cols: Vec<T>,
 }
 
 impl<T: Real> GateNuCache<T> {
@@ -49,6 +52,10 @@ impl<T: Real> GateNuCache<T> {
             self.delta.resize(bsz * d, T::ZERO);
             self.ddelta.resize(bsz * d, T::ZERO);
             self.u2.resize(bsz * d, T::ZERO);
+        }
+        let w1 = h * gate.fc1.d_in;
+        if self.w1_cols.len() < w1 {
+            self.w1_cols.resize(w1, T::ZERO);
         }
     }
 
@@ -126,15 +133,20 @@ impl GateNu {
     }
 
     /// Backward from `cache.ddelta = ∂L/∂δ`: accumulates the parameter gradients of both
-    /// layers and, when given, `dv[B×d_in] +=`.
+    /// layers and, when given, the first `dv_cols` columns of `∂L/∂v` into `dv`
+    /// (`[B, dv_cols]`, `+=`). PEPNet's gate inputs are `[g, sg(x)]`: only g's columns carry
+    /// gradient on, so computing the `sg(x)` columns would be wasted work.
     ///
     /// Derivation: with `u1 = v·W1ᵀ + b1`, `a1 = ReLU(u1)`, `u2 = a1·W2ᵀ + b2`, `δ = γσ(u2)`:
     /// `∂δ/∂u2 = γσ(1−σ) = δ(1 − δ/γ)`, so `∂L/∂u2 = dδ ⊙ δ ⊙ (1 − δ/γ)`; fc2's backward gives
     /// `dW2 += (∂L/∂u2)ᵀ a1`, `db2 += Σ_b ∂L/∂u2`, `∂L/∂a1 = (∂L/∂u2)·W2`; then
-    /// `∂L/∂u1 = ∂L/∂a1 ⊙ [a1 > 0]` and fc1's backward gives `dW1`, `db1`, `dv`.
+    /// `∂L/∂u1 = ∂L/∂a1 ⊙ [a1 > 0]` and fc1's backward gives `dW1`, `db1`, and
+    /// `∂L/∂v[:, :c] = (∂L/∂u1)·W1[:, :c]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn backward<T: Real>(
         &self,
         dv: Option<&mut [T]>,
+        dv_cols: usize,
         cache: &mut GateNuCache<T>,
         ps: &mut Grads<'_, T>,
         v: &[T],
@@ -155,7 +167,20 @@ impl GateNu {
         f2.backward(Some(da1), ps, du2, &cache.a1[..nh], bsz);
         let du1 = &mut cache.du1[..nh];
         relu_backward(du1, da1, &cache.a1[..nh]);
-        f1.backward(dv, ps, du1, v, bsz);
+        match dv {
+            Some(dv) if dv_cols < f1.d_in => {
+                // W1[:, :c] copied to a contiguous [hidden, c] (a few KB) for the GEMM.
+                let (h, din, c) = (f1.d_out, f1.d_in, dv_cols);
+                let w1 = ps.value(f1.w);
+                let wc = &mut cache.w1_cols[..h * c];
+                for (dst, src) in wc.chunks_exact_mut(c.max(1)).zip(w1.chunks_exact(din)) {
+                    dst.copy_from_slice(&src[..c]);
+                }
+                gemm(bsz, c, h, T::ONE, du1, Trans::N, wc, Trans::N, T::ONE, dv);
+                f1.backward(None, ps, du1, v, bsz);
+            }
+            dv => f1.backward(dv, ps, du1, v, bsz),
+        }
     }
 }
 

@@ -100,6 +100,10 @@ struct Chunk<T> {
 /// Backbone activations and gradients of one [`Chunk`], `[rows, ·]` each.
 #[derive(Clone, Debug, Default)]
 struct ChunkBuffers<T> {
+    /// Quantizer cache of this chunk's rows (hmdn-*).
+    rq: Option<RqCache<T>>,
+    /// This chunk's share of `L_rq` in the last forward.
+    rq_loss: T,
     /// Gradient of the bottom MLP's output / a tower input `[B, h]`.
     dh: Vec<T>,
     /// Tower scratch.
@@ -118,12 +122,10 @@ struct ChunkBuffers<T> {
     dmix: Vec<T>,
     dexp: Vec<Vec<T>>,
     gates: Vec<GateCache<T>>,
-    /// PEPNet: GateNU inputs `[g, sg(x)]` / `[g, sg(x')]` `[B, gz + d_x]`, their gradient
-    /// scratch, EPNet cache, `x' = δ_ep ⊙ x` `[B, d_x]` and its gradient, PPNet caches, per
+    /// PEPNet: GateNU inputs `[g, sg(x)]` / `[g, sg(x')]` `[B, gz + d_x]`, EPNet cache, `x' = δ_ep ⊙ x` `[B, d_x]` and its gradient, PPNet caches, per
     /// layer post-ReLU `a_l` and scaled `h_l = δ_l ⊙ a_l` `[B, h_l]` with gradients.
     v_ep: Vec<T>,
     v_pp: Vec<T>,
-    dv: Vec<T>,
     ep: GateNuCache<T>,
     xp: Vec<T>,
     dxp: Vec<T>,
@@ -168,52 +170,38 @@ fn chunk_capacity(bsz: usize) -> (usize, usize) {
     (rows, n)
 }
 
-/// Runs `f(i, r0, rows, chunk, a_rows, b_rows)` on every chunk `i` (rows `r0..r0 + rows` of the
-/// batch) in parallel, handing each its rows of `a` (`wa` wide) and `b` (`wb` wide); splits
-/// in halves with `rayon::join`, so no per-call allocation.
-#[allow(clippy::too_many_arguments)]
+/// Mutable row-major arrays handed out to chunks by rows: `(data, row width)`.
+type RowArrays<'a, T> = [(&'a mut [T], usize); 3];
+
+/// Runs `f(r0, rows, chunk, arrays)` on every chunk (rows `r0..r0 + rows` of the batch) in
+/// parallel, handing each its rows of the three `arrays`; splits in halves with
+/// `rayon::join`, so no per-call allocation.
 fn run_chunks<T: Send, C: Send, F>(
     chunks: &mut [C],
-    first: usize,
     chunk_rows: usize,
     r0: usize,
     bsz: usize,
-    a: &mut [T],
-    wa: usize,
-    b: &mut [T],
-    wb: usize,
+    arrays: RowArrays<'_, T>,
     f: &F,
 ) where
-    F: Fn(usize, usize, usize, &mut C, &mut [T], &mut [T]) + Sync,
+    F: Fn(usize, usize, &mut C, RowArrays<'_, T>) + Sync,
 {
     match chunks.len() {
         0 => {}
-        1 => {
-            let rows = chunk_rows.min(bsz - r0);
-            f(first, r0, rows, &mut chunks[0], a, b);
-        }
+        1 => f(r0, chunk_rows.min(bsz - r0), &mut chunks[0], arrays),
         len => {
             let mid = len / 2;
             let split = (mid * chunk_rows).min(bsz - r0);
             let (cl, cr) = chunks.split_at_mut(mid);
+            let [(a, wa), (b, wb), (c, wc)] = arrays;
             let (al, ar) = a.split_at_mut(split * wa);
             let (bl, br) = b.split_at_mut(split * wb);
+            let (xl, xr) = c.split_at_mut(split * wc);
+            let left = [(al, wa), (bl, wb), (xl, wc)];
+            let right = [(ar, wa), (br, wb), (xr, wc)];
             rayon::join(
-                || run_chunks(cl, first, chunk_rows, r0, bsz, al, wa, bl, wb, f),
-                || {
-                    run_chunks(
-                        cr,
-                        first + mid,
-                        chunk_rows,
-                        r0 + split,
-                        bsz,
-                        ar,
-                        wa,
-                        br,
-                        wb,
-                        f,
-                    )
-                },
+                || run_chunks(cl, chunk_rows, r0, bsz, left, f),
+                || run_chunks(cr, chunk_rows, r0 + split, bsz, right, f),
             );
         }
     }
@@ -231,6 +219,8 @@ struct Net<'a> {
     cross: Option<&'a Cross>,
     towers: Option<&'a Towers>,
     domain_towers: Option<&'a DomainTowers>,
+    /// Residual quantizer (hmdn-*), run per chunk from x_b to g.
+    rq: Option<&'a ResidualQuantizer>,
     /// Width of the gate input g.
     gz: usize,
     /// First arena element of the dense tail (where chunk gradient arenas start).
@@ -251,6 +241,7 @@ impl<'a> Net<'a> {
             a: vec![Vec::new(); self.ppnet.len()],
             hs: vec![Vec::new(); self.ppnet.len()],
             dhs: vec![Vec::new(); self.ppnet.len()],
+            rq: self.rq.map(|q| q.new_cache(0)),
             ..ChunkBuffers::default()
         };
         Chunk {
@@ -271,6 +262,9 @@ impl<'a> Net<'a> {
         let (dx, gz) = (cfg.x_dim(), self.gz);
         let h = *cfg.hidden.last().expect("validated");
         let b = &mut c.b;
+        if let Some(rc) = &mut b.rq {
+            rc.ensure_batch(rows);
+        }
         grow(&mut b.dh, rows * h);
         b.tower.ensure_batch(rows);
         if self.dnn.is_some() {
@@ -296,7 +290,7 @@ impl<'a> Net<'a> {
         }
         if let Some(ep) = self.epnet {
             b.ep.ensure_batch(ep, rows);
-            for v in [&mut b.v_ep, &mut b.v_pp, &mut b.dv] {
+            for v in [&mut b.v_ep, &mut b.v_pp] {
                 grow(v, rows * (gz + dx));
             }
             grow(&mut b.xp, rows * dx);
@@ -398,8 +392,6 @@ pub struct Model<T: Real> {
     rg_emb: Range<usize>,
     rg_dist: Range<usize>,
     rg_wide: Range<usize>,
-    /// Quantizer cache (codes and stop-gradient values of the last forward).
-    rq_cache: Option<RqCache<T>>,
     /// Gradient-check mode: reuse the cached codes and stop-gradient values.
     frozen: bool,
     /// Idle-step counters for dead-code restarts (when enabled).
@@ -537,7 +529,6 @@ impl<T: Real> Model<T> {
         let rg_wide = rg_dist.end..row_grads.len();
 
         let buf = Buffers::default();
-        let rq_cache = rq.as_ref().map(|q| q.new_cache::<T>(0));
         let dead = rq
             .as_ref()
             .filter(|_| cfg.rq.dead_code_restart_steps > 0)
@@ -569,7 +560,6 @@ impl<T: Real> Model<T> {
             dead,
             gate_sums: vec![0.0; cfg.tasks.len() * cfg.n_experts],
             gate_rows: 0,
-            rq_cache,
             frozen: false,
             buf,
         })
@@ -587,6 +577,7 @@ impl<T: Real> Model<T> {
             cross: self.cross.as_ref(),
             towers: self.towers.as_ref(),
             domain_towers: self.domain_towers.as_ref(),
+            rq: self.rq.as_ref(),
             gz: self.gate_dim,
             dense_base: self.params.dense_tail(),
         }
@@ -637,9 +628,6 @@ impl<T: Real> Model<T> {
         for g in &mut self.row_grads {
             g.reserve(bsz);
         }
-        if let Some(c) = &mut self.rq_cache {
-            c.ensure_batch(bsz);
-        }
         b.cap = bsz;
     }
 
@@ -650,8 +638,10 @@ impl<T: Real> Model<T> {
     /// same batch.
     pub fn set_frozen(&mut self, frozen: bool) {
         self.frozen = frozen;
-        if let Some(c) = &mut self.rq_cache {
-            c.frozen = frozen;
+        for c in &mut self.buf.chunks {
+            if let Some(rc) = &mut c.b.rq {
+                rc.frozen = frozen;
+            }
         }
     }
 
@@ -676,9 +666,12 @@ impl<T: Real> Model<T> {
         &mut self.row_grads
     }
 
-    /// The quantizer's cache of the last forward (codes per level, for usage statistics).
-    pub fn rq_cache(&self) -> Option<&RqCache<T>> {
-        self.rq_cache.as_ref()
+    /// The quantizer's caches of the last forward, one per row chunk in batch order (codes per
+    /// level, for usage statistics); empty without a quantizer.
+    pub fn rq_caches(&self) -> impl Iterator<Item = &RqCache<T>> + Clone {
+        self.buf.chunks[..self.buf.n_chunks]
+            .iter()
+            .filter_map(|c| c.b.rq.as_ref())
     }
 
     /// Rows of the last forward.
@@ -741,15 +734,14 @@ impl<T: Real> Model<T> {
     /// idle for that long from this batch's residuals. The restart generator is derived from `(seed, step)`, so a resumed
     /// run makes the same choices.
     pub fn after_step(&mut self, step: u64, seed: u64) {
-        let (Some(q), Some(cache)) = (&self.rq, &self.rq_cache) else {
+        let (Some(q), Some(dead)) = (&self.rq, &mut self.dead) else {
             return;
         };
-        if let Some(dead) = &mut self.dead {
-            let mut rng = StdRng::seed_from_u64(
-                seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x6465_6164,
-            );
-            q.restart_dead_codes(&mut self.params, dead, cache, &mut rng);
-        }
+        let mut rng =
+            StdRng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x6465_6164);
+        let chunks = &self.buf.chunks[..self.buf.n_chunks];
+        let caches = || chunks.iter().filter_map(|c| c.b.rq.as_ref());
+        q.restart_dead_codes_in(&mut self.params, dead, caches, &mut rng);
     }
 
     /// Idle counters of the dead-code tracker (saved with resumable checkpoints).
@@ -906,7 +898,6 @@ impl<T: Real> Model<T> {
             domain_col,
             xb_dim,
             gate_dim,
-            rq_cache,
             frozen,
             profile,
             buf: b,
@@ -931,22 +922,12 @@ impl<T: Real> Model<T> {
         }
         let x = &b.x[..bsz * dx];
 
-        // Gate input g: x_b, or the quantizer's output.
-        let mut rq_loss = T::ZERO;
+        // x_b; the gate input g is x_b itself, or the quantizer's output (per chunk).
         if let Some(de) = dist_embedding {
             de.forward(&mut b.xb, xbd, 0, idx, ps, bsz);
-            laps.lap(profile, Phase::Embeddings);
-            if let (Some(q), Some(c)) = (rq.as_ref(), rq_cache.as_mut()) {
-                rq_loss = q.forward(&mut b.g, c, &b.xb[..bsz * xbd], ps, bsz);
-                laps.lap(profile, Phase::Rq);
-            }
         }
         laps.lap(profile, Phase::Embeddings);
-        let g: &[T] = if rq.is_some() {
-            &b.g[..bsz * gz]
-        } else {
-            &b.xb[..bsz * xbd]
-        };
+        let xb = &b.xb[..bsz * xbd];
 
         // Backbone and towers, chunk by chunk.
         let net = Net {
@@ -959,6 +940,7 @@ impl<T: Real> Model<T> {
             cross: cross.as_ref(),
             towers: towers.as_ref(),
             domain_towers: domain_towers.as_ref(),
+            rq: rq.as_ref(),
             gz,
             dense_base,
         };
@@ -974,32 +956,33 @@ impl<T: Real> Model<T> {
         }
         let (ps, frozen) = (&*ps, *frozen);
         let serial = n_chunks >= rayon::current_num_threads();
-        run_chunks(
-            chunks,
-            0,
-            chunk_rows,
-            0,
-            bsz,
-            &mut b.logits[..bsz * nt],
-            nt,
-            &mut [],
-            0,
-            &|_, r0, rows, c, logits, _| {
-                let (xr, gr) = (&x[r0 * dx..(r0 + rows) * dx], &g[r0 * gz..(r0 + rows) * gz]);
-                let dr = if dom.is_empty() {
-                    dom
-                } else {
-                    &dom[r0..r0 + rows]
-                };
-                let mut run = || chunk_forward(&net, ps, c, xr, gr, dr, logits, rows, frozen);
-                if serial {
-                    hmdn_kernels::par::serial(run);
-                } else {
-                    run();
-                }
-            },
-        );
+        let gq: &mut [T] = if rq.is_some() {
+            &mut b.g[..bsz * gz]
+        } else {
+            &mut []
+        };
+        let gqw = if rq.is_some() { gz } else { 0 };
+        let arrays = [(&mut b.logits[..bsz * nt], nt), (gq, gqw), (&mut [][..], 0)];
+        run_chunks(chunks, chunk_rows, 0, bsz, arrays, &|r0, rows, c, a| {
+            let [(logits, _), (gq, _), _] = a;
+            let xr = &x[r0 * dx..(r0 + rows) * dx];
+            let xbr = &xb[r0 * xbd..(r0 + rows) * xbd];
+            let dr = if dom.is_empty() {
+                dom
+            } else {
+                &dom[r0..r0 + rows]
+            };
+            let mut run = || {
+                chunk_forward(&net, ps, c, xr, xbr, gq, dr, logits, rows, bsz, frozen);
+            };
+            if serial {
+                hmdn_kernels::par::serial(run);
+            } else {
+                run();
+            }
+        });
         laps.lap_shared(profile, chunks.iter().filter_map(|c| c.profile.as_ref()));
+        let rq_loss = chunks.iter().fold(T::ZERO, |s, c| s + c.b.rq_loss);
 
         let logits = &mut b.logits[..bsz * nt];
         if let Some(w) = wide {
@@ -1088,7 +1071,6 @@ impl<T: Real> Model<T> {
             rg_emb,
             rg_dist,
             rg_wide,
-            rq_cache,
             profile,
             buf: b,
             ..
@@ -1103,11 +1085,8 @@ impl<T: Real> Model<T> {
         let (chunk_rows, n_chunks) = (b.chunk_rows, b.n_chunks);
         let idx = &b.idx[..nf * bsz];
         let x = &b.x[..bsz * dx];
-        let g: &[T] = if rq.is_some() {
-            &b.g[..bsz * gz]
-        } else {
-            &b.xb[..bsz * xbd]
-        };
+        let xb = &b.xb[..bsz * xbd];
+        let g: &[T] = if rq.is_some() { &b.g[..bsz * gz] } else { xb };
 
         // ∂L/∂logits = (σ(logit) − y)/B   [B, T]
         let dlogits = &mut b.dlogits[..bsz * nt];
@@ -1127,6 +1106,7 @@ impl<T: Real> Model<T> {
             cross: cross.as_ref(),
             towers: towers.as_ref(),
             domain_towers: domain_towers.as_ref(),
+            rq: rq.as_ref(),
             gz,
             dense_base,
         };
@@ -1141,34 +1121,48 @@ impl<T: Real> Model<T> {
             c.profile = on.then(PhaseTimes::default);
         }
         let serial = n_chunks >= rayon::current_num_threads();
+        let alpha = T::from_f64(cfg.rq.alpha);
         {
             let psr = &*ps;
-            run_chunks(
-                chunks,
-                0,
-                chunk_rows,
-                0,
-                bsz,
-                &mut b.dx[..bsz * dx],
-                dx,
-                &mut b.dg[..bsz * gz],
-                gz,
-                &|_, r0, rows, c, dxr, dgr| {
-                    let (xr, gr) = (&x[r0 * dx..(r0 + rows) * dx], &g[r0 * gz..(r0 + rows) * gz]);
-                    let dr = if dom.is_empty() {
-                        dom
-                    } else {
-                        &dom[r0..r0 + rows]
+            let dxbq: &mut [T] = if rq.is_some() {
+                &mut b.dxb[..bsz * xbd]
+            } else {
+                &mut []
+            };
+            let arrays = [
+                (&mut b.dx[..bsz * dx], dx),
+                (&mut b.dg[..bsz * gz], gz),
+                (dxbq, if rq.is_some() { xbd } else { 0 }),
+            ];
+            run_chunks(chunks, chunk_rows, 0, bsz, arrays, &|r0, rows, c, a| {
+                let [(dxr, _), (dgr, _), (dxbr, _)] = a;
+                let xr = &x[r0 * dx..(r0 + rows) * dx];
+                let gr = &g[r0 * gz..(r0 + rows) * gz];
+                let xbr = &xb[r0 * xbd..(r0 + rows) * xbd];
+                let dr = if dom.is_empty() {
+                    dom
+                } else {
+                    &dom[r0..r0 + rows]
+                };
+                let dl = &dlogits[r0 * nt..(r0 + rows) * nt];
+                let mut run = || {
+                    let bufs = ChunkIo {
+                        x: xr,
+                        g: gr,
+                        xb: xbr,
+                        dom: dr,
+                        dx: dxr,
+                        dg: dgr,
+                        dxb: dxbr,
                     };
-                    let dl = &dlogits[r0 * nt..(r0 + rows) * nt];
-                    let mut run = || chunk_backward(&net, psr, c, xr, gr, dr, dl, dxr, dgr, rows);
-                    if serial {
-                        hmdn_kernels::par::serial(run);
-                    } else {
-                        run();
-                    }
-                },
-            );
+                    chunk_backward(&net, psr, c, bufs, dl, rows, bsz, alpha);
+                };
+                if serial {
+                    hmdn_kernels::par::serial(run);
+                } else {
+                    run();
+                }
+            });
         }
         laps.lap_shared(profile, chunks.iter().filter_map(|c| c.profile.as_ref()));
         sum_chunk_grads(&mut ps.grads[dense_base..], chunks);
@@ -1186,20 +1180,8 @@ impl<T: Real> Model<T> {
 
         // Distribution embeddings: ∂L/∂x_b through the quantizer (or g = x_b directly).
         if let Some(de) = dist_embedding {
-            let dxb: &[T] = if let (Some(q), Some(c)) = (rq.as_ref(), rq_cache.as_ref()) {
-                let dxb = &mut b.dxb[..bsz * xbd];
-                dxb.fill(T::ZERO);
-                let alpha = T::from_f64(cfg.rq.alpha);
-                q.backward(
-                    dxb,
-                    ps,
-                    &b.dg[..bsz * gz],
-                    &b.xb[..bsz * xbd],
-                    c,
-                    alpha,
-                    bsz,
-                );
-                laps.lap(profile, Phase::Rq);
+            // With a quantizer, the chunks already ran its backward into dxb.
+            let dxb: &[T] = if rq.is_some() {
                 &b.dxb[..bsz * xbd]
             } else {
                 &b.dg[..bsz * xbd]
@@ -1259,21 +1241,33 @@ fn sum_chunk_grads<T: Real>(out: &mut [T], chunks: &[Chunk<T>]) {
     }
 }
 
-/// The backbone and towers of one chunk (`bsz` rows): from `x` and `g` to `logits`.
+/// One chunk (`bsz` rows of a batch of `batch_rows`): the quantizer (x_b → g, written to
+/// `gq`; without a quantizer g is x_b and `gq` is empty), the backbone and the towers, from
+/// `x` and g to `logits`.
 #[allow(clippy::too_many_arguments)]
 fn chunk_forward<T: Real>(
     net: &Net<'_>,
     ps: &ParamStore<T>,
     c: &mut Chunk<T>,
     x: &[T],
-    g: &[T],
+    xb: &[T],
+    gq: &mut [T],
     dom: &[u32],
     logits: &mut [T],
     bsz: usize,
+    batch_rows: usize,
     frozen: bool,
 ) {
     let Chunk { profile, b, .. } = c;
     let mut laps = Laps::start(profile);
+    let g: &[T] = match (net.rq, b.rq.as_mut()) {
+        (Some(q), Some(cache)) => {
+            b.rq_loss = q.forward_part(gq, cache, xb, ps, bsz, batch_rows);
+            laps.lap(profile, Phase::Rq);
+            gq
+        }
+        _ => xb,
+    };
     let cfg = net.cfg;
     let (nt, dx, gz) = (cfg.tasks.len(), cfg.x_dim(), net.gz);
     let h = *cfg.hidden.last().expect("validated");
@@ -1381,21 +1375,42 @@ fn chunk_forward<T: Real>(
     }
 }
 
-/// Backward of [`chunk_forward`] from this chunk's `dlogits`: writes its rows of `∂L/∂x`
-/// (`dxv`) and `∂L/∂g` (`dg`) and accumulates its parameter gradients into `c.grads`.
+/// A chunk's rows of the batch-level inputs and gradients its backward reads and writes.
+struct ChunkIo<'a, T> {
+    /// Model input x, gate input g, distribution embeddings x_b, Shared-Bottom domains.
+    x: &'a [T],
+    g: &'a [T],
+    xb: &'a [T],
+    dom: &'a [u32],
+    /// `∂L/∂x`, `∂L/∂g` and (with a quantizer) `∂L/∂x_b`: written.
+    dx: &'a mut [T],
+    dg: &'a mut [T],
+    dxb: &'a mut [T],
+}
+
+/// Backward of [`chunk_forward`] from this chunk's `dlogits`: writes its rows of `∂L/∂x`,
+/// `∂L/∂g` and, through the quantizer (whose loss weighs `alpha`), `∂L/∂x_b`; accumulates
+/// its parameter gradients into `c.grads`.
 #[allow(clippy::too_many_arguments)]
 fn chunk_backward<T: Real>(
     net: &Net<'_>,
     store: &ParamStore<T>,
     c: &mut Chunk<T>,
-    x: &[T],
-    g: &[T],
-    dom: &[u32],
+    io: ChunkIo<'_, T>,
     dlogits: &[T],
-    dxv: &mut [T],
-    dg: &mut [T],
     bsz: usize,
+    batch_rows: usize,
+    alpha: T,
 ) {
+    let ChunkIo {
+        x,
+        g,
+        xb,
+        dom,
+        dx: dxv,
+        dg,
+        dxb,
+    } = io;
     let Chunk {
         profile, b, grads, ..
     } = c;
@@ -1531,10 +1546,7 @@ fn chunk_backward<T: Real>(
                 m.layer_backward(l, Some(dinp), &mut b.dpre, ps, da, &b.a[l], inp, bsz);
                 laps.lap(profile, Phase::Backbone);
                 // δ_l = GateNU_l([g, sg(x')]): only the g columns pass gradient on.
-                let dv = &mut b.dv[..bsz * vw];
-                dv.fill(T::ZERO);
-                net.ppnet[l].backward(Some(dv), pc, ps, &b.v_pp[..bsz * vw], bsz);
-                add_columns_from(dg, gz, dv, vw, bsz);
+                net.ppnet[l].backward(Some(&mut *dg), gz, pc, ps, &b.v_pp[..bsz * vw], bsz);
                 laps.lap(profile, Phase::Gates);
             }
             // x' = δ_ep ⊙ x.
@@ -1547,24 +1559,13 @@ fn chunk_backward<T: Real>(
                 &b.ep.delta[..bsz * dx],
                 x,
             );
-            let dv = &mut b.dv[..bsz * vw];
-            dv.fill(T::ZERO);
-            ep.backward(Some(dv), &mut b.ep, ps, &b.v_ep[..bsz * vw], bsz);
-            add_columns_from(dg, gz, dv, vw, bsz);
+            ep.backward(Some(dg), gz, &mut b.ep, ps, &b.v_ep[..bsz * vw], bsz);
             laps.lap(profile, Phase::Gates);
         }
     }
-}
-
-/// `dst[b, 0..w] += src[b, 0..w]` where `src` rows are `ss` wide (`dst` rows `w` wide): the
-/// gate-input part of a GateNU input gradient.
-fn add_columns_from<T: Real>(dst: &mut [T], w: usize, src: &[T], ss: usize, bsz: usize) {
-    if w == 0 {
-        return;
-    }
-    for (drow, srow) in dst.chunks_exact_mut(w).zip(src.chunks_exact(ss)).take(bsz) {
-        for (d, &s) in drow.iter_mut().zip(srow) {
-            *d += s;
-        }
+    if let (Some(q), Some(cache)) = (net.rq, b.rq.as_ref()) {
+        dxb.fill(T::ZERO);
+        q.backward_part(dxb, ps, dg, xb, cache, alpha, bsz, batch_rows);
+        laps.lap(profile, Phase::Rq);
     }
 }

@@ -24,7 +24,7 @@
 use crate::config::{RqConfig, RqGradient, RqMode};
 use crate::error::{Error, Result};
 use crate::model::kmeans::{assign_nearest, lloyd, seed_distinct_rows, CentroidSums};
-use crate::params::{Init, ParamId, ParamKind, ParamStore};
+use crate::params::{Grads, Init, ParamId, ParamKind, ParamStore};
 use hmdn_kernels::vq::{argmin_sq_l2, sq_norms};
 use hmdn_kernels::Real;
 use rand::Rng;
@@ -294,6 +294,22 @@ impl ResidualQuantizer {
         ps: &ParamStore<T>,
         bsz: usize,
     ) -> T {
+        self.forward_part(g, cache, xb, ps, bsz, bsz)
+    }
+
+    /// [`Self::forward`] on `bsz` rows that are part of a batch of `batch_rows` rows (a row
+    /// chunk): returns this part's share of `L_rq`, `Σ_rows loss / batch_rows`, so that the
+    /// parts of a batch add up to its `L_rq`.
+    #[track_caller]
+    pub fn forward_part<T: Real>(
+        &self,
+        g: &mut [T],
+        cache: &mut RqCache<T>,
+        xb: &[T],
+        ps: &ParamStore<T>,
+        bsz: usize,
+        batch_rows: usize,
+    ) -> T {
         let (w, e, k) = (self.w, self.e, self.k);
         let pe = self.p * e;
         assert!(xb.len() >= bsz * pe, "rq forward: xb shorter than [B, P·e]");
@@ -369,7 +385,7 @@ impl ResidualQuantizer {
                 );
                 acc += row.to_f64();
             }
-            loss += acc / bsz as f64;
+            loss += acc / batch_rows as f64;
         }
         // s_D [B, w] = Σ_d C[c_d] from the live codebooks (the `direct` gate input).
         let s = &mut cache.s[..n];
@@ -439,6 +455,25 @@ impl ResidualQuantizer {
         alpha: T,
         bsz: usize,
     ) {
+        self.backward_part(dxb, &mut ps.grads_view(), dg, xb, cache, alpha, bsz, bsz);
+    }
+
+    /// [`Self::backward`] for `bsz` rows that are part of a batch of `batch_rows` rows (a row
+    /// chunk, see [`Self::forward_part`]): `L_rq` is a mean over the whole batch, so its
+    /// gradient is scaled by `1/batch_rows`.
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_part<T: Real>(
+        &self,
+        dxb: &mut [T],
+        ps: &mut Grads<'_, T>,
+        dg: &[T],
+        xb: &[T],
+        cache: &RqCache<T>,
+        alpha: T,
+        bsz: usize,
+        batch_rows: usize,
+    ) {
         // Derivation. Total loss L = L_task(g) + α·L_rq; everything under sg(·) and the codes
         // are constants. With u_d the input of level d and n_d = mean over the B rows:
         //
@@ -474,19 +509,14 @@ impl ResidualQuantizer {
             return;
         }
         let n = bsz * w;
-        let inv_b = T::ONE / T::from_usize(bsz);
+        let inv_b = T::ONE / T::from_usize(batch_rows);
         let two = T::from_f64(2.0);
         let scale_c = alpha * two * inv_b;
         let scale_u = alpha * two * T::from_f64(self.beta) * inv_b;
         let direct = self.gradient == RqGradient::Direct;
-        let ParamStore {
-            specs,
-            values,
-            grads,
-        } = ps;
         for d in 0..self.depth {
-            let r = specs[self.book(d).0].range();
-            let (book, gbook) = (&values[r.clone()], &mut grads[r]);
+            let r = ps.range(self.book(d));
+            let (book, gbook) = (&ps.values[r.clone()], &mut ps.grads[r]);
             let codes = &cache.codes[d * bsz..(d + 1) * bsz];
             let u = &cache.u[d * n..(d + 1) * n];
             let sg_u = &cache.sg_u[d * n..(d + 1) * n];
@@ -622,19 +652,36 @@ impl ResidualQuantizer {
         cache: &RqCache<T>,
         rng: &mut R,
     ) -> usize {
+        self.restart_dead_codes_in(ps, tracker, || std::iter::once(cache), rng)
+    }
+
+    /// [`Self::restart_dead_codes`] for a batch whose rows are spread over several caches
+    /// (row chunks, in batch order): the same rule, with rows numbered across the caches.
+    pub fn restart_dead_codes_in<'c, T: Real, R: Rng, I>(
+        &self,
+        ps: &mut ParamStore<T>,
+        tracker: &mut DeadCodes,
+        caches: impl Fn() -> I,
+        rng: &mut R,
+    ) -> usize
+    where
+        I: Iterator<Item = &'c RqCache<T>>,
+    {
         let steps = self.dead_code_restart_steps;
-        let bsz = cache.bsz;
-        if steps == 0 || bsz == 0 || !cache.filled {
+        let bsz: usize = caches().map(|c| c.bsz).sum();
+        if steps == 0 || bsz == 0 || caches().any(|c| !c.filled) {
             return 0;
         }
         let (k, w) = (self.k, self.w);
         for v in tracker.idle.iter_mut() {
             *v = v.saturating_add(1);
         }
-        for d in 0..self.depth {
-            let base = self.book_of_level(d) * k;
-            for &c in cache.level_codes(d) {
-                tracker.idle[base + c as usize] = 0;
+        for cache in caches() {
+            for d in 0..self.depth {
+                let base = self.book_of_level(d) * k;
+                for &c in cache.level_codes(d) {
+                    tracker.idle[base + c as usize] = 0;
+                }
             }
         }
         let mut restarted = 0;
@@ -648,7 +695,16 @@ impl ResidualQuantizer {
                 } else {
                     bi
                 };
-                let b = rng.gen_range(0..bsz);
+                let mut b = rng.gen_range(0..bsz);
+                let cache = caches()
+                    .find(|c| {
+                        let here = b < c.bsz;
+                        if !here {
+                            b -= c.bsz;
+                        }
+                        here
+                    })
+                    .expect("b < total rows");
                 let src = &cache.level_input(d)[b * w..(b + 1) * w];
                 ps.value_mut(id)[c * w..(c + 1) * w].copy_from_slice(src);
                 tracker.idle[bi * k + c] = 0;
