@@ -98,30 +98,79 @@ impl<T: Real> Optimizer<T> {
     }
 
     /// One update. Dense parameters use `ps.grads`; embedding tables use `sparse` (one entry
-    /// per table that received gradient this step).
-    pub fn step<'a>(
+    /// per table that received gradient this step, seen through `view`: e.g. the model's
+    /// row gradients, without building a list).
+    pub fn step<R: Sync>(
         &mut self,
         ps: &mut ParamStore<T>,
-        sparse: impl IntoIterator<Item = SparseRows<'a, T>>,
-    ) where
-        T: 'a,
-    {
+        sparse: &[R],
+        view: impl Fn(&R) -> SparseRows<'_, T> + Sync,
+    ) {
         self.step += 1;
         let h = self.cfg.adam();
         let t = self.step;
+        // Dense Adam is elementwise: one call per run of adjacent dense tensors (the whole
+        // dense tail at once) updates each element exactly as one call per tensor would, and
+        // is long enough for the kernel to split across threads.
+        let mut run: Option<std::ops::Range<usize>> = None;
+        let mut flush = |r: std::ops::Range<usize>| {
+            adam_step(
+                &mut ps.values[r.clone()],
+                &ps.grads[r.clone()],
+                &mut self.m[r.clone()],
+                &mut self.v[r],
+                &h,
+                t,
+            );
+        };
         for spec in &ps.specs {
-            if spec.kind == ParamKind::Dense {
-                let r = spec.range();
-                adam_step(
-                    &mut ps.values[r.clone()],
-                    &ps.grads[r.clone()],
-                    &mut self.m[r.clone()],
-                    &mut self.v[r],
-                    &h,
-                    t,
-                );
-            }
+            let r = spec.range();
+            run = match (run, spec.kind == ParamKind::Dense) {
+                (Some(cur), true) if cur.end == r.start => Some(cur.start..r.end),
+                (cur, dense) => {
+                    if let Some(cur) = cur {
+                        flush(cur);
+                    }
+                    dense.then_some(r)
+                }
+            };
         }
+        if let Some(cur) = run {
+            flush(cur);
+        }
+        let ordered = sparse.windows(2).all(|w| {
+            ps.specs[view(&w[0]).table.0].range().end <= ps.specs[view(&w[1]).table.0].offset
+        });
+        // Worth splitting: about as many updated values as the kernels' own threshold.
+        let values: usize = sparse.iter().map(|s| view(s).grad.len()).sum();
+        let par = values >= 1 << 15 && hmdn_kernels::par::threads() > 1;
+        if self.cfg.embedding == EmbeddingOptim::Lazy && ordered && par {
+            // Tables are disjoint ranges of the arena: update them in parallel (every row of
+            // every table once, so the result does not depend on the split).
+            let first = ps.specs[view(&sparse[0]).table.0].offset;
+            let arenas = (
+                &mut ps.values[first..],
+                &mut self.m[first..],
+                &mut self.v[first..],
+            );
+            let l2 = self.cfg.embedding_l2;
+            lazy_tables(&ps.specs, arenas, first, sparse, &view, &h, t, l2);
+            return;
+        }
+        self.sparse_serial(ps, sparse.iter().map(view), &h, t);
+    }
+
+    /// The table updates of [`Optimizer::step`], one table after the other.
+    fn sparse_serial<'a>(
+        &mut self,
+        ps: &mut ParamStore<T>,
+        sparse: impl Iterator<Item = SparseRows<'a, T>>,
+        h: &AdamParams,
+        t: u64,
+    ) where
+        T: 'a,
+    {
+        let h = *h;
         for s in sparse {
             let spec = &ps.specs[s.table.0];
             debug_assert_eq!(spec.kind, ParamKind::Embedding);
@@ -160,6 +209,45 @@ impl<T: Real> Optimizer<T> {
                     );
                 }
             }
+        }
+    }
+}
+
+/// Lazy Adam on every table of `sparse` (ascending, disjoint arena ranges), in parallel:
+/// `arenas` are (values, m, v) from arena element `base` on; halves of the table list run
+/// under `rayon::join` on the two sides of a split of the arenas.
+#[allow(clippy::too_many_arguments)]
+fn lazy_tables<T: Real, R: Sync>(
+    specs: &[crate::params::ParamSpec],
+    arenas: (&mut [T], &mut [T], &mut [T]),
+    base: usize,
+    sparse: &[R],
+    view: &(impl Fn(&R) -> SparseRows<'_, T> + Sync),
+    h: &AdamParams,
+    t: u64,
+    l2: f64,
+) {
+    let (values, m, v) = arenas;
+    match sparse {
+        [] => {}
+        [one] => {
+            let s = view(one);
+            let spec = &specs[s.table.0];
+            let r = spec.offset - base..spec.offset - base + spec.len;
+            let (vals, m, v) = (&mut values[r.clone()], &mut m[r.clone()], &mut v[r]);
+            lazy_adam_rows(vals, m, v, spec.shape[1], s.rows, s.grad, h, t, l2);
+        }
+        _ => {
+            let mid = sparse.len() / 2;
+            let cut = specs[view(&sparse[mid]).table.0].offset - base;
+            let (vl, vr) = values.split_at_mut(cut);
+            let (ml, mr) = m.split_at_mut(cut);
+            let (wl, wr) = v.split_at_mut(cut);
+            let (sl, sr) = sparse.split_at(mid);
+            rayon::join(
+                || lazy_tables(specs, (vl, ml, wl), base, sl, view, h, t, l2),
+                || lazy_tables(specs, (vr, mr, wr), base + cut, sr, view, h, t, l2),
+            );
         }
     }
 }

@@ -45,14 +45,11 @@ pub fn train_step<T: Real>(
     }
     model.backward(batch);
     let (params, row_grads) = model.params_and_row_grads();
-    opt.step(
-        params,
-        row_grads.iter().map(|r| SparseRows {
-            table: r.table,
-            rows: &r.rows,
-            grad: &r.grad,
-        }),
-    );
+    opt.step(params, row_grads, |r| SparseRows {
+        table: r.table,
+        rows: &r.rows,
+        grad: &r.grad,
+    });
     Ok(loss)
 }
 

@@ -69,11 +69,12 @@ fn optimizer_round_trip_is_bit_exact() {
     let table = ps.find("embedding.user.weight").unwrap();
     opt.step(
         &mut ps,
-        [SparseRows {
+        &[SparseRows {
             table,
             rows: &rows,
             grad: &grad,
         }],
+        |s| *s,
     );
     let path = dir.path("optimizer.safetensors");
     write_atomic(&path, &optimizer_to_bytes(&opt, &ps).unwrap()).unwrap();

@@ -345,14 +345,11 @@ fn phase_profiling_changes_no_result_and_charges_the_phases_each_model_has() {
                 m.backward(&b);
                 wall += t0.elapsed();
                 let (ps, rg) = m.params_and_row_grads();
-                opt.step(
-                    ps,
-                    rg.iter().map(|r| hmdn_cpu::optim::SparseRows {
-                        table: r.table,
-                        rows: &r.rows,
-                        grad: &r.grad,
-                    }),
-                );
+                opt.step(ps, rg, |r| hmdn_cpu::optim::SparseRows {
+                    table: r.table,
+                    rows: &r.rows,
+                    grad: &r.grad,
+                });
             }
             (m.params.values, m.profile, wall)
         };

@@ -15,6 +15,7 @@ use crate::params::{Init, ParamId, ParamKind, ParamStore};
 use hmdn_kernels::embed::{accumulate_row_grads, gather_rows};
 use hmdn_kernels::Real;
 use rand::Rng;
+use rayon::prelude::*;
 
 /// The gradient of one embedding table from one batch, as a list of touched rows.
 #[derive(Clone, Debug)]
@@ -163,15 +164,22 @@ impl MultiEmbedding {
         ps: &ParamStore<T>,
         bsz: usize,
     ) {
-        for (j, (&t, &c)) in self.tables.iter().zip(&self.cols).enumerate() {
-            gather_rows(
-                &mut out[..bsz * stride],
-                stride,
-                off + j * self.e,
-                ps.value(t),
-                self.e,
-                &idx[c * bsz..(c + 1) * bsz],
-            );
+        // Fixed blocks of rows in parallel, every table within a block (copies only, so the
+        // split does not change the result).
+        let block = |r0: usize, out: &mut [T]| {
+            let rows = out.len() / stride.max(1);
+            for (j, (&t, &c)) in self.tables.iter().zip(&self.cols).enumerate() {
+                let ix = &idx[c * bsz + r0..c * bsz + r0 + rows];
+                gather_rows(out, stride, off + j * self.e, ps.value(t), self.e, ix);
+            }
+        };
+        let out = &mut out[..bsz * stride];
+        if bsz >= 2 * GATHER_BLOCK_ROWS && stride > 0 && hmdn_kernels::par::threads() > 1 {
+            out.par_chunks_mut(GATHER_BLOCK_ROWS * stride)
+                .enumerate()
+                .for_each(|(q, o)| block(q * GATHER_BLOCK_ROWS, o));
+        } else {
+            block(0, out);
         }
     }
 
@@ -192,7 +200,9 @@ impl MultiEmbedding {
         bsz: usize,
     ) {
         assert_eq!(grads.len(), self.tables.len(), "one RowGrad per table");
-        for (j, (g, &c)) in grads.iter_mut().zip(&self.cols).enumerate() {
+        // Tables are independent: one task each, when the batch is worth splitting.
+        let cols = &self.cols[..grads.len()];
+        let table = |(j, (g, &c)): (usize, (&mut RowGrad<T>, &usize))| {
             debug_assert_eq!(g.table, self.tables[j]);
             accumulate_row_grads(
                 &mut g.rows,
@@ -204,6 +214,14 @@ impl MultiEmbedding {
                 off + j * self.e,
                 self.e,
             );
+        };
+        if bsz >= 2 * GATHER_BLOCK_ROWS && hmdn_kernels::par::threads() > 1 {
+            grads.par_iter_mut().zip(cols).enumerate().for_each(table);
+        } else {
+            grads.iter_mut().zip(cols).enumerate().for_each(table);
         }
     }
 }
+
+/// Batch rows per task of [`MultiEmbedding::forward`].
+const GATHER_BLOCK_ROWS: usize = 128;
