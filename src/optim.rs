@@ -91,8 +91,8 @@ impl<T: Real> Optimizer<T> {
     pub fn new(ps: &ParamStore<T>, cfg: OptimConfig) -> Self {
         Optimizer {
             cfg,
-            m: vec![T::ZERO; ps.len()],
-            v: vec![T::ZERO; ps.len()],
+            m: written_zeros(ps.len()),
+            v: written_zeros(ps.len()),
             step: 0,
         }
     }
@@ -211,6 +211,16 @@ impl<T: Real> Optimizer<T> {
             }
         }
     }
+}
+
+/// `n` zeros written one by one. `vec![0.0; n]` would get zeroed pages from the OS that are
+/// mapped on first write — and lazy Adam first writes a table row's moments in whichever
+/// step first sees that row, so training would page-fault (and flush TLBs) for hundreds of
+/// steps. Writing them here moves that cost to start-up.
+fn written_zeros<T: Real>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    v.extend((0..n).map(|_| std::hint::black_box(T::ZERO)));
+    v
 }
 
 /// Lazy Adam on every table of `sparse` (ascending, disjoint arena ranges), in parallel:

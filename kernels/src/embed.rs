@@ -24,8 +24,11 @@ pub fn gather_rows<T: Real>(
     idx: &[u32],
 ) {
     let b = idx.len();
-    if b < 2 * GATHER_ROWS || off + e > stride || e == 0 || crate::par::threads() < 2 {
+    if off + e > stride || e == 0 {
         return reference::gather_rows(out, stride, off, table, e, idx);
+    }
+    if b < 2 * GATHER_ROWS || crate::par::threads() < 2 {
+        return gather_serial(out, stride, off, table, e, idx);
     }
     let vrows = table.len() / e;
     assert!(
@@ -42,13 +45,42 @@ pub fn gather_rows<T: Real>(
     let out = &mut out[..len];
     out.par_chunks_mut(GATHER_ROWS * stride)
         .zip(idx.par_chunks(GATHER_ROWS))
-        .for_each(|(o, ix)| {
-            for (r, &i) in ix.iter().enumerate() {
-                let i = i as usize;
-                o[r * stride + off..r * stride + off + e]
-                    .copy_from_slice(&table[i * e..(i + 1) * e]);
-            }
-        });
+        .for_each(|(o, ix)| gather_serial(o, stride, off, table, e, ix));
+}
+
+/// [`gather_rows`] on the calling thread. Common row widths are fixed-size copies (a call
+/// to `memcpy` per 64-byte row costs more than the copy).
+fn gather_serial<T: Real>(
+    out: &mut [T],
+    stride: usize,
+    off: usize,
+    table: &[T],
+    e: usize,
+    idx: &[u32],
+) {
+    #[inline(always)]
+    fn fixed<T: Real, const E: usize>(
+        out: &mut [T],
+        stride: usize,
+        off: usize,
+        table: &[T],
+        idx: &[u32],
+    ) {
+        for (b, &i) in idx.iter().enumerate() {
+            let i = i as usize;
+            let src: &[T; E] = table[i * E..(i + 1) * E].try_into().expect("E wide");
+            let dst: &mut [T; E] = (&mut out[b * stride + off..b * stride + off + E])
+                .try_into()
+                .expect("E wide");
+            *dst = *src;
+        }
+    }
+    match e {
+        8 => fixed::<T, 8>(out, stride, off, table, idx),
+        16 => fixed::<T, 16>(out, stride, off, table, idx),
+        32 => fixed::<T, 32>(out, stride, off, table, idx),
+        _ => reference::gather_rows(out, stride, off, table, e, idx),
+    }
 }
 
 /// Radix digit width of the batch-position sort in [`accumulate_row_grads`].
