@@ -69,6 +69,14 @@ pub struct ParamStore<T> {
     pub values: Vec<T>,
     /// Gradients, same layout as `values`.
     pub grads: Vec<T>,
+    /// Transposed copies (`[in, out]`) of the weights marked with
+    /// [`ParamStore::mark_transposed`], packed one after the other; rewritten from `values` by
+    /// [`ParamStore::refresh_transposed`].
+    values_t: Vec<T>,
+    /// Offset of each tensor's transposed copy in `values_t` (`usize::MAX`: none).
+    t_offset: Vec<usize>,
+    /// Tensors with a transposed copy, in `values_t` order.
+    t_ids: Vec<ParamId>,
 }
 
 impl<T: Real> Default for ParamStore<T> {
@@ -84,6 +92,9 @@ impl<T: Real> ParamStore<T> {
             specs: Vec::new(),
             values: Vec::new(),
             grads: Vec::new(),
+            values_t: Vec::new(),
+            t_offset: Vec::new(),
+            t_ids: Vec::new(),
         }
     }
 
@@ -122,6 +133,7 @@ impl<T: Real> ParamStore<T> {
             }
         }
         self.grads.resize(self.values.len(), T::ZERO);
+        self.t_offset.push(usize::MAX);
         self.specs.push(ParamSpec {
             name: name.to_string(),
             shape: shape.to_vec(),
@@ -193,6 +205,118 @@ impl<T: Real> ParamStore<T> {
                 .map(|v| U::from_f64(v.to_f64()))
                 .collect(),
             grads: self.grads.iter().map(|v| U::from_f64(v.to_f64())).collect(),
+            values_t: self
+                .values_t
+                .iter()
+                .map(|v| U::from_f64(v.to_f64()))
+                .collect(),
+            t_offset: self.t_offset.clone(),
+            t_ids: self.t_ids.clone(),
+        }
+    }
+
+    /// Keeps a transposed copy of the 2-D tensor `id` (`[out, in]` → `[in, out]`), for
+    /// products `X·Wᵀ` that then read `Wᵀ` row by row in place instead of re-packing `W` in
+    /// every GEMM call (a batch's row chunks all multiply by the same weights). Called once
+    /// per weight while building a model.
+    ///
+    /// # Panics
+    /// If the tensor is not 2-D or already marked (programmer errors).
+    #[track_caller]
+    pub fn mark_transposed(&mut self, id: ParamId) {
+        let spec = &self.specs[id.0];
+        assert_eq!(
+            spec.shape.len(),
+            2,
+            "{}: only matrices are transposed",
+            spec.name
+        );
+        assert_eq!(
+            self.t_offset[id.0],
+            usize::MAX,
+            "{}: marked twice",
+            spec.name
+        );
+        self.t_offset[id.0] = self.values_t.len();
+        self.values_t
+            .resize(self.values_t.len() + spec.len, T::ZERO);
+        self.t_ids.push(id);
+        self.refresh_transposed();
+    }
+
+    /// The transposed copy `[in, out]` of a marked weight, as of the last
+    /// [`ParamStore::refresh_transposed`] (the model refreshes at the start of every forward).
+    ///
+    /// # Panics
+    /// If the tensor was not marked.
+    #[track_caller]
+    pub fn value_t(&self, id: ParamId) -> &[T] {
+        let off = self.t_offset[id.0];
+        assert_ne!(
+            off,
+            usize::MAX,
+            "{}: no transposed copy",
+            self.specs[id.0].name
+        );
+        &self.values_t[off..off + self.specs[id.0].len]
+    }
+
+    /// Rewrites every transposed copy from `values` (after the weights changed: an optimiser
+    /// step, a checkpoint load, a perturbation). The matrices are split over threads.
+    pub fn refresh_transposed(&mut self) {
+        let Some(&first) = self.t_ids.first() else {
+            return;
+        };
+        let base = self.t_offset[first.0];
+        transpose_all(
+            &self.specs,
+            &self.values,
+            &self.t_offset,
+            &self.t_ids,
+            &mut self.values_t[base..],
+            base,
+        );
+    }
+}
+
+/// Transposes every tensor of `ids` into `out` (= `values_t` from element `base` on), halves
+/// of the list in parallel when there is enough work.
+fn transpose_all<T: Real>(
+    specs: &[ParamSpec],
+    values: &[T],
+    t_offset: &[usize],
+    ids: &[ParamId],
+    out: &mut [T],
+    base: usize,
+) {
+    let work: usize = ids.iter().map(|id| specs[id.0].len).sum();
+    if ids.len() > 1 && work >= 1 << 15 && rayon::current_num_threads() > 1 {
+        let mid = ids.len() / 2;
+        let cut = t_offset[ids[mid].0] - base;
+        let (ol, or) = out.split_at_mut(cut);
+        let (il, ir) = ids.split_at(mid);
+        rayon::join(
+            || transpose_all(specs, values, t_offset, il, ol, base),
+            || transpose_all(specs, values, t_offset, ir, or, base + cut),
+        );
+        return;
+    }
+    for id in ids {
+        let spec = &specs[id.0];
+        let (rows, cols) = (spec.shape[0], spec.shape[1]);
+        let off = t_offset[id.0] - base;
+        let dst = &mut out[off..off + spec.len];
+        let src = &values[spec.range()];
+        // Blocks of 16×16 so both sides stay in cache lines being used.
+        const BLK: usize = 16;
+        for r0 in (0..rows).step_by(BLK) {
+            for c0 in (0..cols).step_by(BLK) {
+                for r in r0..(r0 + BLK).min(rows) {
+                    for c in c0..(c0 + BLK).min(cols) {
+                        dst[c * rows + r] = src[r * cols + c];
+                    }
+                }
+            }
         }
     }
 }

@@ -11,12 +11,13 @@
 //! Blocking: `k` is cut into equal blocks of depth `kc <= KC` (a function of `k` only); C is
 //! tiled into row × column tasks (whole-width row blocks of up to `MC` rows when there are
 //! enough, else column blocks too). Per k-block a task runs the micro-kernel over its panels.
-//! Operands already in a micro-kernel layout are read in place — `op(A)` when `ta == T`
-//! (forward `dYᵀ` of a weight gradient) and `op(B)` when `tb == N` — except their last partial
-//! panel, which is packed so the kernel never reads past the matrix. Otherwise A rows are
-//! packed per task and k-block (row-major panels, contiguous copies), and `op(B)` with
-//! `tb == T` (the forward weight `Wᵀ`) is packed once per call in parallel and shared by all
-//! row blocks, or, with a single row block, packed by each task for its own columns.
+//! A is always read in place — p-major when `ta == T` (the `dYᵀ` of a weight gradient),
+//! row-major with its stored row stride when `ta == N` — and so is `op(B)` when `tb == N`
+//! (the model's forward multiplies by pre-transposed weights, so all three orientations of a
+//! Linear layer take this path); only a last partial panel is packed, so the kernel never
+//! reads past the matrix. `op(B)` with `tb == T` is packed once per call in parallel and
+//! shared by all row blocks, or, with a single row block, packed by each task for its own
+//! columns.
 //!
 //! Determinism: every element of C is computed as one FMA chain over each k-block in order,
 //! then added to C block after block; neither the chain nor the block order depends on which
@@ -599,9 +600,9 @@ fn sgemm(
         let (r0, p0) = ((t / ntc) * pl.rb, (t % ntc) * pl.cpan);
         let rows = pl.rb.min(m - r0);
         let cols = (pl.cpan * nr).min(n - p0 * nr);
-        let full_rows = if a_direct { rows / mr * mr } else { rows };
+        let full_rows = rows / mr * mr;
         let full_cols = if b_direct { cols / nr * nr } else { cols };
-        let a_len = if a_direct { mr * pl.kc } else { MC * A_STRIDE };
+        let a_len = if a_direct { mr * pl.kc } else { mr * A_STRIDE };
         let b_len = match (b_direct, shared) {
             (true, _) => pl.kc * nr,
             (false, None) => pl.kc * pl.cpan * nr,
@@ -611,7 +612,8 @@ fn sgemm(
             let (ap, own) = buf.split_at_mut(a_len);
             for kb in 0..pl.nkb {
                 let (pc, kcur) = (kb * pl.kc, pl.kcur(kb));
-                // (A pointer, p-major?, panel offset, p stride, rows, first row in task)
+                // (A pointer, p-major?, panel offset, stride (p-major: per p, row-major: per
+                // row), rows, first row in task)
                 let mut aparts = [(ap.as_ptr(), false, 0, 0, 0, 0); 2];
                 if a_direct {
                     // SAFETY (offset): row pc of A's k×m storage, column r0 < m.
@@ -623,8 +625,16 @@ fn sgemm(
                         aparts[1] = (ap.as_ptr(), true, mr * kcur, mr, r, full_rows);
                     }
                 } else {
-                    pack_a(ap, a, ta, m, k, r0, rows, pc, kcur, mr);
-                    aparts[0] = (ap.as_ptr(), false, mr * A_STRIDE, 1, rows, 0);
+                    // Row-major A is read in place (row stride k) for its full panels of `mr`
+                    // rows; a last partial panel is packed, so the kernel never reads past A.
+                    // SAFETY (offset): row r0 < m, column pc < k of A's m×k storage.
+                    let a0 = unsafe { a.as_ptr().add(r0 * k + pc) };
+                    aparts[0] = (a0, false, mr * k, k, full_rows, 0);
+                    if full_rows < rows {
+                        let r = rows - full_rows;
+                        pack_a(ap, a, ta, m, k, r0 + full_rows, r, pc, kcur, mr);
+                        aparts[1] = (ap.as_ptr(), false, mr * A_STRIDE, A_STRIDE, r, full_rows);
+                    }
                 }
                 // (B pointer, panel offset, row stride, columns, first column in task)
                 let mut bparts = [(own.as_ptr(), 0, 0, 0, 0); 2];

@@ -233,7 +233,13 @@ fn lazy_adam_exact() {
 fn gather_and_row_grads_exact() {
     let mut rng = StdRng::seed_from_u64(6);
     for &b in SIZES.iter().chain(&[4096]) {
-        let shapes = [(16usize, 368usize, 32usize), (1, 1, 0), (17, 40, 23), (8, 8, 0), (32, 70, 38)];
+        let shapes = [
+            (16usize, 368usize, 32usize),
+            (1, 1, 0),
+            (17, 40, 23),
+            (8, 8, 0),
+            (32, 70, 38),
+        ];
         for (e, stride, off) in shapes {
             for vmax in [1u32, 5, 3000, 5_000_000] {
                 let vrows = vmax as usize;

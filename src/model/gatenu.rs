@@ -105,8 +105,8 @@ impl GateNu {
             T::ONE,
             v,
             Trans::N,
-            ps.value(f1.w),
-            Trans::T,
+            ps.value_t(f1.w),
+            Trans::N,
             T::ZERO,
             a1,
         );
@@ -119,8 +119,8 @@ impl GateNu {
             T::ONE,
             a1,
             Trans::N,
-            ps.value(f2.w),
-            Trans::T,
+            ps.value_t(f2.w),
+            Trans::N,
             T::ZERO,
             u2,
         );

@@ -44,12 +44,13 @@ impl Linear {
             Init::Uniform(bound),
             rng,
         );
+        ps.mark_transposed(w);
         Linear { w, b, d_in, d_out }
     }
 
     /// `out[B×d_out] = inp[B×d_in] · Wᵀ + b`. Overwrites `out`.
     pub fn forward<T: Real>(&self, out: &mut [T], inp: &[T], ps: &ParamStore<T>, bsz: usize) {
-        let (w, b) = (ps.value(self.w), ps.value(self.b));
+        let b = ps.value(self.b);
         let out = &mut out[..bsz * self.d_out];
         for row in out.chunks_exact_mut(self.d_out) {
             row.copy_from_slice(b);
@@ -61,8 +62,8 @@ impl Linear {
             T::ONE,
             inp,
             Trans::N,
-            w,
-            Trans::T,
+            ps.value_t(self.w),
+            Trans::N,
             T::ONE,
             out,
         );

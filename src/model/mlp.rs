@@ -120,8 +120,8 @@ impl Mlp {
             T::ONE,
             inp,
             Trans::N,
-            ps.value(lin.w),
-            Trans::T,
+            ps.value_t(lin.w),
+            Trans::N,
             T::ZERO,
             out,
         );

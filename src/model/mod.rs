@@ -874,6 +874,11 @@ impl<T: Real> Model<T> {
         }
         self.ensure_batch(bsz);
         let mut laps = Laps::start(&self.profile);
+        // The weights may have changed since the last forward (optimiser step, checkpoint
+        // load, a gradient check's perturbation): refresh the transposed copies the layers'
+        // forward GEMMs read.
+        self.params.refresh_transposed();
+        laps.lap(&mut self.profile, Phase::Other);
         self.load_indices(batch);
         let (chunk_rows, n_chunks) = chunk_layout(bsz);
         self.buf.bsz = bsz;

@@ -629,8 +629,9 @@ pub(crate) const NR_P: usize = 8;
 /// k-block of depth `kc`. The operands are packed by `gemm.rs` or, where the stored layout
 /// already fits, read in place:
 /// - A, `rows` rows in panels of `MR` rows, panel `q` at `ap + q·a_pan`. Row-major
-///   (`a_pmajor == false`, packed): element (i, p) at `i·A_STRIDE + p`. P-major: element (i, p)
-///   at `p·a_ps + i` (`a_ps = MR` when packed, the stored row length when read in place).
+///   (`a_pmajor == false`): element (i, p) at `i·a_ps + p` (`a_ps = A_STRIDE` when packed, the
+///   stored row length when read in place). P-major: element (i, p) at `p·a_ps + i`
+///   (`a_ps = MR` when packed, the stored row length when read in place).
 /// - B, `cols` columns in panels of `NR` columns, panel `q` at `bp + q·b_pan`, element (p, j)
 ///   at `p·ldb + j`. Every panel must have `NR` readable columns (the last one is packed when
 ///   the stored matrix has fewer).
@@ -680,9 +681,12 @@ unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize>(t: &GemmBlock
             let cp = t.c.add(pa * MR * t.ldc + q * nr);
             let ap = t.ap.add(pa * t.a_pan);
             if t.a_pmajor {
-                tile::<V, MR, NV, 1>(t, ap, t.a_ps, bq, cp, rh, cw);
+                tile::<V, MR, NV>(t, ap, 1, t.a_ps, bq, cp, rh, cw);
+            } else if t.a_ps == A_STRIDE {
+                // Packed: the constant stride lets the compiler fold the row offsets.
+                tile::<V, MR, NV>(t, ap, A_STRIDE, 1, bq, cp, rh, cw);
             } else {
-                tile::<V, MR, NV, A_STRIDE>(t, ap, 1, bq, cp, rh, cw);
+                tile::<V, MR, NV>(t, ap, t.a_ps, 1, bq, cp, rh, cw);
             }
             pa += 1;
         }
@@ -690,12 +694,14 @@ unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize>(t: &GemmBlock
     }
 }
 
-/// One `MR × NV·LANES` register tile; A element (i, p) at `ap[i·SI + p·sp]`, B element (p, j)
+/// One `MR × NV·LANES` register tile; A element (i, p) at `ap[i·si + p·sp]`, B element (p, j)
 /// at `bp[p·ldb + j]`.
 #[inline(always)]
-unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const SI: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
     t: &GemmBlock,
     ap: *const f32,
+    si: usize,
     sp: usize,
     bp: *const f32,
     c: *mut f32,
@@ -712,7 +718,7 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const SI: usize>(
             *x = V::load(b.add(v * l));
         }
         for (i, row) in acc.iter_mut().enumerate() {
-            let ai = V::splat(*a.add(i * SI));
+            let ai = V::splat(*a.add(i * si));
             for (x, bvv) in row.iter_mut().zip(bv.iter()) {
                 *x = ai.mul_add(*bvv, *x);
             }
