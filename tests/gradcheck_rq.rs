@@ -244,7 +244,7 @@ fn gradcheck_all_modes() {
             case.name, case.p, case.e, case.k, rq.depth
         );
 
-        cache.frozen = true;
+        rq.freeze(&mut cache, &ps);
         let total = |g: &[f64], l: f64| -> f64 {
             g.iter().zip(&dg).map(|(a, b)| a * b).sum::<f64>() + alpha * l
         };
@@ -472,7 +472,7 @@ fn frozen_forward_reproduces_unfrozen_bitwise() {
             let (mut g0, mut g1) = (vec![T::ZERO; bsz * w], vec![T::ZERO; bsz * w]);
             let l0 = rq.forward(&mut g0, &mut cache, &xb, &ps, bsz);
             let u0 = cache.u.clone();
-            cache.frozen = true;
+            rq.freeze(&mut cache, &ps);
             let l1 = rq.forward(&mut g1, &mut cache, &xb, &ps, bsz);
             assert_eq!(
                 l0.to_f64().to_bits(),

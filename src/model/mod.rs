@@ -638,9 +638,14 @@ impl<T: Real> Model<T> {
     /// same batch.
     pub fn set_frozen(&mut self, frozen: bool) {
         self.frozen = frozen;
-        for c in &mut self.buf.chunks {
-            if let Some(rc) = &mut c.b.rq {
-                rc.frozen = frozen;
+        let n = self.buf.n_chunks;
+        for c in &mut self.buf.chunks[..n] {
+            if let (Some(q), Some(rc)) = (&self.rq, &mut c.b.rq) {
+                if frozen {
+                    q.freeze(rc, &self.params);
+                } else {
+                    rc.unfreeze();
+                }
             }
         }
     }

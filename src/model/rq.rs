@@ -66,19 +66,22 @@ pub struct ResidualQuantizer {
 /// last forward (capacity grows once in [`RqCache::ensure_batch`], never shrinks).
 #[derive(Clone, Debug)]
 pub struct RqCache<T> {
-    /// When `true`, [`ResidualQuantizer::forward`] keeps the codes and `sg(·)` values of the
-    /// previous unfrozen forward (gradient checks; SPEC §2).
-    pub frozen: bool,
+    /// Set by [`ResidualQuantizer::freeze`]: [`ResidualQuantizer::forward`] keeps the codes
+    /// and `sg(·)` values of the previous unfrozen forward (gradient checks; SPEC §2).
+    frozen: bool,
     /// Rows of the last forward.
     pub bsz: usize,
     /// Codes `c_d` `[D, B]` of the last unfrozen forward.
     pub codes: Vec<u32>,
     /// Level inputs `u_d` `[D, B, w]` as computed by the last forward (frozen or not).
     pub u: Vec<T>,
-    /// `sg(u_d)` `[D, B, w]`: level inputs at the last unfrozen forward.
+    /// `sg(u_d)` `[D, B, w]`: level inputs at the last unfrozen forward. Written only by
+    /// [`ResidualQuantizer::freeze`]: while unfrozen, `sg(u_d)` has the value of `u_d` itself
+    /// and training reads that (copying it every step would be wasted work).
     pub sg_u: Vec<T>,
     /// `sg(C[c_d])` `[D, B, w]`: the selected code rows at the last unfrozen forward (also the
-    /// values subtracted along the residual chain).
+    /// values subtracted along the residual chain). Written only by
+    /// [`ResidualQuantizer::freeze`]; while unfrozen they are read from the codebook.
     pub sg_c: Vec<T>,
     /// `s_D = Σ_d C[c_d]` `[B, w]` from the current codebook values.
     pub s: Vec<T>,
@@ -95,6 +98,16 @@ pub struct RqCache<T> {
 }
 
 impl<T: Real> RqCache<T> {
+    /// Whether the cache is frozen (see [`ResidualQuantizer::freeze`]).
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// Ends gradient-check mode: the next forward recomputes codes and `sg(·)` values.
+    pub fn unfreeze(&mut self) {
+        self.frozen = false;
+    }
+
     /// Grows the buffers to hold `bsz` rows (no-op when they already do). Call once per batch
     /// shape, outside the training step; [`ResidualQuantizer::forward`] calls it too.
     pub fn ensure_batch(&mut self, bsz: usize) {
@@ -237,6 +250,31 @@ impl ResidualQuantizer {
         })
     }
 
+    /// Starts gradient-check mode on `cache` (SPEC §2): stores the stop-gradient values of its
+    /// last (unfrozen) forward — `sg(u_d)` and the selected rows `sg(C[c_d])` of the codebooks
+    /// in `ps`, which must be the values that forward used — and makes later forwards reuse
+    /// them and the codes. Call right after that forward, before perturbing anything.
+    ///
+    /// # Panics
+    /// If the cache holds no forward yet.
+    #[track_caller]
+    pub fn freeze<T: Real>(&self, cache: &mut RqCache<T>, ps: &ParamStore<T>) {
+        assert!(cache.filled, "rq freeze: no forward to freeze");
+        let (bsz, w) = (cache.bsz, self.w);
+        let n = bsz * w;
+        cache.sg_u[..self.depth * n].copy_from_slice(&cache.u[..self.depth * n]);
+        for d in 0..self.depth {
+            let book = ps.value(self.book(d));
+            let codes = &cache.codes[d * bsz..(d + 1) * bsz];
+            let sg_c = &mut cache.sg_c[d * n..(d + 1) * n];
+            for (row, &c) in sg_c.chunks_exact_mut(w.max(1)).zip(codes) {
+                let c = c as usize;
+                row.copy_from_slice(&book[c * w..(c + 1) * w]);
+            }
+        }
+        cache.frozen = true;
+    }
+
     /// Width of the gate input g: z = P·e (implicit) or e (explicit).
     pub fn gate_dim(&self) -> usize {
         self.w
@@ -336,23 +374,42 @@ impl ResidualQuantizer {
         }
         let beta = T::from_f64(self.beta);
         let mut loss = 0.0f64;
+        let RqCache {
+            codes: all_codes,
+            u,
+            sg_u: all_sg_u,
+            sg_c: all_sg_c,
+            norms,
+            ..
+        } = cache;
         for d in 0..self.depth {
             let bi = self.book_of_level(d);
             let book = ps.value(self.books[bi]);
-            let (u_prev, u_rest) = cache.u.split_at_mut(d * n);
+            let (u_prev, u_rest) = u.split_at_mut(d * n);
             let u_d = &mut u_rest[..n];
-            let (sgc_prev, sgc_rest) = cache.sg_c.split_at_mut(d * n);
-            let sg_c = &mut sgc_rest[..n];
             // Level input u_d [B, w].
             match self.mode {
                 RqMode::Implicit if d == 0 => u_d.copy_from_slice(&xb[..n]),
                 RqMode::Implicit => {
-                    // u_d = u_{d-1} − sg(C[c_{d-1}]): the residual chain, built from the
-                    // stored selected rows so a frozen pass subtracts the frozen values.
+                    // u_d = u_{d-1} − sg(C[c_{d-1}]): the residual chain. Frozen: the stored
+                    // selected rows; unfrozen: the same values, read from the codebook.
                     let up = &u_prev[(d - 1) * n..];
-                    let cp = &sgc_prev[(d - 1) * n..];
-                    for ((u, &a), &c) in u_d.iter_mut().zip(up).zip(cp) {
-                        *u = a - c;
+                    if frozen {
+                        let cp = &all_sg_c[(d - 1) * n..d * n];
+                        for ((u, &a), &c) in u_d.iter_mut().zip(up).zip(cp) {
+                            *u = a - c;
+                        }
+                    } else {
+                        let pbook = ps.value(self.book(d - 1));
+                        let pcodes = &all_codes[(d - 1) * bsz..d * bsz];
+                        let rows = u_d.chunks_exact_mut(w).zip(up.chunks_exact(w));
+                        for ((urow, prow), &c) in rows.zip(pcodes) {
+                            let c = c as usize;
+                            let crow = &pbook[c * w..(c + 1) * w];
+                            for ((u, &a), &cv) in urow.iter_mut().zip(prow).zip(crow) {
+                                *u = a - cv;
+                            }
+                        }
                     }
                 }
                 RqMode::Explicit => {
@@ -361,29 +418,26 @@ impl ResidualQuantizer {
                     }
                 }
             }
-            let codes = &mut cache.codes[d * bsz..(d + 1) * bsz];
-            let sg_u = &mut cache.sg_u[d * n..(d + 1) * n];
+            let codes = &mut all_codes[d * bsz..(d + 1) * bsz];
             if !frozen {
-                argmin_sq_l2(codes, u_d, book, &cache.norms[bi * k..(bi + 1) * k], w);
-                for (row, &c) in sg_c.chunks_exact_mut(w).zip(codes.iter()) {
-                    let c = c as usize;
-                    row.copy_from_slice(&book[c * w..(c + 1) * w]);
-                }
-                sg_u.copy_from_slice(u_d);
+                argmin_sq_l2(codes, u_d, book, &norms[bi * k..(bi + 1) * k], w);
             }
             // ||C[c_d] − sg(u_d)||² + β·||sg(C[c_d]) − u_d||², live values where no sg(·).
+            // Unfrozen, sg(u_d) = u_d and sg(C[c_d]) = C[c_d].
             let mut acc = 0.0f64;
             for (b, &c) in codes.iter().enumerate() {
                 let c = c as usize;
                 let r = b * w..(b + 1) * w;
-                let row = row_loss(
-                    &book[c * w..(c + 1) * w],
-                    &sg_u[r.clone()],
-                    &sg_c[r.clone()],
-                    &u_d[r],
-                    beta,
-                );
-                acc += row.to_f64();
+                let live = &book[c * w..(c + 1) * w];
+                let (su, sc) = if frozen {
+                    (
+                        &all_sg_u[d * n + r.start..d * n + r.end],
+                        &all_sg_c[d * n + r.start..d * n + r.end],
+                    )
+                } else {
+                    (&u_d[r.clone()], live)
+                };
+                acc += row_loss(live, su, sc, &u_d[r], beta).to_f64();
             }
             loss += acc / batch_rows as f64;
         }
@@ -519,8 +573,14 @@ impl ResidualQuantizer {
             let (book, gbook) = (&ps.values[r.clone()], &mut ps.grads[r]);
             let codes = &cache.codes[d * bsz..(d + 1) * bsz];
             let u = &cache.u[d * n..(d + 1) * n];
-            let sg_u = &cache.sg_u[d * n..(d + 1) * n];
-            let sg_c = &cache.sg_c[d * n..(d + 1) * n];
+            // Unfrozen, sg(u_d) = u_d and sg(C[c_d]) = C[c_d] (see RqCache::sg_u).
+            let frozen = cache.frozen;
+            let sg_u = if frozen {
+                &cache.sg_u[d * n..(d + 1) * n]
+            } else {
+                u
+            };
+            let sg_c = &cache.sg_c[if frozen { d * n..(d + 1) * n } else { 0..0 }];
             let off = match self.mode {
                 RqMode::Implicit => 0,
                 RqMode::Explicit => d * e,
@@ -539,7 +599,8 @@ impl ResidualQuantizer {
                     }
                 }
                 let dx = &mut dxb[b * pe + off..b * pe + off + w];
-                for (dv, (&uv, &sc)) in dx.iter_mut().zip(u[rb.clone()].iter().zip(&sg_c[rb])) {
+                let sc = if frozen { &sg_c[rb.clone()] } else { cl };
+                for (dv, (&uv, &sc)) in dx.iter_mut().zip(u[rb.clone()].iter().zip(sc)) {
                     *dv += scale_u * (uv - sc);
                 }
             }
