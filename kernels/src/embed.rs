@@ -67,6 +67,10 @@ fn gather_serial<T: Real>(
         idx: &[u32],
     ) {
         for (b, &i) in idx.iter().enumerate() {
+            if let Some(&ahead) = idx.get(b + PREFETCH_ROWS) {
+                let row = table.as_ptr().wrapping_add(ahead as usize * E);
+                crate::simd::prefetch(row as *const f32);
+            }
             let i = i as usize;
             let src: &[T; E] = table[i * E..(i + 1) * E].try_into().expect("E wide");
             let dst: &mut [T; E] = (&mut out[b * stride + off..b * stride + off + E])
@@ -82,6 +86,9 @@ fn gather_serial<T: Real>(
         _ => reference::gather_rows(out, stride, off, table, e, idx),
     }
 }
+
+/// How many rows ahead the gather prefetches (enough to cover a memory access).
+const PREFETCH_ROWS: usize = 16;
 
 /// Radix digit width of the batch-position sort in [`accumulate_row_grads`].
 const RADIX_BITS: u32 = 11;

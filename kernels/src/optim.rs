@@ -146,6 +146,9 @@ pub fn lazy_adam_rows<T: Real>(
     }
 }
 
+/// How many rows ahead [`sparse_serial`] prefetches.
+const PREFETCH_ROWS: usize = 8;
+
 /// Rows per leaf task of [`sparse_par`].
 fn sparse_leaf_rows(e: usize) -> usize {
     (CHUNK / e).max(1)
@@ -165,6 +168,13 @@ fn sparse_serial(
     c: &AdamConsts,
 ) {
     for (j, &r) in rows.iter().enumerate() {
+        if let Some(&ahead) = rows.get(j + PREFETCH_ROWS) {
+            // Rows are far apart in big tables: start loading a later row's lines now.
+            let s = (ahead as usize - r0) * e;
+            for a in [t.as_ptr(), m.as_ptr(), v.as_ptr()] {
+                simd::prefetch(a.wrapping_add(s));
+            }
+        }
         let s = (r as usize - r0) * e;
         simd::sparse_adam(
             path,

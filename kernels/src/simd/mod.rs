@@ -318,3 +318,18 @@ pub(crate) fn gemm_dims(path: SimdPath) -> (usize, usize) {
         SimdPath::Portable => (kern::MR_P, kern::NR_P),
     }
 }
+
+/// Asks the CPU to start loading the cache line holding `p` (a hint: it changes no result,
+/// and the instruction never faults, so any address is allowed). For the random row accesses
+/// of embedding gathers and lazy Adam, whose latency otherwise dominates. No-op off x86-64.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` does not access memory architecturally and cannot fault; SSE is
+    // part of the x86-64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
