@@ -2,7 +2,8 @@
 //! f32 GEMM (ours vs matrixmultiply) at the largest Linear layer's three orientations and the
 //! smallest layer's forward / weight-gradient, argmin direct vs GEMM-based, and the FMA peak.
 //!
-//! `cargo run --release -p hmdn-kernels --example probe -- [threads]` (default 1 thread).
+//! `cargo run --release -p hmdn-kernels --example probe -- [threads]` (default 1 thread);
+//! `M=<rows>` in the environment sets the batch rows of the GEMM shapes (default 4096).
 
 use hmdn_kernels::{gemm, gemm::gemm_matrixmultiply, Trans};
 use std::time::Instant;
