@@ -69,14 +69,17 @@ pub struct ParamStore<T> {
     pub values: Vec<T>,
     /// Gradients, same layout as `values`.
     pub grads: Vec<T>,
-    /// Transposed copies (`[in, out]`) of the weights marked with
-    /// [`ParamStore::mark_transposed`], packed one after the other; rewritten from `values` by
+    /// f32 stores only: the weights marked with [`ParamStore::mark_transposed`], each as
+    /// `Wᵀ` packed in the GEMM micro-kernel's layout for `t_path` (see
+    /// [`hmdn_kernels::gemm::pack_b_for`]), one after the other; rewritten from `values` by
     /// [`ParamStore::refresh_transposed`].
-    values_t: Vec<T>,
-    /// Offset of each tensor's transposed copy in `values_t` (`usize::MAX`: none).
+    values_t: Vec<f32>,
+    /// Offset of each tensor's packed copy in `values_t` (`usize::MAX`: none).
     t_offset: Vec<usize>,
-    /// Tensors with a transposed copy, in `values_t` order.
+    /// Tensors with a packed copy, in `values_t` order.
     t_ids: Vec<ParamId>,
+    /// SIMD path the packed copies were laid out for (`None`: not laid out yet).
+    t_path: Option<hmdn_kernels::SimdPath>,
 }
 
 impl<T: Real> Default for ParamStore<T> {
@@ -95,6 +98,7 @@ impl<T: Real> ParamStore<T> {
             values_t: Vec::new(),
             t_offset: Vec::new(),
             t_ids: Vec::new(),
+            t_path: None,
         }
     }
 
@@ -205,20 +209,17 @@ impl<T: Real> ParamStore<T> {
                 .map(|v| U::from_f64(v.to_f64()))
                 .collect(),
             grads: self.grads.iter().map(|v| U::from_f64(v.to_f64())).collect(),
-            values_t: self
-                .values_t
-                .iter()
-                .map(|v| U::from_f64(v.to_f64()))
-                .collect(),
-            t_offset: self.t_offset.clone(),
+            values_t: Vec::new(),
+            t_offset: vec![usize::MAX; self.t_offset.len()],
             t_ids: self.t_ids.clone(),
+            t_path: None,
         }
     }
 
-    /// Keeps a transposed copy of the 2-D tensor `id` (`[out, in]` → `[in, out]`), for
-    /// products `X·Wᵀ` that then read `Wᵀ` row by row in place instead of re-packing `W` in
-    /// every GEMM call (a batch's row chunks all multiply by the same weights). Called once
-    /// per weight while building a model.
+    /// Keeps a packed copy of the transpose of the 2-D tensor `id` (`[out, in]`), the `op(B)`
+    /// of `X·Wᵀ`, so that the GEMMs of a forward (one per row chunk) read it instead of each
+    /// packing `W` again. f32 stores only (f64 runs plain GEMMs). Called once per weight while
+    /// building a model.
     ///
     /// # Panics
     /// If the tensor is not 2-D or already marked (programmer errors).
@@ -231,63 +232,68 @@ impl<T: Real> ParamStore<T> {
             "{}: only matrices are transposed",
             spec.name
         );
-        assert_eq!(
-            self.t_offset[id.0],
-            usize::MAX,
-            "{}: marked twice",
-            spec.name
-        );
-        self.t_offset[id.0] = self.values_t.len();
-        self.values_t
-            .resize(self.values_t.len() + spec.len, T::ZERO);
+        assert!(!self.t_ids.contains(&id), "{}: marked twice", spec.name);
         self.t_ids.push(id);
-        self.refresh_transposed();
+        self.t_path = None;
     }
 
-    /// The transposed copy `[in, out]` of a marked weight, as of the last
-    /// [`ParamStore::refresh_transposed`] (the model refreshes at the start of every forward).
-    ///
-    /// # Panics
-    /// If the tensor was not marked.
-    #[track_caller]
-    pub fn value_t(&self, id: ParamId) -> &[T] {
-        let off = self.t_offset[id.0];
-        assert_ne!(
-            off,
-            usize::MAX,
-            "{}: no transposed copy",
-            self.specs[id.0].name
-        );
-        &self.values_t[off..off + self.specs[id.0].len]
+    /// The packed `Wᵀ` of a marked weight and the SIMD path it was packed for, as of the last
+    /// [`ParamStore::refresh_transposed`] (the model refreshes at the start of every forward);
+    /// `None` for unmarked weights and f64 stores. Pass it to
+    /// [`hmdn_kernels::gemm::gemm_packed_b`], which falls back to `W` itself when the path
+    /// differs.
+    pub fn packed_weight(&self, id: ParamId) -> Option<(&[f32], hmdn_kernels::SimdPath)> {
+        let path = self.t_path?;
+        let off = *self.t_offset.get(id.0)?;
+        if off == usize::MAX {
+            return None;
+        }
+        let spec = &self.specs[id.0];
+        let len = hmdn_kernels::gemm::packed_b_len(spec.shape[0], spec.shape[1], path);
+        Some((&self.values_t[off..off + len], path))
     }
 
-    /// Rewrites every transposed copy from `values` (after the weights changed: an optimiser
-    /// step, a checkpoint load, a perturbation). The matrices are split over threads.
+    /// Rewrites every packed copy from `values` (after the weights changed: an optimiser
+    /// step, a checkpoint load, a perturbation), for this thread's SIMD path; the matrices are
+    /// split over threads. Lays the copies out (allocating) only when the path changes.
     pub fn refresh_transposed(&mut self) {
-        let Some(&first) = self.t_ids.first() else {
+        if T::NAME != "f32" || self.t_ids.is_empty() {
             return;
-        };
-        let base = self.t_offset[first.0];
-        transpose_all(
+        }
+        let path = hmdn_kernels::simd_path();
+        if self.t_path != Some(path) {
+            let mut off = 0;
+            for id in &self.t_ids {
+                let spec = &self.specs[id.0];
+                self.t_offset[id.0] = off;
+                off += hmdn_kernels::gemm::packed_b_len(spec.shape[0], spec.shape[1], path);
+            }
+            self.values_t.clear();
+            self.values_t.resize(off, 0.0);
+            self.t_path = Some(path);
+        }
+        pack_all(
             &self.specs,
             &self.values,
             &self.t_offset,
             &self.t_ids,
-            &mut self.values_t[base..],
-            base,
+            &mut self.values_t,
+            0,
+            path,
         );
     }
 }
 
-/// Transposes every tensor of `ids` into `out` (= `values_t` from element `base` on), halves
-/// of the list in parallel when there is enough work.
-fn transpose_all<T: Real>(
+/// Packs every tensor of `ids` into `out` (= `values_t` from element `base` on), halves of the
+/// list in parallel when there is enough work.
+fn pack_all<T: Real>(
     specs: &[ParamSpec],
     values: &[T],
     t_offset: &[usize],
     ids: &[ParamId],
-    out: &mut [T],
+    out: &mut [f32],
     base: usize,
+    path: hmdn_kernels::SimdPath,
 ) {
     let work: usize = ids.iter().map(|id| specs[id.0].len).sum();
     if ids.len() > 1 && work >= 1 << 15 && rayon::current_num_threads() > 1 {
@@ -296,28 +302,26 @@ fn transpose_all<T: Real>(
         let (ol, or) = out.split_at_mut(cut);
         let (il, ir) = ids.split_at(mid);
         rayon::join(
-            || transpose_all(specs, values, t_offset, il, ol, base),
-            || transpose_all(specs, values, t_offset, ir, or, base + cut),
+            || pack_all(specs, values, t_offset, il, ol, base, path),
+            || pack_all(specs, values, t_offset, ir, or, base + cut, path),
         );
         return;
     }
     for id in ids {
         let spec = &specs[id.0];
-        let (rows, cols) = (spec.shape[0], spec.shape[1]);
+        let (d_out, d_in) = (spec.shape[0], spec.shape[1]);
         let off = t_offset[id.0] - base;
-        let dst = &mut out[off..off + spec.len];
-        let src = &values[spec.range()];
-        // Blocks of 16×16 so both sides stay in cache lines being used.
-        const BLK: usize = 16;
-        for r0 in (0..rows).step_by(BLK) {
-            for c0 in (0..cols).step_by(BLK) {
-                for r in r0..(r0 + BLK).min(rows) {
-                    for c in c0..(c0 + BLK).min(cols) {
-                        dst[c * rows + r] = src[r * cols + c];
-                    }
-                }
-            }
-        }
+        let len = hmdn_kernels::gemm::packed_b_len(d_out, d_in, path);
+        let w = &values[spec.range()];
+        // op(B) = Wᵀ: k = d_in, n = d_out, stored as W (`tb = T`).
+        hmdn_kernels::gemm::pack_b_for(
+            &mut out[off..off + len],
+            d_out,
+            d_in,
+            w,
+            hmdn_kernels::Trans::T,
+            path,
+        );
     }
 }
 

@@ -21,6 +21,7 @@ fn main() {
     pool.install(|| {
         for (name, m, n, k, ta, tb) in [
             ("fwd", m_rows, 128, 368, Trans::N, Trans::T),
+            ("fwd-wt", m_rows, 128, 368, Trans::N, Trans::N),
             ("dx", m_rows, 368, 128, Trans::N, Trans::N),
             ("dw", 128, 368, m_rows, Trans::T, Trans::N),
             ("fwd64", m_rows, 32, 64, Trans::N, Trans::T),

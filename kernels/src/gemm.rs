@@ -579,6 +579,25 @@ fn sgemm(
     beta: f32,
     c: &mut [f32],
 ) {
+    sgemm_impl(m, n, k, alpha, a, ta, b, tb, None, beta, c)
+}
+
+/// [`sgemm`], optionally with `op(B)` already packed (`prepacked`, made by [`pack_b_for`] on
+/// this thread's SIMD path): then no task packs or reads `b`.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_impl(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    ta: Trans,
+    b: &[f32],
+    tb: Trans,
+    prepacked: Option<&[f32]>,
+    beta: f32,
+    c: &mut [f32],
+) {
     let path = simd::simd_path();
     // Buffers for every thread of the pool, even inside `serial`: several serial callers
     // (the model's row chunks) may each hold one at once.
@@ -592,7 +611,7 @@ fn sgemm(
     // Operands whose stored layout already is a micro-kernel layout are read in place:
     // op(A) with ta == T (p-major rows, stride m) and op(B) with tb == N (rows of stride n);
     // only their last partial panel is packed, so the kernel never reads past the matrix.
-    let (a_direct, b_direct) = (ta == Trans::T, tb == Trans::N);
+    let (a_direct, b_direct) = (ta == Trans::T, tb == Trans::N && prepacked.is_none());
     // One task's work. Packed B (tb == T) is `shared` when several row blocks reuse it;
     // otherwise (a single row block) the task packs its own columns per k-block, right
     // before use, so they are still in cache.
@@ -699,7 +718,9 @@ fn sgemm(
             (0..ntr * ntc).for_each(|t| task(t, shared));
         }
     };
-    if ntr > 1 && !b_direct {
+    if let Some(bp) = prepacked {
+        run(Some(bp));
+    } else if ntr > 1 && !b_direct {
         with_shared_buf(pl.nkb * pl.npan * pl.kc * pl.nr, |bp| match bp {
             Some(bp) => {
                 pack_b(bp, b, tb, &pl, par && k * n >= 1 << 15);
@@ -709,5 +730,95 @@ fn sgemm(
         });
     } else {
         run(None);
+    }
+}
+
+/// Length in f32 of `op(B)` (`k × n`) packed by [`pack_b_for`] for SIMD path `path`.
+pub fn packed_b_len(n: usize, k: usize, path: simd::SimdPath) -> usize {
+    let (_, nr) = simd::gemm_dims(path);
+    if n == 0 || k == 0 {
+        return 0;
+    }
+    shared_bound(n, k, nr)
+}
+
+/// Packs `op(B)` (`k × n`; `b` stored `k×n` when `tb == N`, `n×k` when `tb == T`) in the
+/// layout the f32 GEMM's micro-kernel reads on SIMD path `path`, into `dst` of
+/// [`packed_b_len`] elements, for [`gemm_packed_b`]. For a weight used by many GEMMs with
+/// the same B (the row chunks of a batch), packing once saves a packing per call. Does
+/// nothing unless `T` is `f32`.
+///
+/// # Panics
+/// If `dst` or `b` is too short (a programmer error).
+#[track_caller]
+pub fn pack_b_for<T: Real>(
+    dst: &mut [f32],
+    n: usize,
+    k: usize,
+    b: &[T],
+    tb: Trans,
+    path: simd::SimdPath,
+) {
+    if !is_f32::<T>() || n == 0 || k == 0 {
+        return;
+    }
+    assert!(
+        b.len() >= n * k,
+        "pack_b_for: B has {} elements, needs {k}x{n}",
+        b.len()
+    );
+    let len = packed_b_len(n, k, path);
+    assert!(
+        dst.len() >= len,
+        "pack_b_for: dst has {}, needs {len}",
+        dst.len()
+    );
+    let pl = Plan::new(1, n, k, path, false);
+    pack_b(&mut dst[..len], f32s(&b[..n * k]), tb, &pl, false);
+}
+
+/// [`gemm`] whose `op(B)` may also come packed: when `packed` is `Some((buf, path))` with
+/// `buf` made by [`pack_b_for`] from this same `b` on `path`, `T` is `f32` and `path` is this
+/// thread's SIMD path, the GEMM reads `buf` and packs nothing; otherwise it is plain [`gemm`]
+/// on `b`. Both give the same bits (same FMA chains).
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed_b<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    ta: Trans,
+    b: &[T],
+    tb: Trans,
+    packed: Option<(&[f32], simd::SimdPath)>,
+    beta: T,
+    c: &mut [T],
+) {
+    match packed {
+        Some((buf, path))
+            if is_f32::<T>() && path == simd::simd_path() && m > 0 && n > 0 && k > 0 =>
+        {
+            check(m, n, k, a.len(), b.len(), c.len());
+            assert!(
+                buf.len() >= packed_b_len(n, k, path),
+                "gemm_packed_b: short buffer"
+            );
+            sgemm_impl(
+                m,
+                n,
+                k,
+                f32v(alpha),
+                &f32s(a)[..m * k],
+                ta,
+                &f32s(b)[..k * n],
+                tb,
+                Some(buf),
+                f32v(beta),
+                &mut f32s_mut(c)[..m * n],
+            );
+        }
+        _ => gemm(m, n, k, alpha, a, ta, b, tb, beta, c),
     }
 }

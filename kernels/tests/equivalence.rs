@@ -922,3 +922,49 @@ fn argmin_from_dots_exact() {
         }
     });
 }
+
+/// A GEMM on a pre-packed `op(B)` gives the same bits as the GEMM that packs (or reads) B
+/// itself, on every path, both B orientations, awkward sizes, 1 and 2 threads; a packing made
+/// for another path is ignored (plain GEMM on B).
+#[test]
+fn gemm_packed_b_same_bits() {
+    use hmdn_kernels::gemm::{gemm_packed_b, pack_b_for, packed_b_len};
+    let mut rng = StdRng::seed_from_u64(29);
+    let shapes = [
+        (1usize, 1usize, 1usize),
+        (7, 9, 17),
+        (33, 31, 300),
+        (256, 128, 368),
+        (13, 64, 416),
+    ];
+    for threads in [1, 2] {
+        in_pool(threads, || {
+            for_paths(|p| {
+                for &(m, n, k) in &shapes {
+                    for tb in [Trans::N, Trans::T] {
+                        let a = awkward(&mut rng, m * k, 4.0);
+                        let b = awkward(&mut rng, k * n, 4.0);
+                        let c0 = awkward(&mut rng, m * n, 4.0);
+                        let mut packed = vec![0.0f32; packed_b_len(n, k, p)];
+                        pack_b_for(&mut packed, n, k, &b, tb, p);
+                        let mut want = c0.clone();
+                        gemm(m, n, k, 0.5, &a, Trans::N, &b, tb, 1.0, &mut want);
+                        let mut got = c0.clone();
+                        let pk = Some((&packed[..], p));
+                        gemm_packed_b(m, n, k, 0.5, &a, Trans::N, &b, tb, pk, 1.0, &mut got);
+                        let what = format!("{p:?} {m}x{n}x{k} {tb:?} threads {threads}");
+                        assert_bits_eq(&got, &want, &what);
+                        // Packed for a different path: ignored.
+                        let other = SimdPath::Portable;
+                        if other != p {
+                            let mut got = c0.clone();
+                            let pk = Some((&packed[..], other));
+                            gemm_packed_b(m, n, k, 0.5, &a, Trans::N, &b, tb, pk, 1.0, &mut got);
+                            assert_bits_eq(&got, &want, &format!("{what}, stale path"));
+                        }
+                    }
+                }
+            });
+        });
+    }
+}

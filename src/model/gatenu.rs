@@ -6,6 +6,7 @@ use crate::model::linear::Linear;
 use crate::params::{Grads, ParamStore};
 use hmdn_kernels::act::{bias_add, scaled_sigmoid_forward};
 use hmdn_kernels::act::{bias_relu_forward, relu_backward, scaled_sigmoid_backward};
+use hmdn_kernels::gemm::gemm_packed_b;
 use hmdn_kernels::{gemm, Real, Trans};
 use rand::Rng;
 
@@ -98,29 +99,31 @@ impl GateNu {
         cache.ensure_batch(self, bsz);
         let (f1, f2) = (&self.fc1, &self.fc2);
         let a1 = &mut cache.a1[..bsz * f1.d_out];
-        gemm(
+        gemm_packed_b(
             bsz,
             f1.d_out,
             f1.d_in,
             T::ONE,
             v,
             Trans::N,
-            ps.value_t(f1.w),
-            Trans::N,
+            ps.value(f1.w),
+            Trans::T,
+            ps.packed_weight(f1.w),
             T::ZERO,
             a1,
         );
         bias_relu_forward(a1, ps.value(f1.b));
         let u2 = &mut cache.u2[..bsz * f2.d_out];
-        gemm(
+        gemm_packed_b(
             bsz,
             f2.d_out,
             f2.d_in,
             T::ONE,
             a1,
             Trans::N,
-            ps.value_t(f2.w),
-            Trans::N,
+            ps.value(f2.w),
+            Trans::T,
+            ps.packed_weight(f2.w),
             T::ZERO,
             u2,
         );

@@ -2,6 +2,7 @@
 
 use crate::params::{Grads, Init, ParamId, ParamKind, ParamStore};
 use hmdn_kernels::act::bias_grad;
+use hmdn_kernels::gemm::gemm_packed_b;
 use hmdn_kernels::{gemm, Real, Trans};
 use rand::Rng;
 
@@ -55,15 +56,16 @@ impl Linear {
         for row in out.chunks_exact_mut(self.d_out) {
             row.copy_from_slice(b);
         }
-        gemm(
+        gemm_packed_b(
             bsz,
             self.d_out,
             self.d_in,
             T::ONE,
             inp,
             Trans::N,
-            ps.value_t(self.w),
-            Trans::N,
+            ps.value(self.w),
+            Trans::T,
+            ps.packed_weight(self.w),
             T::ONE,
             out,
         );

@@ -8,7 +8,8 @@
 use crate::model::linear::Linear;
 use crate::params::{Grads, ParamStore};
 use hmdn_kernels::act::{bias_relu_forward, relu_backward};
-use hmdn_kernels::{gemm, Real, Trans};
+use hmdn_kernels::gemm::gemm_packed_b;
+use hmdn_kernels::{Real, Trans};
 use rand::Rng;
 
 /// Layers `<prefix>.layers.<l>` (`nn.Linear`), each followed by ReLU.
@@ -113,15 +114,16 @@ impl Mlp {
     ) {
         let lin = &self.layers[l];
         let out = &mut out[..bsz * lin.d_out];
-        gemm(
+        gemm_packed_b(
             bsz,
             lin.d_out,
             lin.d_in,
             T::ONE,
             inp,
             Trans::N,
-            ps.value_t(lin.w),
-            Trans::N,
+            ps.value(lin.w),
+            Trans::T,
+            ps.packed_weight(lin.w),
             T::ZERO,
             out,
         );

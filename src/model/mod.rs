@@ -880,7 +880,7 @@ impl<T: Real> Model<T> {
         self.ensure_batch(bsz);
         let mut laps = Laps::start(&self.profile);
         // The weights may have changed since the last forward (optimiser step, checkpoint
-        // load, a gradient check's perturbation): refresh the transposed copies the layers'
+        // load, a gradient check's perturbation): refresh the packed copies the layers'
         // forward GEMMs read.
         self.params.refresh_transposed();
         laps.lap(&mut self.profile, Phase::Other);
@@ -966,6 +966,7 @@ impl<T: Real> Model<T> {
         }
         let (ps, frozen) = (&*ps, *frozen);
         let serial = n_chunks >= rayon::current_num_threads();
+        let path = hmdn_kernels::simd_path();
         let gq: &mut [T] = if rq.is_some() {
             &mut b.g[..bsz * gz]
         } else {
@@ -985,11 +986,14 @@ impl<T: Real> Model<T> {
             let mut run = || {
                 chunk_forward(&net, ps, c, xr, xbr, gq, dr, logits, rows, bsz, frozen);
             };
-            if serial {
-                hmdn_kernels::par::serial(run);
-            } else {
-                run();
-            }
+            // Kernels on the worker use the caller's SIMD path (the packed weights' layout).
+            hmdn_kernels::with_path(path, || {
+                if serial {
+                    hmdn_kernels::par::serial(run);
+                } else {
+                    run();
+                }
+            });
         });
         laps.lap_shared(profile, chunks.iter().filter_map(|c| c.profile.as_ref()));
         let rq_loss = chunks.iter().fold(T::ZERO, |s, c| s + c.b.rq_loss);
@@ -1131,6 +1135,7 @@ impl<T: Real> Model<T> {
             c.profile = on.then(PhaseTimes::default);
         }
         let serial = n_chunks >= rayon::current_num_threads();
+        let path = hmdn_kernels::simd_path();
         let alpha = T::from_f64(cfg.rq.alpha);
         {
             let psr = &*ps;
@@ -1167,11 +1172,13 @@ impl<T: Real> Model<T> {
                     };
                     chunk_backward(&net, psr, c, bufs, dl, rows, bsz, alpha);
                 };
-                if serial {
-                    hmdn_kernels::par::serial(run);
-                } else {
-                    run();
-                }
+                hmdn_kernels::with_path(path, || {
+                    if serial {
+                        hmdn_kernels::par::serial(run);
+                    } else {
+                        run();
+                    }
+                });
             });
         }
         laps.lap_shared(profile, chunks.iter().filter_map(|c| c.profile.as_ref()));
