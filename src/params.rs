@@ -69,10 +69,10 @@ pub struct ParamStore<T> {
     pub values: Vec<T>,
     /// Gradients, same layout as `values`.
     pub grads: Vec<T>,
-    /// f32 stores only: the weights marked with [`ParamStore::mark_transposed`], each as
+    /// f32 stores only: the weights marked with [`ParamStore::mark_packed`], each as
     /// `Wᵀ` packed in the GEMM micro-kernel's layout for `t_path` (see
     /// [`hmdn_kernels::gemm::pack_b_for`]), one after the other; rewritten from `values` by
-    /// [`ParamStore::refresh_transposed`].
+    /// [`ParamStore::refresh_packed`].
     values_t: Vec<f32>,
     /// Offset of each tensor's packed copy in `values_t` (`usize::MAX`: none).
     t_offset: Vec<usize>,
@@ -224,12 +224,12 @@ impl<T: Real> ParamStore<T> {
     /// # Panics
     /// If the tensor is not 2-D or already marked (programmer errors).
     #[track_caller]
-    pub fn mark_transposed(&mut self, id: ParamId) {
+    pub fn mark_packed(&mut self, id: ParamId) {
         let spec = &self.specs[id.0];
         assert_eq!(
             spec.shape.len(),
             2,
-            "{}: only matrices are transposed",
+            "{}: only matrices are packed",
             spec.name
         );
         assert!(!self.t_ids.contains(&id), "{}: marked twice", spec.name);
@@ -238,7 +238,7 @@ impl<T: Real> ParamStore<T> {
     }
 
     /// The packed `Wᵀ` of a marked weight and the SIMD path it was packed for, as of the last
-    /// [`ParamStore::refresh_transposed`] (the model refreshes at the start of every forward);
+    /// [`ParamStore::refresh_packed`] (the model refreshes at the start of every forward);
     /// `None` for unmarked weights and f64 stores. Pass it to
     /// [`hmdn_kernels::gemm::gemm_packed_b`], which falls back to `W` itself when the path
     /// differs.
@@ -256,7 +256,7 @@ impl<T: Real> ParamStore<T> {
     /// Rewrites every packed copy from `values` (after the weights changed: an optimiser
     /// step, a checkpoint load, a perturbation), for this thread's SIMD path; the matrices are
     /// split over threads. Lays the copies out (allocating) only when the path changes.
-    pub fn refresh_transposed(&mut self) {
+    pub fn refresh_packed(&mut self) {
         if T::NAME != "f32" || self.t_ids.is_empty() {
             return;
         }

@@ -110,12 +110,9 @@ fn check_layer(
         let analytic = grads[r.clone()].to_vec();
         let st = check_coords_kinks(&mut x, &analytic, 0..spec.len, |xv| {
             ps.values[r.clone()].copy_from_slice(xv);
-            // The layers' forward reads the transposed copies of their weights.
-            ps.refresh_transposed();
             dot(&run(ps, &inputs, None).0, &dout)
         });
         ps.values[r.clone()].copy_from_slice(&x);
-        ps.refresh_transposed();
         push(&spec.name, &spec.shape, st);
     }
     for i in 0..inputs.len() {

@@ -13,11 +13,12 @@
 //! enough, else column blocks too). Per k-block a task runs the micro-kernel over its panels.
 //! A is always read in place — p-major when `ta == T` (the `dYᵀ` of a weight gradient),
 //! row-major with its stored row stride when `ta == N` — and so is `op(B)` when `tb == N`
-//! (the model's forward multiplies by pre-transposed weights, so all three orientations of a
-//! Linear layer take this path); only a last partial panel is packed, so the kernel never
-//! reads past the matrix. `op(B)` with `tb == T` is packed once per call in parallel and
-//! shared by all row blocks, or, with a single row block, packed by each task for its own
-//! columns.
+//! (input and weight gradients); only a last partial panel is packed, so the kernel never
+//! reads past the matrix. `op(B)` with `tb == T` (a forward's `Wᵀ`) is packed once per call in
+//! parallel and shared by all row blocks, or, with a single row block, packed by each task for
+//! its own columns — or it comes packed already ([`pack_b_for`] / [`gemm_packed_b`]: the
+//! model packs every weight once per forward and all its row chunks read that; reading `Wᵀ`
+//! in place instead was slower, its power-of-two row strides thrash L1 sets).
 //!
 //! Determinism: every element of C is computed as one FMA chain over each k-block in order,
 //! then added to C block after block; neither the chain nor the block order depends on which

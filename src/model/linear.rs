@@ -45,7 +45,7 @@ impl Linear {
             Init::Uniform(bound),
             rng,
         );
-        ps.mark_transposed(w);
+        ps.mark_packed(w);
         Linear { w, b, d_in, d_out }
     }
 

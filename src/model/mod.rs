@@ -882,7 +882,7 @@ impl<T: Real> Model<T> {
         // The weights may have changed since the last forward (optimiser step, checkpoint
         // load, a gradient check's perturbation): refresh the packed copies the layers'
         // forward GEMMs read.
-        self.params.refresh_transposed();
+        self.params.refresh_packed();
         laps.lap(&mut self.profile, Phase::Other);
         self.load_indices(batch);
         let (chunk_rows, n_chunks) = chunk_layout(bsz);
