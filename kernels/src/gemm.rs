@@ -60,8 +60,8 @@ pub enum Trans {
 const ROWS_PER_TASK: usize = 64;
 /// Below this many multiply-adds a GEMM runs on the calling thread.
 const PAR_MIN_FLOPS: usize = 1 << 18;
-/// Most rows of C in one task of the f32 GEMM: the packed A block (`MC × A_STRIDE` f32,
-/// ~157 KiB) stays in L2. A multiple of every path's `MR` (12, 6, 4).
+/// Most rows of C in one task of the f32 GEMM: the A rows a task streams (`MC` rows of a k-block,
+/// ~100–150 KiB) stay in L2. A multiple of every path's `MR` (12, 6, 4).
 const MC: usize = 144;
 
 #[track_caller]
@@ -320,12 +320,12 @@ fn with_shared_buf<R>(len: usize, f: impl FnOnce(Option<&mut [f32]>) -> R) -> R 
     }
 }
 
-/// Task-buffer bound for a GEMM with `n` columns of C on micro-kernel `(mr, nr)`: the packed
-/// A block (`MC` rows at `A_STRIDE`, or one in-place panel's tail of `mr × KC`) plus packed B
-/// for all `⌈n/nr⌉` panels at full depth `KC`. Independent of `m` and `k`, hence of the batch
-/// size in every orientation of a Linear layer.
+/// Task-buffer bound for a GEMM with `n` columns of C on micro-kernel `(mr, nr)`: A's packed
+/// partial last panel (`mr` rows at `A_STRIDE`, or `mr × KC` p-major; full panels are read in
+/// place) plus packed B for all `⌈n/nr⌉` panels at full depth `KC`. Independent of `m` and
+/// `k`, hence of the batch size in every orientation of a Linear layer.
 fn task_bound(n: usize, mr: usize, nr: usize) -> usize {
-    (MC * A_STRIDE).max(mr * KC) + KC * n.div_ceil(nr) * nr
+    (mr * A_STRIDE).max(mr * KC) + KC * n.div_ceil(nr) * nr
 }
 
 /// Shared-B bound: all k-blocks of packed `op(B)`, `nkb · npan · kc · nr` (depends on n, k).

@@ -62,14 +62,7 @@ impl PhaseTimes {
 
     /// Every phase with its report name, in data-flow order.
     pub fn entries(&self) -> [(&'static str, Duration); 6] {
-        [
-            ("embeddings", self.embeddings),
-            ("rq", self.rq),
-            ("gates", self.gates),
-            ("experts/mlp", self.backbone),
-            ("towers+loss", self.head),
-            ("other", self.other),
-        ]
+        self.phases().map(|(p, d)| (p.name(), d))
     }
 
     /// Time of all phases together (= time spent inside forward and backward).
@@ -100,8 +93,22 @@ impl Laps {
     }
 }
 
+impl Phase {
+    /// Report name (`hmdn-cpu bench`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Embeddings => "embeddings",
+            Phase::Rq => "rq",
+            Phase::Gates => "gates",
+            Phase::Backbone => "experts/mlp",
+            Phase::Head => "towers+loss",
+            Phase::Other => "other",
+        }
+    }
+}
+
 impl PhaseTimes {
-    /// Every phase with its time.
+    /// Every phase with its time, in data-flow order.
     pub fn phases(&self) -> [(Phase, Duration); 6] {
         [
             (Phase::Embeddings, self.embeddings),
