@@ -207,6 +207,50 @@ fn run_chunks<T: Send, C: Send, F>(
     }
 }
 
+/// The Shared-Bottom domain index of every row (column `domain_col` of the field-major `idx`),
+/// empty for the other models.
+fn domain_rows<'a>(cfg: &ModelConfig, idx: &'a [u32], domain_col: usize, bsz: usize) -> &'a [u32] {
+    if cfg.model == ModelKind::SharedBottom {
+        &idx[domain_col * bsz..(domain_col + 1) * bsz]
+    } else {
+        &[]
+    }
+}
+
+/// How a parallel chunk section runs each chunk's work, fixed on the calling thread.
+#[derive(Clone, Copy)]
+struct ChunkCtx {
+    /// The caller's SIMD path: kernels on the workers use it too (the packed weights' layout).
+    path: hmdn_kernels::SimdPath,
+    /// At least one chunk per thread: kernels inside a chunk stay on its thread.
+    serial: bool,
+}
+
+impl ChunkCtx {
+    /// Starts a chunk section: resets the chunks' phase clocks (on when the model is
+    /// profiled) and reads the calling thread's settings.
+    fn start<T>(chunks: &mut [Chunk<T>], profiled: bool) -> Self {
+        for c in chunks.iter_mut() {
+            c.profile = profiled.then(PhaseTimes::default);
+        }
+        ChunkCtx {
+            path: hmdn_kernels::simd_path(),
+            serial: chunks.len() >= rayon::current_num_threads(),
+        }
+    }
+
+    /// Runs one chunk's work `f` on the current (worker) thread with these settings.
+    fn run(self, f: impl FnOnce()) {
+        hmdn_kernels::with_path(self.path, || {
+            if self.serial {
+                hmdn_kernels::par::serial(f);
+            } else {
+                f();
+            }
+        });
+    }
+}
+
 /// The layers a chunk runs (everything between the embeddings / quantizer and the logits),
 /// borrowed from a [`Model`].
 struct Net<'a> {
@@ -954,19 +998,10 @@ impl<T: Real> Model<T> {
             gz,
             dense_base,
         };
-        let dom: &[u32] = if cfg.model == ModelKind::SharedBottom {
-            &idx[*domain_col * bsz..(*domain_col + 1) * bsz]
-        } else {
-            &[]
-        };
+        let dom = domain_rows(cfg, idx, *domain_col, bsz);
         let chunks = &mut b.chunks[..n_chunks];
-        let on = profile.is_some();
-        for c in chunks.iter_mut() {
-            c.profile = on.then(PhaseTimes::default);
-        }
+        let ctx = ChunkCtx::start(chunks, profile.is_some());
         let (ps, frozen) = (&*ps, *frozen);
-        let serial = n_chunks >= rayon::current_num_threads();
-        let path = hmdn_kernels::simd_path();
         let gq: &mut [T] = if rq.is_some() {
             &mut b.g[..bsz * gz]
         } else {
@@ -983,17 +1018,7 @@ impl<T: Real> Model<T> {
             } else {
                 &dom[r0..r0 + rows]
             };
-            let mut run = || {
-                chunk_forward(&net, ps, c, xr, xbr, gq, dr, logits, rows, bsz, frozen);
-            };
-            // Kernels on the worker use the caller's SIMD path (the packed weights' layout).
-            hmdn_kernels::with_path(path, || {
-                if serial {
-                    hmdn_kernels::par::serial(run);
-                } else {
-                    run();
-                }
-            });
+            ctx.run(|| chunk_forward(&net, ps, c, xr, xbr, gq, dr, logits, rows, bsz, frozen));
         });
         laps.lap_shared(profile, chunks.iter().filter_map(|c| c.profile.as_ref()));
         let rq_loss = chunks.iter().fold(T::ZERO, |s, c| s + c.b.rq_loss);
@@ -1124,18 +1149,9 @@ impl<T: Real> Model<T> {
             gz,
             dense_base,
         };
-        let dom: &[u32] = if cfg.model == ModelKind::SharedBottom {
-            &idx[*domain_col * bsz..(*domain_col + 1) * bsz]
-        } else {
-            &[]
-        };
+        let dom = domain_rows(cfg, idx, *domain_col, bsz);
         let chunks = &mut b.chunks[..n_chunks];
-        let on = profile.is_some();
-        for c in chunks.iter_mut() {
-            c.profile = on.then(PhaseTimes::default);
-        }
-        let serial = n_chunks >= rayon::current_num_threads();
-        let path = hmdn_kernels::simd_path();
+        let ctx = ChunkCtx::start(chunks, profile.is_some());
         let alpha = T::from_f64(cfg.rq.alpha);
         {
             let psr = &*ps;
@@ -1160,7 +1176,7 @@ impl<T: Real> Model<T> {
                     &dom[r0..r0 + rows]
                 };
                 let dl = &dlogits[r0 * nt..(r0 + rows) * nt];
-                let mut run = || {
+                ctx.run(|| {
                     let bufs = ChunkIo {
                         x: xr,
                         g: gr,
@@ -1171,13 +1187,6 @@ impl<T: Real> Model<T> {
                         dxb: dxbr,
                     };
                     chunk_backward(&net, psr, c, bufs, dl, rows, bsz, alpha);
-                };
-                hmdn_kernels::with_path(path, || {
-                    if serial {
-                        hmdn_kernels::par::serial(run);
-                    } else {
-                        run();
-                    }
                 });
             });
         }
