@@ -12,7 +12,6 @@ use crate::gradcheck::{self, GradReport, RandomBatch, TOLERANCE};
 use crate::metrics::{self, EvalReport};
 use crate::model::Model;
 use crate::train::{self, FitInputs, FitSummary, RunConfig, SCHEMA_FILE, VOCAB_FILE};
-use crate::Batch;
 use rand::SeedableRng;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -448,7 +447,7 @@ fn predict(a: PredictArgs) -> Result<()> {
         let mut line = String::new();
         while batcher.next_batch(&ds, &mut buf) {
             let b = buf.batch();
-            md.model.forward(&Batch { labels: &[], ..b });
+            md.model.infer(&b);
             for row in md.model.logits()[..b.rows * t].chunks_exact(t) {
                 line.clear();
                 for (i, &l) in row.iter().enumerate() {

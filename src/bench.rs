@@ -252,12 +252,12 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
     let (phases, step_time) = profile_steps(&mut m, &mut opt, &data, &mut k, per)?;
     let mut infer = Vec::new();
     for i in 0..warmup {
-        m.forward(&data.get(i));
+        m.infer(&data.get(i));
     }
     for _ in 0..rounds {
         let t0 = Instant::now();
         for _ in 0..per {
-            m.forward(&data.get(k));
+            m.infer(&data.get(k));
             k += 1;
         }
         infer.push((per * batch) as f64 / t0.elapsed().as_secs_f64());
@@ -266,7 +266,7 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
     m.profile = Some(PhaseTimes::default());
     let t0 = Instant::now();
     for _ in 0..per {
-        m.forward(&data.get(k));
+        m.infer(&data.get(k));
         k += 1;
     }
     let total = t0.elapsed().as_secs_f64().max(f64::MIN_POSITIVE);

@@ -249,8 +249,7 @@ pub fn predict_dataset<T: Real>(
     let mut buf = BatchBuffers::new(batch_size, ds);
     while batcher.next_batch(ds, &mut buf) {
         let b = buf.batch();
-        let nolabels = Batch { labels: &[], ..b };
-        model.forward(&nolabels);
+        model.infer(&b);
         model.record_gates();
         preds.extend(
             model.logits()[..b.rows * t]

@@ -341,6 +341,29 @@ fn rows_are_independent_of_batch_size_and_buffers_are_reused() {
 }
 
 #[test]
+fn infer_gives_the_logits_of_forward_bit_for_bit() {
+    // `infer` skips the losses only: on a batch of several row chunks, in f32 (the training
+    // precision, on this machine's SIMD path), its logits are the forward's, bit for bit,
+    // for every model. (That it allocates nothing is checked in `tests/no_alloc.rs`.)
+    for kind in ModelKind::ALL {
+        let cfg = tiny(kind);
+        let mut m = Model::<f32>::new(&cfg, 71).unwrap();
+        let mut rng = StdRng::seed_from_u64(72);
+        let data = RandomBatch::new(&cfg, 300, &mut rng);
+        let loss = m.forward(&data.batch());
+        assert!(loss.total > 0.0, "{kind}");
+        let logits = m.logits().to_vec();
+        m.infer(&data.batch());
+        let same = m
+            .logits()
+            .iter()
+            .zip(&logits)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{kind}: infer and forward logits differ");
+    }
+}
+
+#[test]
 fn inference_without_labels_gives_logits_and_no_task_loss() {
     let cfg = tiny(ModelKind::HmdnMmoe);
     let mut rng = StdRng::seed_from_u64(41);

@@ -2,7 +2,8 @@
 //! batch size (and run k-means for hmdn-*), further `train::train_step` calls — forward,
 //! backward, optimiser — allocate nothing, on any thread, for every model at the aliccp shape,
 //! with batch sizes changing between steps. The fit loop's per-step book-keeping
-//! (`Model::after_step`: code usage, dead-code restarts) is checked the same way.
+//! (`Model::after_step`: code usage, dead-code restarts) and a prediction pass
+//! (`Model::infer`) are checked the same way.
 //!
 //! A counting global allocator counts allocations (and reallocations) while a window is open:
 //! globally over all threads — rayon's workers run most of the kernels — and per thread. The
@@ -112,8 +113,8 @@ fn head<'a>(data: &'a RandomBatch, cfg: &ModelConfig, rows: usize) -> Batch<'a> 
 }
 
 /// Allocations while training one case: after k-means (hmdn-*) and warm-up steps at the
-/// batch sizes `warm_sizes`, one counted step per entry of [`SIZES`], each followed by the
-/// fit loop's `after_step`. Returns (train steps all threads, train steps on the stepping
+/// batch sizes `warm_sizes`, one counted step per entry of [`SIZES`] and an `infer` on its
+/// batch, each followed by the fit loop's `after_step`. Returns (train steps all threads, train steps on the stepping
 /// thread, after_step all threads).
 fn step_allocations(
     cfg: &ModelConfig,
@@ -141,8 +142,10 @@ fn step_allocations(
         let b = head(d, cfg, rows);
         let (g, t, r) = counted(|| train_step(&mut m, &mut opt, &b));
         r.expect("finite loss");
-        all += g;
-        mine += t;
+        // Then a prediction pass on the same batch (`infer`, as `predict` and evaluation run).
+        let (gi, ti, ()) = counted(|| m.infer(&b));
+        all += g + gi;
+        mine += t + ti;
         step += 1;
         after += counted(|| m.after_step(step, 6)).0;
     }

@@ -909,6 +909,29 @@ impl<T: Real> Model<T> {
     /// a frozen forward runs on another batch size than the unfrozen one before it.
     #[track_caller]
     pub fn forward(&mut self, batch: &Batch) -> LossParts<T> {
+        self.forward_impl(batch, true)
+    }
+
+    /// The forward pass for predictions only: the same logits as [`Model::forward`] (bit for
+    /// bit), without the losses: labels are ignored and the quantizer's `L_rq` (a pass over
+    /// every level's rows) is not computed. `backward` must not follow it.
+    ///
+    /// # Panics
+    /// As [`Model::forward`].
+    #[track_caller]
+    pub fn infer(&mut self, batch: &Batch) {
+        self.forward_impl(
+            &Batch {
+                labels: &[],
+                ..*batch
+            },
+            false,
+        );
+    }
+
+    /// [`Model::forward`], computing `L_rq` only when `losses` is set.
+    #[track_caller]
+    fn forward_impl(&mut self, batch: &Batch, losses: bool) -> LossParts<T> {
         let bsz = batch.rows;
         let nt = self.cfg.tasks.len();
         assert!(
@@ -1018,7 +1041,13 @@ impl<T: Real> Model<T> {
             } else {
                 &dom[r0..r0 + rows]
             };
-            ctx.run(|| chunk_forward(&net, ps, c, xr, xbr, gq, dr, logits, rows, bsz, frozen));
+            ctx.run(|| {
+                let rows = ChunkRows {
+                    rows,
+                    batch_rows: bsz,
+                };
+                chunk_forward(&net, ps, c, xr, xbr, gq, dr, logits, rows, frozen, losses)
+            });
         });
         laps.lap_shared(profile, chunks.iter().filter_map(|c| c.profile.as_ref()));
         let rq_loss = chunks.iter().fold(T::ZERO, |s, c| s + c.b.rq_loss);
@@ -1271,6 +1300,14 @@ fn sum_chunk_grads<T: Real>(out: &mut [T], chunks: &[Chunk<T>]) {
 /// `gq`; without a quantizer g is x_b and `gq` is empty), the backbone and the towers, from
 /// `x` and g to `logits`.
 #[allow(clippy::too_many_arguments)]
+/// Rows of one chunk and of the whole batch it belongs to (the batch-mean losses divide by
+/// the latter).
+#[derive(Clone, Copy)]
+struct ChunkRows {
+    rows: usize,
+    batch_rows: usize,
+}
+
 fn chunk_forward<T: Real>(
     net: &Net<'_>,
     ps: &ParamStore<T>,
@@ -1280,15 +1317,19 @@ fn chunk_forward<T: Real>(
     gq: &mut [T],
     dom: &[u32],
     logits: &mut [T],
-    bsz: usize,
-    batch_rows: usize,
+    rows: ChunkRows,
     frozen: bool,
+    losses: bool,
 ) {
+    let ChunkRows {
+        rows: bsz,
+        batch_rows,
+    } = rows;
     let Chunk { profile, b, .. } = c;
     let mut laps = Laps::start(profile);
     let g: &[T] = match (net.rq, b.rq.as_mut()) {
         (Some(q), Some(cache)) => {
-            b.rq_loss = q.forward_part(gq, cache, xb, ps, bsz, batch_rows);
+            b.rq_loss = q.forward_part(gq, cache, xb, ps, bsz, batch_rows, losses);
             laps.lap(profile, Phase::Rq);
             gq
         }

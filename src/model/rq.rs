@@ -332,13 +332,15 @@ impl ResidualQuantizer {
         ps: &ParamStore<T>,
         bsz: usize,
     ) -> T {
-        self.forward_part(g, cache, xb, ps, bsz, bsz)
+        self.forward_part(g, cache, xb, ps, bsz, bsz, true)
     }
 
     /// [`Self::forward`] on `bsz` rows that are part of a batch of `batch_rows` rows (a row
     /// chunk): returns this part's share of `L_rq`, `Σ_rows loss / batch_rows`, so that the
-    /// parts of a batch add up to its `L_rq`.
+    /// parts of a batch add up to its `L_rq`. Without `with_loss` (predictions only) the loss
+    /// is not computed and 0 is returned; `g` and the cache are the same.
     #[track_caller]
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_part<T: Real>(
         &self,
         g: &mut [T],
@@ -347,6 +349,7 @@ impl ResidualQuantizer {
         ps: &ParamStore<T>,
         bsz: usize,
         batch_rows: usize,
+        with_loss: bool,
     ) -> T {
         let (w, e, k) = (self.w, self.e, self.k);
         let pe = self.p * e;
@@ -421,6 +424,9 @@ impl ResidualQuantizer {
             let codes = &mut all_codes[d * bsz..(d + 1) * bsz];
             if !frozen {
                 argmin_sq_l2(codes, u_d, book, &norms[bi * k..(bi + 1) * k], w);
+            }
+            if !with_loss {
+                continue;
             }
             // ||C[c_d] − sg(u_d)||² + β·||sg(C[c_d]) − u_d||², live values where no sg(·).
             // Unfrozen, sg(u_d) = u_d and sg(C[c_d]) = C[c_d].
