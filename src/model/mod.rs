@@ -1296,10 +1296,6 @@ fn sum_chunk_grads<T: Real>(out: &mut [T], chunks: &[Chunk<T>]) {
     }
 }
 
-/// One chunk (`bsz` rows of a batch of `batch_rows`): the quantizer (x_b → g, written to
-/// `gq`; without a quantizer g is x_b and `gq` is empty), the backbone and the towers, from
-/// `x` and g to `logits`.
-#[allow(clippy::too_many_arguments)]
 /// Rows of one chunk and of the whole batch it belongs to (the batch-mean losses divide by
 /// the latter).
 #[derive(Clone, Copy)]
@@ -1308,6 +1304,10 @@ struct ChunkRows {
     batch_rows: usize,
 }
 
+/// One chunk (`rows.rows` rows of a batch of `rows.batch_rows`): the quantizer (x_b → g,
+/// written to `gq`; without a quantizer g is x_b and `gq` is empty; `L_rq` only with
+/// `losses`), the backbone and the towers, from `x` and g to `logits`.
+#[allow(clippy::too_many_arguments)]
 fn chunk_forward<T: Real>(
     net: &Net<'_>,
     ps: &ParamStore<T>,
