@@ -2,7 +2,8 @@
 //! each timed best-of-N on one thread, with the FMA peak measured in the same run: the harness
 //! for tuning the micro-kernel at the sizes a training step actually runs.
 //!
-//! `cargo run --release -p hmdn-kernels --example chunk_gemms` (`M=<rows>`, `REPS=<n>`).
+//! `cargo run --release -p hmdn-kernels --example chunk_gemms` (`M=<rows>`, `REPS=<n>`,
+//! `COLD=<MiB>`, `SHAPES=<d_in>x<d_out>,…`).
 
 use hmdn_kernels::gemm::{gemm, gemm_packed_b, pack_b_for, packed_b_len};
 use hmdn_kernels::{simd, Trans};
@@ -26,7 +27,19 @@ fn main() {
         let mut total_flop = 0.0;
         let mut total_s = 0.0;
         let mut total_med = 0.0;
-        for (din, dout) in [(368usize, 128usize), (128, 64), (64, 32)] {
+        // SHAPES="368x128,128x64": other layers (d_in x d_out) instead of the expert's.
+        let shapes: Vec<(usize, usize)> = std::env::var("SHAPES").map_or_else(
+            |_| vec![(368, 128), (128, 64), (64, 32)],
+            |s| {
+                s.split(',')
+                    .map(|p| {
+                        let (a, b) = p.split_once('x').expect("SHAPES: d_inxd_out,…");
+                        (a.parse().expect("d_in"), b.parse().expect("d_out"))
+                    })
+                    .collect()
+            },
+        );
+        for (din, dout) in shapes {
             let x: Vec<f32> = (0..m * din).map(|i| (i % 7) as f32 * 0.1).collect();
             let w: Vec<f32> = (0..dout * din).map(|i| (i % 5) as f32 * 0.1).collect();
             let dy: Vec<f32> = (0..m * dout).map(|i| (i % 3) as f32 * 0.1).collect();
@@ -56,6 +69,18 @@ fn main() {
                     best * 1e6
                 );
             };
+            {
+                let mut best = f64::MAX;
+                for _ in 0..reps {
+                    let t = Instant::now();
+                    pack_b_for(&mut wp, dout, din, &w, Trans::T, path);
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                println!(
+                    "pack {din:>3}x{dout:<3} {:>6.2} ns per element",
+                    best * 1e9 / (din * dout) as f64
+                );
+            }
             time("fwd", &mut || {
                 gemm_packed_b(
                     m,

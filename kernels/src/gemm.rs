@@ -487,14 +487,12 @@ fn pack_b_panel(
                 copy_small(&mut dst[p * nr..p * nr + w], &b[s..s + w]);
             }
         }
-        Trans::T => {
-            for jj in 0..w {
-                let src = &b[(j0 + jj) * k + pc..(j0 + jj) * k + pc + kcur];
-                for (p, &x) in src.iter().enumerate() {
-                    dst[p * nr + jj] = x;
-                }
-            }
+        Trans::T if kcur > 0 && w > 0 => {
+            let src = &b[j0 * k..];
+            assert!(dst.len() >= (kcur - 1) * nr + w && src.len() >= (w - 1) * k + pc + kcur);
+            simd::pack_bt(simd::simd_path(), dst, src, k, pc, kcur, w, nr);
         }
+        Trans::T => {}
     }
 }
 

@@ -142,6 +142,30 @@ unsafe fn sigmoid<V: Vf>(x: V) -> V {
     V::select_ge(x, V::splat(0.0), one, e).div(one.add(e))
 }
 
+/// Packs a transposed panel for the GEMM: `dst[p·nr + j] = b[j·k + pc + p]` for `p < kcur`,
+/// `j < w` (columns `j` of `op(B) = Bᵀ` are rows of the stored `b`). Plain loops over raw
+/// pointers, compiled per SIMD path: with the path's features the compiler turns the inner
+/// loop over `j` into gathers (a stride-`k` read) and full-width stores. The caller checks
+/// `dst.len() >= (kcur−1)·nr + w` and `b.len() >= (w−1)·k + pc + kcur`.
+#[inline(always)]
+pub(crate) unsafe fn pack_bt<V: Vf>(
+    dst: &mut [f32],
+    b: &[f32],
+    k: usize,
+    pc: usize,
+    kcur: usize,
+    w: usize,
+    nr: usize,
+) {
+    let (d, s) = (dst.as_mut_ptr(), b.as_ptr().add(pc));
+    for p in 0..kcur {
+        let row = d.add(p * nr);
+        for j in 0..w {
+            *row.add(j) = *s.add(j * k + p);
+        }
+    }
+}
+
 /// `y[b, j] = max(y[b, j] + bias[j], 0)` (as `reference`: `s > 0 ? s : 0`) over whole rows.
 #[inline(always)]
 pub(crate) unsafe fn bias_relu<V: Vf>(y: &mut [f32], bias: &[f32]) {
