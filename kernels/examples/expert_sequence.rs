@@ -33,6 +33,8 @@ fn main() {
             .map_or(d, |s| s.parse().expect("a number"))
     };
     let (m, chunks, reps) = (env("M", 256), env("CHUNKS", 2), env("REPS", 50));
+    // FUSED=1: each chunk's backward right after its forward (instead of all forwards first).
+    let fused = env("FUSED", 0) == 1;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -91,7 +93,7 @@ fn main() {
         let mut times = Vec::new();
         for _ in 0..reps {
             let t0 = Instant::now();
-            for b in bufs.iter_mut() {
+            let forward = |b: &mut ChunkBufs| {
                 for e in 0..EXPERTS {
                     for l in 0..3 {
                         let (din, dout) = (WIDTHS[l], WIDTHS[l + 1]);
@@ -113,8 +115,8 @@ fn main() {
                         bias_relu_forward(&mut here[0], &bias[e][l]);
                     }
                 }
-            }
-            for b in bufs.iter_mut() {
+            };
+            let backward = |b: &mut ChunkBufs| {
                 b.dx.fill(0.0);
                 for arena in b.dw.iter_mut().flatten() {
                     arena.fill(0.0);
@@ -158,6 +160,19 @@ fn main() {
                             dinp,
                         );
                     }
+                }
+            };
+            if fused {
+                for b in bufs.iter_mut() {
+                    forward(b);
+                    backward(b);
+                }
+            } else {
+                for b in bufs.iter_mut() {
+                    forward(b);
+                }
+                for b in bufs.iter_mut() {
+                    backward(b);
                 }
             }
             times.push(t0.elapsed().as_secs_f64());
