@@ -631,8 +631,13 @@ pub(crate) unsafe fn argmin_scan<V: Vf>(codes: &mut [u32], dots: &[f32], norms: 
     }
 }
 
-/// Depth of one packed k-block (`kc <= KC`).
-pub(crate) const KC: usize = 256;
+/// Depth of one packed k-block (`kc <= KC`). A k-block's B panel (`kc` rows of `NR` = 32
+/// floats, 24 KiB at 192) and the A panel streaming past it must share the 48 KiB L1: at 256
+/// the weight gradient (A = dYᵀ read at its row stride) ran at 63–80 GFLOP/s instead of
+/// 124–137 at 4096 × 368 × 128 on one core, and 135 instead of 147 at a 256-row chunk's
+/// shape; the forward and input-gradient GEMMs are unchanged (their depths 368, 128, 64 are
+/// cut the same way or not at all).
+pub(crate) const KC: usize = 192;
 /// Row stride of a row-major packed A panel; padded past `KC` so that the `MR` rows of a panel
 /// do not all map to the same L1 sets.
 pub(crate) const A_STRIDE: usize = KC + 16;
