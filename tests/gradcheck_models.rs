@@ -364,6 +364,23 @@ fn infer_gives_the_logits_of_forward_bit_for_bit() {
 }
 
 #[test]
+#[should_panic(expected = "backward needs a forward on the labeled batch first")]
+fn backward_after_infer_is_refused() {
+    // `infer` loads no labels; a backward after it would read the previous batch's.
+    let cfg = tiny(ModelKind::HmdnMmoe);
+    let mut m = Model::<f64>::new(&cfg, 73).unwrap();
+    let mut rng = StdRng::seed_from_u64(74);
+    let (a, b) = (
+        RandomBatch::new(&cfg, B, &mut rng),
+        RandomBatch::new(&cfg, B, &mut rng),
+    );
+    m.forward(&a.batch());
+    m.backward(&a.batch());
+    m.infer(&b.batch());
+    m.backward(&b.batch());
+}
+
+#[test]
 fn inference_without_labels_gives_logits_and_no_task_loss() {
     let cfg = tiny(ModelKind::HmdnMmoe);
     let mut rng = StdRng::seed_from_u64(41);

@@ -70,6 +70,9 @@ struct Buffers<T> {
     dg: Vec<T>,
     /// Labels `[B, T]` as `T`.
     labels: Vec<T>,
+    /// Whether the last forward loaded labels (a labeled `forward`, not `infer`): `backward`
+    /// reads `labels`, which would otherwise be a previous batch's.
+    labeled: bool,
     /// Logits `[B, T]` and their gradient.
     logits: Vec<T>,
     dlogits: Vec<T>,
@@ -1065,6 +1068,7 @@ impl<T: Real> Model<T> {
 
         let alpha = T::from_f64(cfg.rq.alpha);
         let rq_part = if rq.is_some() { rq_loss } else { T::ZERO };
+        b.labeled = batch.labels.len() == bsz * nt;
         let task = if batch.labels.is_empty() {
             T::ZERO
         } else {
@@ -1114,6 +1118,11 @@ impl<T: Real> Model<T> {
             "backward needs the batch of the last forward"
         );
         assert_eq!(batch.labels.len(), bsz * nt, "backward needs labels [B, T]");
+        assert!(
+            self.buf.labeled,
+            "backward needs a forward on the labeled batch first (infer and unlabeled forwards \
+             load no labels)"
+        );
         let mut laps = Laps::start(&self.profile);
         let dense_base = self.params.dense_tail();
         let Model {
