@@ -142,30 +142,6 @@ unsafe fn sigmoid<V: Vf>(x: V) -> V {
     V::select_ge(x, V::splat(0.0), one, e).div(one.add(e))
 }
 
-/// Packs a transposed panel for the GEMM: `dst[p·nr + j] = b[j·k + pc + p]` for `p < kcur`,
-/// `j < w` (columns `j` of `op(B) = Bᵀ` are rows of the stored `b`). Plain loops over raw
-/// pointers, compiled per SIMD path: with the path's features the compiler turns the inner
-/// loop over `j` into gathers (a stride-`k` read) and full-width stores. The caller checks
-/// `dst.len() >= (kcur−1)·nr + w` and `b.len() >= (w−1)·k + pc + kcur`.
-#[inline(always)]
-pub(crate) unsafe fn pack_bt<V: Vf>(
-    dst: &mut [f32],
-    b: &[f32],
-    k: usize,
-    pc: usize,
-    kcur: usize,
-    w: usize,
-    nr: usize,
-) {
-    let (d, s) = (dst.as_mut_ptr(), b.as_ptr().add(pc));
-    for p in 0..kcur {
-        let row = d.add(p * nr);
-        for j in 0..w {
-            *row.add(j) = *s.add(j * k + p);
-        }
-    }
-}
-
 /// `y[b, j] = max(y[b, j] + bias[j], 0)` (as `reference`: `s > 0 ? s : 0`) over whole rows.
 #[inline(always)]
 pub(crate) unsafe fn bias_relu<V: Vf>(y: &mut [f32], bias: &[f32]) {
@@ -635,8 +611,8 @@ pub(crate) unsafe fn argmin_scan<V: Vf>(codes: &mut [u32], dots: &[f32], norms: 
 /// floats, 24 KiB at 192) and the A panel streaming past it must share the 48 KiB L1: at 256
 /// the weight gradient (A = dYᵀ read at its row stride) ran at 63–80 GFLOP/s instead of
 /// 124–137 at 4096 × 368 × 128 on one core, and 135 instead of 147 at a 256-row chunk's
-/// shape; the forward and input-gradient GEMMs are unchanged (their depths 368, 128, 64 are
-/// cut the same way or not at all).
+/// shape. The experts' forward and input-gradient GEMMs are unchanged (their depths 368, 128
+/// and 64 are cut the same way or not at all).
 pub(crate) const KC: usize = 192;
 /// Row stride of a row-major packed A panel; padded past `KC` so that the `MR` rows of a panel
 /// do not all map to the same L1 sets.

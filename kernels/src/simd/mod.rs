@@ -294,7 +294,6 @@ entries! {
     fn argmin_rows(codes: &mut [u32], r: &[f32], codebook: &[f32], norms: &[f32], z: usize);
     fn argmin_scan(codes: &mut [u32], dots: &[f32], norms: &[f32]);
     fn gemm_block(t: &GemmBlock);
-    fn pack_bt(dst: &mut [f32], b: &[f32], k: usize, pc: usize, kcur: usize, w: usize, nr: usize);
     fn fma_loop(iters: usize) -> f32;
 }
 
