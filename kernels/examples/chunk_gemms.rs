@@ -5,6 +5,8 @@
 //! `cargo run --release -p hmdn-kernels --example chunk_gemms` (`M=<rows>`, `REPS=<n>`,
 //! `COLD=<MiB>`, `SHAPES=<d_in>x<d_out>,…`).
 
+mod common;
+
 use hmdn_kernels::gemm::{gemm, gemm_packed_b, pack_b_for, packed_b_len};
 use hmdn_kernels::{simd, Trans};
 use std::time::Instant;
@@ -103,21 +105,11 @@ fn main() {
                 gemm(dout, din, m, 1.0, &dy, Trans::T, &x, Trans::N, 1.0, &mut dw)
             });
         }
-        let mut pt = Vec::new();
-        let mut fl = 0;
-        for _ in 0..100 {
-            let t = Instant::now();
-            let (s, f) = simd::fma_peak_loop(1 << 14);
-            pt.push(t.elapsed().as_secs_f64());
-            fl = f;
-            std::hint::black_box(s);
-        }
-        pt.sort_by(f64::total_cmp);
-        let peak = fl as f64 / pt[0] / 1e9;
+        let rates = common::fma_peak_gflops(100, 1 << 14);
+        let peak = rates[0];
         println!(
             "peak loop: best {peak:.1}, median {:.1}, 90th percentile time {:.1} GFLOP/s",
-            fl as f64 / pt[50] / 1e9,
-            fl as f64 / pt[90] / 1e9
+            rates[50], rates[90]
         );
         println!(
             "all at median times: {:.1} GFLOP/s",

@@ -7,6 +7,8 @@
 //!
 //! `cargo run --release -p hmdn-kernels --example expert_sequence` (`M`, `CHUNKS`, `REPS`).
 
+mod common;
+
 use hmdn_kernels::act::{bias_relu_forward, relu_backward};
 use hmdn_kernels::gemm::{gemm, gemm_packed_b, pack_b_for, packed_b_len};
 use hmdn_kernels::{simd, Trans};
@@ -178,17 +180,7 @@ fn main() {
             times.push(t0.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);
-        let mut pt = Vec::new();
-        let mut fl = 0;
-        for _ in 0..100 {
-            let t = Instant::now();
-            let (s, f) = simd::fma_peak_loop(1 << 14);
-            pt.push(t.elapsed().as_secs_f64());
-            fl = f;
-            std::hint::black_box(s);
-        }
-        pt.sort_by(f64::total_cmp);
-        let peak = fl as f64 / pt[0] / 1e9;
+        let peak = common::fma_peak_gflops(100, 1 << 14)[0];
         let (best, med) = (flop / times[0] / 1e9, flop / times[times.len() / 2] / 1e9);
         println!(
             "expert step, {chunks} chunks x {m} rows: best {best:.1} GFLOP/s ({:.0}% of peak \

@@ -5,6 +5,8 @@
 //! `cargo run --release -p hmdn-kernels --example probe -- [threads]` (default 1 thread);
 //! `M=<rows>` in the environment sets the batch rows of the GEMM shapes (default 4096).
 
+mod common;
+
 use hmdn_kernels::{gemm, gemm::gemm_matrixmultiply, Trans};
 use std::time::Instant;
 fn main() {
@@ -93,15 +95,9 @@ fn main() {
                 t2 * 1e3
             );
         }
-        let mut best = f64::MAX;
-        let mut fl = 0;
-        for _ in 0..30 {
-            let t = Instant::now();
-            let (s, f) = hmdn_kernels::simd::fma_peak_loop(1 << 18);
-            best = best.min(t.elapsed().as_secs_f64());
-            fl = f;
-            std::hint::black_box(s);
-        }
-        println!("peak {:.1} GFLOP/s", fl as f64 / best / 1e9);
+        println!(
+            "peak {:.1} GFLOP/s",
+            common::fma_peak_gflops(30, 1 << 18)[0]
+        );
     });
 }

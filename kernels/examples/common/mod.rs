@@ -1,0 +1,20 @@
+//! Shared by the measuring examples (`probe`, `chunk_gemms`, `expert_sequence`); a directory
+//! without `main.rs`, so Cargo does not build it as an example of its own.
+
+use std::time::Instant;
+
+/// Times `reps` runs of the register-resident FMA loop (`iters` rounds each) on the current
+/// thread's SIMD path and returns their rates in GFLOP/s, fastest first.
+pub fn fma_peak_gflops(reps: usize, iters: usize) -> Vec<f64> {
+    let mut rates: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            let (sink, flops) = hmdn_kernels::simd::fma_peak_loop(iters);
+            let secs = t.elapsed().as_secs_f64();
+            std::hint::black_box(sink);
+            flops as f64 / secs / 1e9
+        })
+        .collect();
+    rates.sort_by(|a, b| b.total_cmp(a));
+    rates
+}
