@@ -184,6 +184,19 @@ fn bench_embed(c: &mut Criterion) {
             }
         })
     });
+    g.bench_function("gather_fields/B4096/F23/e16", |bch| {
+        bch.iter(|| {
+            embed::gather_fields(
+                &mut x,
+                stride,
+                0,
+                fields,
+                |f| (&tables[f][..], &idx[f][..]),
+                e,
+                b,
+            )
+        })
+    });
     let dx = rand_vec(&mut rng, b * stride);
     let (mut rows, mut grad, mut order) = (Vec::new(), Vec::new(), Vec::new());
     g.bench_function("row_grads/B4096/F23/e16", |bch| {

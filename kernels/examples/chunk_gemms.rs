@@ -12,11 +12,7 @@ use hmdn_kernels::{simd, Trans};
 use std::time::Instant;
 
 fn main() {
-    let env = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .map_or(d, |s| s.parse().expect("a number"))
-    };
+    let env = common::env_usize;
     let (m, reps) = (env("M", 256), env("REPS", 300));
     // COLD=<MiB>: write that much other memory before every call (evicts the operands).
     let mut junk = vec![0u8; env("COLD", 0) << 20];

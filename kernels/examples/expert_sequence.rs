@@ -29,14 +29,13 @@ struct ChunkBufs {
 }
 
 fn main() {
-    let env = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .map_or(d, |s| s.parse().expect("a number"))
-    };
+    let env = common::env_usize;
     let (m, chunks, reps) = (env("M", 256), env("CHUNKS", 2), env("REPS", 50));
     // FUSED=1: each chunk's backward right after its forward (instead of all forwards first).
     let fused = env("FUSED", 0) == 1;
+    // FWD=1: forwards only (inference). FRESH=1: rewrite every chunk's x before each step, as
+    // the embedding gather does for the whole batch before the first chunk runs.
+    let (fwd_only, fresh) = (env("FWD", 0) == 1, env("FRESH", 0) == 1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -88,12 +87,20 @@ fn main() {
             })
             .collect();
         let mut flop = 0.0;
+        let passes = if fwd_only { 1.0 } else { 3.0 };
         for l in 0..3 {
-            flop += 3.0 * 2.0 * (m * WIDTHS[l] * WIDTHS[l + 1]) as f64;
+            flop += passes * 2.0 * (m * WIDTHS[l] * WIDTHS[l + 1]) as f64;
         }
         flop *= (EXPERTS * chunks) as f64;
         let mut times = Vec::new();
-        for _ in 0..reps {
+        for rep in 0..reps {
+            if fresh {
+                for b in bufs.iter_mut() {
+                    for (i, v) in b.x.iter_mut().enumerate() {
+                        *v = ((i + rep) % 13) as f32 * 0.01;
+                    }
+                }
+            }
             let t0 = Instant::now();
             let forward = |b: &mut ChunkBufs| {
                 for e in 0..EXPERTS {
@@ -164,7 +171,11 @@ fn main() {
                     }
                 }
             };
-            if fused {
+            if fwd_only {
+                for b in bufs.iter_mut() {
+                    forward(b);
+                }
+            } else if fused {
                 for b in bufs.iter_mut() {
                     forward(b);
                     backward(b);

@@ -87,6 +87,104 @@ fn gather_serial<T: Real>(
     }
 }
 
+/// Every field's table row for each output row, row by row: for `b < rows` and
+/// `j < n_fields`, with `(table, idx) = field(j)`,
+/// `out[b·stride + off + j·e ..][..e] = table[idx[b], :]`.
+///
+/// The same copies as [`gather_rows`] once per field, in another order: each output row is
+/// written whole (`n_fields · e` contiguous values) before the next, and every field's row
+/// [`FIELD_PREFETCH_ROWS`] output rows ahead is prefetched. Field by field, each pass writes
+/// one cache line per output row across the whole block instead, so each output line is
+/// fetched for ownership once per field.
+///
+/// # Panics
+/// If an index is outside its table, a field has fewer than `rows` indices, or `out` is too
+/// short.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+pub fn gather_fields<'t, T: Real + 't>(
+    out: &mut [T],
+    stride: usize,
+    off: usize,
+    n_fields: usize,
+    field: impl Fn(usize) -> (&'t [T], &'t [u32]),
+    e: usize,
+    rows: usize,
+) {
+    if rows == 0 || n_fields == 0 || e == 0 {
+        return;
+    }
+    assert!(
+        off + n_fields * e <= stride,
+        "gather_fields: {n_fields} rows of {e} from column {off} overflow a row of {stride}"
+    );
+    assert!(
+        out.len() >= (rows - 1) * stride + off + n_fields * e,
+        "gather_fields: out is too short for {rows} rows"
+    );
+    for j in 0..n_fields {
+        assert!(
+            field(j).1.len() >= rows,
+            "gather_fields: field {j} has too few indices"
+        );
+    }
+    // The fields' (table, indices) pairs, looked up once per group of up to FIELD_GROUP
+    // fields rather than once per copied row.
+    let mut pairs: [(&[T], &[u32]); FIELD_GROUP] = [(&[], &[]); FIELD_GROUP];
+    let mut j0 = 0;
+    while j0 < n_fields {
+        let n = (n_fields - j0).min(FIELD_GROUP);
+        for (j, p) in pairs[..n].iter_mut().enumerate() {
+            *p = field(j0 + j);
+        }
+        let off = off + j0 * e;
+        match e {
+            8 => gather_group::<T, 8>(out, stride, off, &pairs[..n], rows),
+            16 => gather_group::<T, 16>(out, stride, off, &pairs[..n], rows),
+            32 => gather_group::<T, 32>(out, stride, off, &pairs[..n], rows),
+            _ => {
+                for (j, &(table, idx)) in pairs[..n].iter().enumerate() {
+                    reference::gather_rows(out, stride, off + j * e, table, e, &idx[..rows]);
+                }
+            }
+        }
+        j0 += n;
+    }
+}
+
+/// Fields per pass of [`gather_fields`] (a stack array of their tables and indices).
+const FIELD_GROUP: usize = 64;
+
+/// [`gather_fields`] for one group of fields with rows of a fixed width `E`.
+#[inline(always)]
+fn gather_group<T: Real, const E: usize>(
+    out: &mut [T],
+    stride: usize,
+    off: usize,
+    pairs: &[(&[T], &[u32])],
+    rows: usize,
+) {
+    let n = pairs.len();
+    for b in 0..rows {
+        if b + FIELD_PREFETCH_ROWS < rows {
+            for &(table, idx) in pairs {
+                let ahead = idx[b + FIELD_PREFETCH_ROWS] as usize;
+                crate::simd::prefetch(table.as_ptr().wrapping_add(ahead * E) as *const f32);
+            }
+        }
+        let o = &mut out[b * stride + off..b * stride + off + n * E];
+        for (&(table, idx), dst) in pairs.iter().zip(o.chunks_exact_mut(E)) {
+            let i = idx[b] as usize;
+            let src: &[T; E] = table[i * E..(i + 1) * E].try_into().expect("E wide");
+            let dst: &mut [T; E] = dst.try_into().expect("E wide");
+            *dst = *src;
+        }
+    }
+}
+
+/// How many output rows ahead [`gather_fields`] prefetches (each row is `n_tables` table rows).
+const FIELD_PREFETCH_ROWS: usize = 8;
+
 /// How many rows ahead the gather prefetches (enough to cover a memory access).
 const PREFETCH_ROWS: usize = 16;
 

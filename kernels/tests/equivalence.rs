@@ -272,6 +272,55 @@ fn gather_and_row_grads_exact() {
     }
 }
 
+#[test]
+fn gather_fields_is_gather_rows_per_field() {
+    let mut rng = StdRng::seed_from_u64(16);
+    // 70 fields cross the 64-field group of `gather_fields`; e = 5 takes the generic path.
+    for rows in SIZES {
+        for (e, n_fields, off, pad) in [
+            (16usize, 23usize, 0usize, 0usize),
+            (8, 3, 7, 5),
+            (32, 2, 0, 1),
+            (5, 4, 3, 2),
+            (16, 70, 16, 0),
+            (1, 9, 0, 0),
+        ] {
+            let stride = off + n_fields * e + pad;
+            let vocab: Vec<usize> = (0..n_fields).map(|j| [1, 3, 17, 3000][j % 4]).collect();
+            let tables: Vec<Vec<f32>> = vocab
+                .iter()
+                .map(|&v| awkward(&mut rng, v * e, 10.0))
+                .collect();
+            // Field-major indices with a leading row offset, as the model slices a chunk.
+            let (ld, r0) = (rows + 3, 2);
+            let idx: Vec<Vec<u32>> = vocab
+                .iter()
+                .map(|&v| (0..ld + r0).map(|_| rng.gen_range(0..v as u32)).collect())
+                .collect();
+            let mut f = vec![-1.0f32; rows * stride];
+            embed::gather_fields(
+                &mut f,
+                stride,
+                off,
+                n_fields,
+                |j| (&tables[j][..], &idx[j][r0..r0 + rows]),
+                e,
+                rows,
+            );
+            let mut r = vec![-1.0f32; rows * stride];
+            for j in 0..n_fields {
+                let ix = &idx[j][r0..r0 + rows];
+                reference::gather_rows(&mut r, stride, off + j * e, &tables[j], e, ix);
+            }
+            assert_bits_eq(
+                &f,
+                &r,
+                &format!("gather_fields rows={rows} e={e} fields={n_fields}"),
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- exp-based, few ulp
 
 #[test]

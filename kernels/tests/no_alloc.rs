@@ -103,6 +103,7 @@ fn second_round_allocates_nothing() {
         vq::sq_norms(&mut norms, &cb, 48);
         vq::argmin_sq_l2(&mut codes, &x[..b * 48], &cb, &norms, 48);
         embed::gather_rows(&mut s, din, 0, &table, 16, &idx);
+        embed::gather_fields(&mut s, din, 0, 2, |_| (&table[..], &idx[..]), 16, idx.len());
         embed::accumulate_row_grads(&mut rows, &mut grad, &mut order, &idx, &dx, din, 0, 16);
         optim::lazy_adam_rows(&mut t, &mut m, &mut vv, 16, &rows, &grad, &h, 1, 0.0);
         optim::adam_step(&mut p, &dx, &mut pm, &mut pv, &h, 1);

@@ -12,7 +12,7 @@
 
 use crate::config::FieldSpec;
 use crate::params::{Init, ParamId, ParamKind, ParamStore};
-use hmdn_kernels::embed::{accumulate_row_grads, gather_rows};
+use hmdn_kernels::embed::{accumulate_row_grads, gather_fields};
 use hmdn_kernels::Real;
 use rand::Rng;
 use rayon::prelude::*;
@@ -168,10 +168,7 @@ impl MultiEmbedding {
         // split does not change the result).
         let block = |r0: usize, out: &mut [T]| {
             let rows = out.len() / stride.max(1);
-            for (j, (&t, &c)) in self.tables.iter().zip(&self.cols).enumerate() {
-                let ix = &idx[c * bsz + r0..c * bsz + r0 + rows];
-                gather_rows(out, stride, off + j * self.e, ps.value(t), self.e, ix);
-            }
+            self.forward_rows(out, stride, off, idx, bsz, r0, rows, ps);
         };
         let out = &mut out[..bsz * stride];
         if bsz >= 2 * GATHER_BLOCK_ROWS && stride > 0 && hmdn_kernels::par::threads() > 1 {
@@ -181,6 +178,35 @@ impl MultiEmbedding {
         } else {
             block(0, out);
         }
+    }
+
+    /// Rows `r0 .. r0 + rows` of [`MultiEmbedding::forward`] into `out` (`[rows, stride]`,
+    /// the first of them at `out[0]`); `idx` is the whole batch's field-major index matrix
+    /// (`bsz` rows). Row by row: each output row is written whole (`gather_fields`).
+    ///
+    /// # Panics
+    /// As [`MultiEmbedding::forward`].
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_rows<T: Real>(
+        &self,
+        out: &mut [T],
+        stride: usize,
+        off: usize,
+        idx: &[u32],
+        bsz: usize,
+        r0: usize,
+        rows: usize,
+        ps: &ParamStore<T>,
+    ) {
+        let field = |j: usize| {
+            let c = self.cols[j];
+            (
+                ps.value(self.tables[j]),
+                &idx[c * bsz + r0..c * bsz + r0 + rows],
+            )
+        };
+        gather_fields(out, stride, off, self.tables.len(), field, self.e, rows);
     }
 
     /// Builds each table's row gradient from `dout[b, off + j·e ..]` (`[B, stride]`), writing

@@ -174,10 +174,10 @@ fn chunk_capacity(bsz: usize) -> (usize, usize) {
 }
 
 /// Mutable row-major arrays handed out to chunks by rows: `(data, row width)`.
-type RowArrays<'a, T> = [(&'a mut [T], usize); 3];
+type RowArrays<'a, T> = [(&'a mut [T], usize); 4];
 
 /// Runs `f(r0, rows, chunk, arrays)` on every chunk (rows `r0..r0 + rows` of the batch) in
-/// parallel, handing each its rows of the three `arrays`; splits in halves with
+/// parallel, handing each its rows of the four `arrays`; splits in halves with
 /// `rayon::join`, so no per-call allocation.
 fn run_chunks<T: Send, C: Send, F>(
     chunks: &mut [C],
@@ -196,12 +196,13 @@ fn run_chunks<T: Send, C: Send, F>(
             let mid = len / 2;
             let split = (mid * chunk_rows).min(bsz - r0);
             let (cl, cr) = chunks.split_at_mut(mid);
-            let [(a, wa), (b, wb), (c, wc)] = arrays;
+            let [(a, wa), (b, wb), (c, wc), (d, wd)] = arrays;
             let (al, ar) = a.split_at_mut(split * wa);
             let (bl, br) = b.split_at_mut(split * wb);
             let (xl, xr) = c.split_at_mut(split * wc);
-            let left = [(al, wa), (bl, wb), (xl, wc)];
-            let right = [(ar, wa), (br, wb), (xr, wc)];
+            let (yl, yr) = d.split_at_mut(split * wd);
+            let left = [(al, wa), (bl, wb), (xl, wc), (yl, wd)];
+            let right = [(ar, wa), (br, wb), (xr, wc), (yr, wd)];
             rayon::join(
                 || run_chunks(cl, chunk_rows, r0, bsz, left, f),
                 || run_chunks(cr, chunk_rows, r0 + split, bsz, right, f),
@@ -904,8 +905,9 @@ impl<T: Real> Model<T> {
     /// Runs the forward pass on `batch`, caching what `backward` needs; computes the loss
     /// when the batch has labels (`task` is 0 otherwise).
     ///
-    /// The embeddings and the quantizer run on the whole batch; the backbone and towers run
-    /// on row chunks in parallel ([`chunk_layout`]).
+    /// Row chunks run in parallel ([`chunk_layout`]), each looking up its rows' embeddings,
+    /// then running the quantizer, the backbone and the towers; the wide part and the loss
+    /// run on the whole batch.
     ///
     /// # Panics
     /// If the batch does not match the configuration (shapes, index out of a vocabulary), or
@@ -990,26 +992,12 @@ impl<T: Real> Model<T> {
         let (xbd, gz) = (*xb_dim, *gate_dim);
         let idx = &b.idx[..nf * bsz];
 
-        // x = [E_1[i_1], …, E_F[i_F], numerics]   [B, d_x]
-        embedding.forward(&mut b.x, dx, 0, idx, ps, bsz);
+        // Row chunks in parallel, each: its rows of x = [E_1[i_1], …, E_F[i_F], numerics]
+        // [B, d_x] and of x_b (the embedding lookups, written just before the chunk's layers
+        // read them, so they are still in the core's cache), then the quantizer (x_b → g;
+        // otherwise the gate input g is x_b itself), the backbone and the towers.
         let nn = cfg.numeric.len();
-        if nn > 0 {
-            for (xr, nr) in b.x.chunks_exact_mut(dx).zip(batch.num.chunks_exact(nn)) {
-                for (o, &v) in xr[nf * e..].iter_mut().zip(nr) {
-                    *o = T::from_f64(v as f64);
-                }
-            }
-        }
-        let x = &b.x[..bsz * dx];
-
-        // x_b; the gate input g is x_b itself, or the quantizer's output (per chunk).
-        if let Some(de) = dist_embedding {
-            de.forward(&mut b.xb, xbd, 0, idx, ps, bsz);
-        }
-        laps.lap(profile, Phase::Embeddings);
-        let xb = &b.xb[..bsz * xbd];
-
-        // Backbone and towers, chunk by chunk.
+        let (embedding, dist_embedding) = (&*embedding, dist_embedding.as_ref());
         let net = Net {
             cfg,
             dnn: dnn.as_ref(),
@@ -1034,17 +1022,35 @@ impl<T: Real> Model<T> {
             &mut []
         };
         let gqw = if rq.is_some() { gz } else { 0 };
-        let arrays = [(&mut b.logits[..bsz * nt], nt), (gq, gqw), (&mut [][..], 0)];
+        let arrays = [
+            (&mut b.logits[..bsz * nt], nt),
+            (gq, gqw),
+            (&mut b.x[..bsz * dx], dx),
+            (&mut b.xb[..bsz * xbd], xbd),
+        ];
+        let num = &batch.num[..bsz * nn];
         run_chunks(chunks, chunk_rows, 0, bsz, arrays, &|r0, rows, c, a| {
-            let [(logits, _), (gq, _), _] = a;
-            let xr = &x[r0 * dx..(r0 + rows) * dx];
-            let xbr = &xb[r0 * xbd..(r0 + rows) * xbd];
+            let [(logits, _), (gq, _), (xr, _), (xbr, _)] = a;
             let dr = if dom.is_empty() {
                 dom
             } else {
                 &dom[r0..r0 + rows]
             };
             ctx.run(|| {
+                let mut laps = Laps::start(&c.profile);
+                embedding.forward_rows(xr, dx, 0, idx, bsz, r0, rows, ps);
+                if nn > 0 {
+                    let nr = num[r0 * nn..(r0 + rows) * nn].chunks_exact(nn);
+                    for (xrow, nrow) in xr.chunks_exact_mut(dx).zip(nr) {
+                        for (o, &v) in xrow[nf * e..].iter_mut().zip(nrow) {
+                            *o = T::from_f64(v as f64);
+                        }
+                    }
+                }
+                if let Some(de) = dist_embedding {
+                    de.forward_rows(xbr, xbd, 0, idx, bsz, r0, rows, ps);
+                }
+                laps.lap(&mut c.profile, Phase::Embeddings);
                 let rows = ChunkRows {
                     rows,
                     batch_rows: bsz,
@@ -1202,9 +1208,10 @@ impl<T: Real> Model<T> {
                 (&mut b.dx[..bsz * dx], dx),
                 (&mut b.dg[..bsz * gz], gz),
                 (dxbq, if rq.is_some() { xbd } else { 0 }),
+                (&mut [][..], 0),
             ];
             run_chunks(chunks, chunk_rows, 0, bsz, arrays, &|r0, rows, c, a| {
-                let [(dxr, _), (dgr, _), (dxbr, _)] = a;
+                let [(dxr, _), (dgr, _), (dxbr, _), _] = a;
                 let xr = &x[r0 * dx..(r0 + rows) * dx];
                 let gr = &g[r0 * gz..(r0 + rows) * gz];
                 let xbr = &xb[r0 * xbd..(r0 + rows) * xbd];

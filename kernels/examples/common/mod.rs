@@ -1,4 +1,5 @@
-//! Shared by the measuring examples (`probe`, `chunk_gemms`, `expert_sequence`); a directory
+//! Shared by the measuring examples (`probe`, `chunk_gemms`, `expert_sequence`,
+//! `gather_order`); a directory
 //! without `main.rs`, so Cargo does not build it as an example of its own.
 
 use std::time::Instant;
@@ -17,4 +18,15 @@ pub fn fma_peak_gflops(reps: usize, iters: usize) -> Vec<f64> {
         .collect();
     rates.sort_by(|a, b| b.total_cmp(a));
     rates
+}
+
+/// The environment variable `key` as a number, or `default` when unset.
+///
+/// # Panics
+/// If it is set but not a number (these are measuring tools: fail loudly).
+pub fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().map_or(default, |s| {
+        s.parse()
+            .unwrap_or_else(|_| panic!("{key}={s} is not a number"))
+    })
 }
