@@ -249,7 +249,13 @@ pub fn predict_dataset<T: Real>(
     let mut buf = BatchBuffers::new(batch_size, ds);
     while batcher.next_batch(ds, &mut buf) {
         let b = buf.batch();
-        model.infer(&b);
+        // Gate statistics read every chunk's gates; models without gates take the faster
+        // path that keeps no per-chunk state.
+        if model.has_gates() {
+            model.infer_keeping_chunks(&b);
+        } else {
+            model.infer(&b);
+        }
         model.record_gates();
         preds.extend(
             model.logits()[..b.rows * t]

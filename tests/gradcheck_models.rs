@@ -345,22 +345,65 @@ fn infer_gives_the_logits_of_forward_bit_for_bit() {
     // `infer` skips the losses only: on a batch of several row chunks, in f32 (the training
     // precision, on this machine's SIMD path), its logits are the forward's, bit for bit,
     // for every model. (That it allocates nothing is checked in `tests/no_alloc.rs`.)
+    //
+    // `infer` runs its chunks on one lane per thread, each reusing one chunk's buffers: with
+    // 1100 rows (5 chunks) on 1, 2 and 3 threads, lanes take several chunks each, in an order
+    // that depends on timing, and the logits must not notice.
     for kind in ModelKind::ALL {
         let cfg = tiny(kind);
-        let mut m = Model::<f32>::new(&cfg, 71).unwrap();
         let mut rng = StdRng::seed_from_u64(72);
-        let data = RandomBatch::new(&cfg, 300, &mut rng);
-        let loss = m.forward(&data.batch());
-        assert!(loss.total > 0.0, "{kind}");
-        let logits = m.logits().to_vec();
-        m.infer(&data.batch());
-        let same = m
-            .logits()
-            .iter()
-            .zip(&logits)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "{kind}: infer and forward logits differ");
+        for rows in [300, 1100] {
+            let data = RandomBatch::new(&cfg, rows, &mut rng);
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let mut m = Model::<f32>::new(&cfg, 71).unwrap();
+                    let loss = m.forward(&data.batch());
+                    assert!(loss.total > 0.0, "{kind}");
+                    let logits = m.logits().to_vec();
+                    let same = |m: &Model<f32>| {
+                        m.logits()
+                            .iter()
+                            .zip(&logits)
+                            .all(|(a, b)| a.to_bits() == b.to_bits())
+                    };
+                    m.infer(&data.batch());
+                    assert!(
+                        same(&m),
+                        "{kind} {rows} rows {threads} threads: infer differs"
+                    );
+                    m.infer_keeping_chunks(&data.batch());
+                    assert!(same(&m), "{kind} {rows} rows: infer_keeping_chunks differs");
+                });
+            }
+        }
     }
+}
+
+#[test]
+fn gate_statistics_after_infer_keeping_chunks_match_forward_and_are_refused_after_infer() {
+    // Gate means read every chunk's gates: after `infer_keeping_chunks` they are those of a
+    // forward on the same batch; after `infer` (lanes reuse the buffers) reading them panics
+    // instead of returning other rows' gates.
+    let cfg = tiny(ModelKind::HmdnMmoe);
+    let mut rng = StdRng::seed_from_u64(75);
+    let data = RandomBatch::new(&cfg, 1100, &mut rng);
+    let mut m = Model::<f32>::new(&cfg, 76).unwrap();
+    m.forward(&data.batch());
+    m.record_gates();
+    let want = m.gate_report().unwrap();
+    m.reset_stats();
+    m.infer_keeping_chunks(&data.batch());
+    m.record_gates();
+    assert_eq!(m.gate_report().unwrap(), want);
+    m.infer(&data.batch());
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.record_gates()));
+    let msg = refused.expect_err("record_gates after infer must panic");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("infer_keeping_chunks"), "{msg}");
 }
 
 #[test]

@@ -142,12 +142,14 @@ fn step_allocations(
         let b = head(d, cfg, rows);
         let (g, t, r) = counted(|| train_step(&mut m, &mut opt, &b));
         r.expect("finite loss");
-        // Then a prediction pass on the same batch (`infer`, as `predict` and evaluation run).
-        let (gi, ti, ()) = counted(|| m.infer(&b));
-        all += g + gi;
-        mine += t + ti;
         step += 1;
         after += counted(|| m.after_step(step, 6)).0;
+        // Then prediction passes on the same batch: `infer` (as `predict` runs) and
+        // `infer_keeping_chunks` (as evaluation runs for models with gates).
+        let (gi, ti, ()) = counted(|| m.infer(&b));
+        let (gk, tk, ()) = counted(|| m.infer_keeping_chunks(&b));
+        all += g + gi + gk;
+        mine += t + ti + tk;
     }
     (all, mine, after)
 }

@@ -73,6 +73,10 @@ struct Buffers<T> {
     /// Whether the last forward loaded labels (a labeled `forward`, not `infer`): `backward`
     /// reads `labels`, which would otherwise be a previous batch's.
     labeled: bool,
+    /// Whether every row chunk's caches hold its rows of the last forward (`false` after
+    /// [`Model::infer`], whose lanes reuse a few chunks' buffers): what reads them per chunk
+    /// (gate statistics, quantizer codes, ReLU patterns) checks it.
+    chunk_state: bool,
     /// Logits `[B, T]` and their gradient.
     logits: Vec<T>,
     dlogits: Vec<T>,
@@ -209,6 +213,83 @@ fn run_chunks<T: Send, C: Send, F>(
             );
         }
     }
+}
+
+/// A raw pointer that may cross threads: [`run_lanes`] hands out disjoint row ranges of one
+/// array to several threads, which the borrow checker cannot see through an atomic counter.
+struct SendPtr<T>(*mut T);
+// Not derived: a derive would require `T: Copy`.
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
+// SAFETY: only used by `run_lanes`, which gives each row range to exactly one thread.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+// SAFETY: as above; the pointer is only copied between threads, never dereferenced jointly.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+/// Runs `f(r0, rows, lane, arrays)` on every one of `n_chunks` chunks of `chunk_rows` rows
+/// like [`run_chunks`], but on `lanes.len()` lanes in parallel that each reuse their one
+/// buffer for every chunk they take (chunks are claimed in order from a shared counter, so
+/// a slower thread simply takes fewer). The buffers stay hot in the core's cache from chunk
+/// to chunk; what a chunk leaves in its buffer is overwritten by the lane's next chunk.
+fn run_lanes<T: Send, C: Send, F>(
+    lanes: &mut [C],
+    n_chunks: usize,
+    chunk_rows: usize,
+    bsz: usize,
+    arrays: RowArrays<'_, T>,
+    f: &F,
+) where
+    F: Fn(usize, usize, &mut C, RowArrays<'_, T>) + Sync,
+{
+    for (a, w) in &arrays {
+        assert!(
+            a.len() >= bsz * w,
+            "run_lanes: an array is shorter than the batch"
+        );
+    }
+    let raw = arrays.map(|(a, w)| (SendPtr(a.as_mut_ptr()), w));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    fn lane<T: Send, C: Send, F>(
+        lanes: &mut [C],
+        raw: &[(SendPtr<T>, usize); 4],
+        next: &std::sync::atomic::AtomicUsize,
+        (n_chunks, chunk_rows, bsz): (usize, usize, usize),
+        f: &F,
+    ) where
+        F: Fn(usize, usize, &mut C, RowArrays<'_, T>) + Sync,
+    {
+        match lanes.len() {
+            0 => {}
+            1 => loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n_chunks {
+                    break;
+                }
+                let r0 = i * chunk_rows;
+                let rows = chunk_rows.min(bsz - r0);
+                // SAFETY: chunk i is claimed by this lane alone (fetch_add), its rows
+                // r0..r0+rows lie inside every array (checked against bsz above), and the
+                // arrays outlive this call (borrowed by `run_lanes` for its duration).
+                let arrays = raw.map(|(p, w)| {
+                    (
+                        unsafe { std::slice::from_raw_parts_mut(p.0.add(r0 * w), rows * w) },
+                        w,
+                    )
+                });
+                f(r0, rows, &mut lanes[0], arrays);
+            },
+            len => {
+                let (l, r) = lanes.split_at_mut(len / 2);
+                let g = (n_chunks, chunk_rows, bsz);
+                rayon::join(|| lane(l, raw, next, g, f), || lane(r, raw, next, g, f));
+            }
+        }
+    }
+    lane(lanes, &raw, &next, (n_chunks, chunk_rows, bsz), f);
 }
 
 /// The Shared-Bottom domain index of every row (column `domain_col` of the field-major `idx`),
@@ -722,9 +803,21 @@ impl<T: Real> Model<T> {
     /// The quantizer's caches of the last forward, one per row chunk in batch order (codes per
     /// level, for usage statistics); empty without a quantizer.
     pub fn rq_caches(&self) -> impl Iterator<Item = &RqCache<T>> + Clone {
+        self.assert_chunk_state("rq_caches");
         self.buf.chunks[..self.buf.n_chunks]
             .iter()
             .filter_map(|c| c.b.rq.as_ref())
+    }
+
+    /// Panics unless every row chunk holds its part of the last forward (not after
+    /// [`Model::infer`]).
+    #[track_caller]
+    fn assert_chunk_state(&self, what: &str) {
+        assert!(
+            self.buf.chunk_state,
+            "{what} reads the per-chunk caches of the last forward, which infer does not keep: \
+             use forward or infer_keeping_chunks"
+        );
     }
 
     /// Rows of the last forward.
@@ -738,6 +831,7 @@ impl<T: Real> Model<T> {
     /// the piecewise-smooth loss, where finite differences do not measure the derivative.
     /// (Softmax, sigmoid, the cross network and BCE are smooth; argmins are frozen.)
     pub fn relu_pattern(&self, out: &mut Vec<bool>) {
+        self.assert_chunk_state("relu_pattern");
         out.clear();
         let b = &self.buf;
         let chunks = &b.chunks[..b.n_chunks];
@@ -790,6 +884,10 @@ impl<T: Real> Model<T> {
         let (Some(q), Some(dead)) = (&self.rq, &mut self.dead) else {
             return;
         };
+        assert!(
+            self.buf.chunk_state,
+            "after_step needs the chunk caches of a training forward (infer keeps none)"
+        );
         let mut rng =
             StdRng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x6465_6164);
         let chunks = &self.buf.chunks[..self.buf.n_chunks];
@@ -811,13 +909,24 @@ impl<T: Real> Model<T> {
         }
     }
 
+    /// Whether the model has MMoE gates (whose statistics [`Model::record_gates`] keeps).
+    pub fn has_gates(&self) -> bool {
+        !self.gates.is_empty()
+    }
+
     /// Adds the gate weights of the last forward to the running means (MMoE models).
+    ///
+    /// # Panics
+    /// After [`Model::infer`], which keeps no per-chunk gates (use
+    /// [`Model::infer_keeping_chunks`]).
+    #[track_caller]
     pub fn record_gates(&mut self) {
         let n = self.cfg.n_experts;
         let b = &self.buf;
         if self.gates.is_empty() || b.bsz == 0 {
             return;
         }
+        self.assert_chunk_state("record_gates");
         // Rows in batch order (chunk by chunk), so the sums do not depend on the split.
         for t in 0..self.gates.len() {
             for (i, c) in b.chunks[..b.n_chunks].iter().enumerate() {
@@ -914,12 +1023,16 @@ impl<T: Real> Model<T> {
     /// a frozen forward runs on another batch size than the unfrozen one before it.
     #[track_caller]
     pub fn forward(&mut self, batch: &Batch) -> LossParts<T> {
-        self.forward_impl(batch, true)
+        self.forward_impl(batch, true, false)
     }
 
     /// The forward pass for predictions only: the same logits as [`Model::forward`] (bit for
     /// bit), without the losses: labels are ignored and the quantizer's `L_rq` (a pass over
     /// every level's rows) is not computed. `backward` must not follow it.
+    ///
+    /// The row chunks run on one lane per thread, each lane reusing one chunk's buffers for
+    /// every chunk it takes, so they stay in the core's cache; no per-chunk state is kept
+    /// (see [`Model::infer_keeping_chunks`]).
     ///
     /// # Panics
     /// As [`Model::forward`].
@@ -931,12 +1044,34 @@ impl<T: Real> Model<T> {
                 ..*batch
             },
             false,
+            true,
         );
     }
 
-    /// [`Model::forward`], computing `L_rq` only when `losses` is set.
+    /// [`Model::infer`] keeping every row chunk's caches of the batch, for what reads them
+    /// afterwards: [`Model::record_gates`], [`Model::rq_caches`], [`Model::relu_pattern`].
+    /// (`infer` runs its chunks on a few lanes that reuse their buffers, which is faster at
+    /// large batches but leaves no per-chunk state.) The logits are the same bit for bit.
+    ///
+    /// # Panics
+    /// As [`Model::forward`].
     #[track_caller]
-    fn forward_impl(&mut self, batch: &Batch, losses: bool) -> LossParts<T> {
+    pub fn infer_keeping_chunks(&mut self, batch: &Batch) {
+        self.forward_impl(
+            &Batch {
+                labels: &[],
+                ..*batch
+            },
+            false,
+            false,
+        );
+    }
+
+    /// [`Model::forward`], computing `L_rq` only when `losses` is set; with `lanes`, the
+    /// chunks run on [`run_lanes`] (no losses, no per-chunk state kept).
+    #[track_caller]
+    fn forward_impl(&mut self, batch: &Batch, losses: bool, lanes: bool) -> LossParts<T> {
+        debug_assert!(!(losses && lanes), "lanes keep no per-chunk loss");
         let bsz = batch.rows;
         let nt = self.cfg.tasks.len();
         assert!(
@@ -1029,7 +1164,7 @@ impl<T: Real> Model<T> {
             (&mut b.xb[..bsz * xbd], xbd),
         ];
         let num = &batch.num[..bsz * nn];
-        run_chunks(chunks, chunk_rows, 0, bsz, arrays, &|r0, rows, c, a| {
+        let per_chunk = |r0: usize, rows: usize, c: &mut Chunk<T>, a: RowArrays<'_, T>| {
             let [(logits, _), (gq, _), (xr, _), (xbr, _)] = a;
             let dr = if dom.is_empty() {
                 dom
@@ -1057,9 +1192,27 @@ impl<T: Real> Model<T> {
                 };
                 chunk_forward(&net, ps, c, xr, xbr, gq, dr, logits, rows, frozen, losses)
             });
-        });
+        };
+        if lanes {
+            let n_lanes = rayon::current_num_threads().min(n_chunks);
+            run_lanes(
+                &mut chunks[..n_lanes],
+                n_chunks,
+                chunk_rows,
+                bsz,
+                arrays,
+                &per_chunk,
+            );
+        } else {
+            run_chunks(chunks, chunk_rows, 0, bsz, arrays, &per_chunk);
+        }
+        b.chunk_state = !lanes;
         laps.lap_shared(profile, chunks.iter().filter_map(|c| c.profile.as_ref()));
-        let rq_loss = chunks.iter().fold(T::ZERO, |s, c| s + c.b.rq_loss);
+        let rq_loss = if lanes {
+            T::ZERO
+        } else {
+            chunks.iter().fold(T::ZERO, |s, c| s + c.b.rq_loss)
+        };
 
         let logits = &mut b.logits[..bsz * nt];
         if let Some(w) = wide {
