@@ -99,6 +99,9 @@ struct Chunk<T> {
     /// Gradients of the arena's dense tail (`ParamStore::dense_tail()..`), this chunk's rows
     /// only.
     grads: Vec<T>,
+    /// Whether `grads` is all zeros: [`sum_chunk_grads`] zeroes each arena as it reads it
+    /// (the lines are in cache then), so the next backward need not clear it first.
+    arena_clean: bool,
     /// Phase times of this chunk's work when the model is profiled.
     profile: Option<PhaseTimes>,
     b: ChunkBuffers<T>,
@@ -1446,13 +1449,28 @@ impl<T: Real> Model<T> {
 /// never depends on the thread count; each element's sum runs over chunks in order anyway).
 const SUM_BLOCK: usize = 1 << 14;
 
-/// `out[j] += Σ_c chunks[c].grads[j]`, chunks in order.
-fn sum_chunk_grads<T: Real>(out: &mut [T], chunks: &[Chunk<T>]) {
+/// `out[j] += Σ_c chunks[c].grads[j]`, chunks in order; each arena is zeroed as it is read
+/// (and marked clean), which is cheaper than a separate clear before the next backward.
+fn sum_chunk_grads<T: Real>(out: &mut [T], chunks: &mut [Chunk<T>]) {
+    let n = out.len();
+    assert!(
+        chunks.len() <= MAX_CHUNKS && chunks.iter().all(|c| c.grads.len() >= n),
+        "sum_chunk_grads: chunk arenas do not match the dense gradient"
+    );
+    let mut arenas = [SendPtr(std::ptr::null_mut::<T>()); MAX_CHUNKS];
+    for (p, c) in arenas.iter_mut().zip(chunks.iter_mut()) {
+        *p = SendPtr(c.grads.as_mut_ptr());
+    }
+    let arenas = &arenas[..chunks.len()];
     let add = |j0: usize, o: &mut [T]| {
-        let len = o.len();
-        for c in chunks {
-            for (a, &v) in o.iter_mut().zip(&c.grads[j0..j0 + len]) {
-                *a += v;
+        for p in arenas {
+            // SAFETY: each task owns elements j0..j0 + o.len() of every arena (the tasks
+            // split `out` into disjoint blocks at the same offsets), inside its length
+            // (asserted above); `chunks` is borrowed mutably for the whole call.
+            let a = unsafe { std::slice::from_raw_parts_mut(p.0.add(j0), o.len()) };
+            for (s, v) in o.iter_mut().zip(a.iter_mut()) {
+                *s += *v;
+                *v = T::ZERO;
             }
         }
     };
@@ -1462,6 +1480,10 @@ fn sum_chunk_grads<T: Real>(out: &mut [T], chunks: &[Chunk<T>]) {
             .for_each(|(q, o)| add(q * SUM_BLOCK, o));
     } else {
         add(0, out);
+    }
+    for c in chunks.iter_mut() {
+        c.grads[n..].fill(T::ZERO);
+        c.arena_clean = true;
     }
 }
 
@@ -1648,10 +1670,18 @@ fn chunk_backward<T: Real>(
         dxb,
     } = io;
     let Chunk {
-        profile, b, grads, ..
+        profile,
+        b,
+        grads,
+        arena_clean,
+        ..
     } = c;
     let mut laps = Laps::start(profile);
-    grads.fill(T::ZERO);
+    if !*arena_clean {
+        grads.fill(T::ZERO);
+    }
+    // Until `sum_chunk_grads` has read and cleared it (also if this backward panics).
+    *arena_clean = false;
     let mut gv = Grads {
         specs: &store.specs,
         values: &store.values,
