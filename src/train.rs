@@ -36,14 +36,15 @@ pub fn train_step<T: Real>(
     opt: &mut Optimizer<T>,
     batch: &Batch,
 ) -> Result<LossParts<T>> {
-    let loss = model.forward(batch);
+    // Forward and backward in one pass over the row chunks; a non-finite loss stops before
+    // the optimiser touches the weights.
+    let loss = model.forward_backward(batch);
     if !loss.total.is_finite() {
         return Err(Error::Diverged {
             step: opt.step + 1,
             what: format!("loss = {} (task {}, rq {})", loss.total, loss.task, loss.rq),
         });
     }
-    model.backward(batch);
     let (params, row_grads) = model.params_and_row_grads();
     opt.step(params, row_grads, |r| SparseRows {
         table: r.table,

@@ -29,15 +29,28 @@ pub fn task_loss_backward<T: Real>(
     bsz: usize,
     n_tasks: usize,
 ) {
-    if bsz == 0 {
+    task_loss_backward_rows(dlogits, logits, labels, bsz, n_tasks, bsz);
+}
+
+/// [`task_loss_backward`] for `rows` rows of a batch of `batch_rows` (a row chunk's part:
+/// the mean still divides by the whole batch).
+pub fn task_loss_backward_rows<T: Real>(
+    dlogits: &mut [T],
+    logits: &[T],
+    labels: &[T],
+    rows: usize,
+    n_tasks: usize,
+    batch_rows: usize,
+) {
+    if rows == 0 {
         return;
     }
-    let n = bsz * n_tasks;
+    let n = rows * n_tasks;
     bce_with_logits_backward(
         &mut dlogits[..n],
         &logits[..n],
         &labels[..n],
-        T::ONE / T::from_usize(bsz),
+        T::ONE / T::from_usize(batch_rows),
     );
 }
 

@@ -20,7 +20,10 @@ use cross::{Cross, CrossCache};
 use embedding::{MultiEmbedding, RowGrad};
 use gate::{mixture_accumulate, mixture_backward, Gate, GateCache};
 use gatenu::{scale_backward, scale_forward, GateNu, GateNuCache};
-use head::{task_loss_backward, task_loss_forward, DomainTowers, TowerCache, Towers};
+use head::{
+    task_loss_backward, task_loss_backward_rows, task_loss_forward, DomainTowers, TowerCache,
+    Towers,
+};
 use hmdn_kernels::Real;
 use mlp::{Mlp, MlpCache};
 use profile::{Laps, Phase, PhaseTimes};
@@ -181,20 +184,20 @@ fn chunk_capacity(bsz: usize) -> (usize, usize) {
 }
 
 /// Mutable row-major arrays handed out to chunks by rows: `(data, row width)`.
-type RowArrays<'a, T> = [(&'a mut [T], usize); 4];
+type RowArrays<'a, T, const N: usize> = [(&'a mut [T], usize); N];
 
 /// Runs `f(r0, rows, chunk, arrays)` on every chunk (rows `r0..r0 + rows` of the batch) in
-/// parallel, handing each its rows of the four `arrays`; splits in halves with
-/// `rayon::join`, so no per-call allocation.
-fn run_chunks<T: Send, C: Send, F>(
+/// parallel, handing each its rows of the `arrays`; splits in halves with `rayon::join`, so
+/// no per-call allocation.
+fn run_chunks<T: Send, C: Send, F, const N: usize>(
     chunks: &mut [C],
     chunk_rows: usize,
     r0: usize,
     bsz: usize,
-    arrays: RowArrays<'_, T>,
+    arrays: RowArrays<'_, T, N>,
     f: &F,
 ) where
-    F: Fn(usize, usize, &mut C, RowArrays<'_, T>) + Sync,
+    F: Fn(usize, usize, &mut C, RowArrays<'_, T, N>) + Sync,
 {
     match chunks.len() {
         0 => {}
@@ -203,13 +206,14 @@ fn run_chunks<T: Send, C: Send, F>(
             let mid = len / 2;
             let split = (mid * chunk_rows).min(bsz - r0);
             let (cl, cr) = chunks.split_at_mut(mid);
-            let [(a, wa), (b, wb), (c, wc), (d, wd)] = arrays;
-            let (al, ar) = a.split_at_mut(split * wa);
-            let (bl, br) = b.split_at_mut(split * wb);
-            let (xl, xr) = c.split_at_mut(split * wc);
-            let (yl, yr) = d.split_at_mut(split * wd);
-            let left = [(al, wa), (bl, wb), (xl, wc), (yl, wd)];
-            let right = [(ar, wa), (br, wb), (xr, wc), (yr, wd)];
+            let mut right: RowArrays<'_, T, N> = std::array::from_fn(|_| (&mut [][..], 0));
+            let mut k = 0;
+            let left = arrays.map(|(a, w)| {
+                let (l, r) = a.split_at_mut(split * w);
+                right[k] = (r, w);
+                k += 1;
+                (l, w)
+            });
             rayon::join(
                 || run_chunks(cl, chunk_rows, r0, bsz, left, f),
                 || run_chunks(cr, chunk_rows, r0 + split, bsz, right, f),
@@ -238,15 +242,15 @@ unsafe impl<T: Send> Sync for SendPtr<T> {}
 /// buffer for every chunk they take (chunks are claimed in order from a shared counter, so
 /// a slower thread simply takes fewer). The buffers stay hot in the core's cache from chunk
 /// to chunk; what a chunk leaves in its buffer is overwritten by the lane's next chunk.
-fn run_lanes<T: Send, C: Send, F>(
+fn run_lanes<T: Send, C: Send, F, const N: usize>(
     lanes: &mut [C],
     n_chunks: usize,
     chunk_rows: usize,
     bsz: usize,
-    arrays: RowArrays<'_, T>,
+    arrays: RowArrays<'_, T, N>,
     f: &F,
 ) where
-    F: Fn(usize, usize, &mut C, RowArrays<'_, T>) + Sync,
+    F: Fn(usize, usize, &mut C, RowArrays<'_, T, N>) + Sync,
 {
     for (a, w) in &arrays {
         assert!(
@@ -256,14 +260,14 @@ fn run_lanes<T: Send, C: Send, F>(
     }
     let raw = arrays.map(|(a, w)| (SendPtr(a.as_mut_ptr()), w));
     let next = std::sync::atomic::AtomicUsize::new(0);
-    fn lane<T: Send, C: Send, F>(
+    fn lane<T: Send, C: Send, F, const N: usize>(
         lanes: &mut [C],
-        raw: &[(SendPtr<T>, usize); 4],
+        raw: &[(SendPtr<T>, usize); N],
         next: &std::sync::atomic::AtomicUsize,
         (n_chunks, chunk_rows, bsz): (usize, usize, usize),
         f: &F,
     ) where
-        F: Fn(usize, usize, &mut C, RowArrays<'_, T>) + Sync,
+        F: Fn(usize, usize, &mut C, RowArrays<'_, T, N>) + Sync,
     {
         match lanes.len() {
             0 => {}
@@ -1026,7 +1030,7 @@ impl<T: Real> Model<T> {
     /// a frozen forward runs on another batch size than the unfrozen one before it.
     #[track_caller]
     pub fn forward(&mut self, batch: &Batch) -> LossParts<T> {
-        self.forward_impl(batch, true, false)
+        self.forward_impl(batch, true, false, false)
     }
 
     /// The forward pass for predictions only: the same logits as [`Model::forward`] (bit for
@@ -1048,6 +1052,7 @@ impl<T: Real> Model<T> {
             },
             false,
             true,
+            false,
         );
     }
 
@@ -1067,14 +1072,46 @@ impl<T: Real> Model<T> {
             },
             false,
             false,
+            false,
         );
     }
 
-    /// [`Model::forward`], computing `L_rq` only when `losses` is set; with `lanes`, the
-    /// chunks run on [`run_lanes`] (no losses, no per-chunk state kept).
+    /// [`Model::forward`] followed by [`Model::backward`] on the same batch, with each row
+    /// chunk's backward right after its own forward, while its activations are still in the
+    /// core's cache (and one parallel section instead of two). The loss, the gradients and
+    /// the row gradients are those of `forward` then `backward`, bit for bit.
+    ///
+    /// # Panics
+    /// As [`Model::forward`]; also if the batch has no labels.
     #[track_caller]
-    fn forward_impl(&mut self, batch: &Batch, losses: bool, lanes: bool) -> LossParts<T> {
+    pub fn forward_backward(&mut self, batch: &Batch) -> LossParts<T> {
+        let nt = self.cfg.tasks.len();
+        assert_eq!(
+            batch.labels.len(),
+            batch.rows * nt,
+            "forward_backward needs labels [B, T]"
+        );
+        let loss = self.forward_impl(batch, true, false, true);
+        self.backward_tail(batch.rows);
+        loss
+    }
+
+    /// [`Model::forward`], computing `L_rq` only when `losses` is set; with `lanes`, the
+    /// chunks run on [`run_lanes`] (no losses, no per-chunk state kept); with `fused`, each
+    /// chunk also runs its backward (then [`Model::backward_tail`] finishes the backward).
+    #[track_caller]
+    fn forward_impl(
+        &mut self,
+        batch: &Batch,
+        losses: bool,
+        lanes: bool,
+        fused: bool,
+    ) -> LossParts<T> {
         debug_assert!(!(losses && lanes), "lanes keep no per-chunk loss");
+        debug_assert!(
+            !fused || (losses && !lanes),
+            "a fused pass is a training pass"
+        );
         let bsz = batch.rows;
         let nt = self.cfg.tasks.len();
         assert!(
@@ -1099,6 +1136,9 @@ impl<T: Real> Model<T> {
         self.buf.bsz = bsz;
         self.buf.chunk_rows = chunk_rows;
         self.buf.n_chunks = n_chunks;
+        if fused {
+            self.params.zero_grads(false);
+        }
         let dense_base = self.params.dense_tail();
         let Model {
             cfg,
@@ -1125,7 +1165,9 @@ impl<T: Real> Model<T> {
         } = self;
         if let Some(p) = profile.as_mut() {
             p.forwards += 1;
+            p.backwards += usize::from(fused) as u64;
         }
+        laps.lap(profile, Phase::Other);
         let (nf, e, dx) = (cfg.fields.len(), cfg.embed_dim, cfg.x_dim());
         let (xbd, gz) = (*xb_dim, *gate_dim);
         let idx = &b.idx[..nf * bsz];
@@ -1150,25 +1192,52 @@ impl<T: Real> Model<T> {
             gz,
             dense_base,
         };
+        // Labels, and the wide logit (added to every task's logit by each chunk), first:
+        // a fused pass needs both before a chunk's backward.
+        b.labeled = batch.labels.len() == bsz * nt;
+        if b.labeled {
+            for (o, &y) in b.labels.iter_mut().zip(&batch.labels[..bsz * nt]) {
+                *o = T::from_f64(y as f64);
+            }
+        }
+        let wide_out: &[T] = match wide {
+            Some(w) => {
+                w.forward(&mut b.wide_out, &mut b.wide, idx, ps, bsz);
+                laps.lap(profile, Phase::Embeddings);
+                &b.wide_out[..bsz]
+            }
+            None => &[],
+        };
+        let labels = &b.labels[..if b.labeled { bsz * nt } else { 0 }];
         let dom = domain_rows(cfg, idx, *domain_col, bsz);
         let chunks = &mut b.chunks[..n_chunks];
         let ctx = ChunkCtx::start(chunks, profile.is_some());
-        let (ps, frozen) = (&*ps, *frozen);
-        let gq: &mut [T] = if rq.is_some() {
+        let (psr, frozen) = (&*ps, *frozen);
+        let alpha = T::from_f64(cfg.rq.alpha);
+        let has_rq = rq.is_some();
+        let gq: &mut [T] = if has_rq {
             &mut b.g[..bsz * gz]
         } else {
             &mut []
         };
-        let gqw = if rq.is_some() { gz } else { 0 };
+        let gqw = if has_rq { gz } else { 0 };
+        // The backward's per-row outputs, only for a fused pass (else empty).
+        let (dlw, dxw, dgw) = if fused { (nt, dx, gz) } else { (0, 0, 0) };
+        let dxbw = if fused && has_rq { xbd } else { 0 };
         let arrays = [
             (&mut b.logits[..bsz * nt], nt),
             (gq, gqw),
             (&mut b.x[..bsz * dx], dx),
             (&mut b.xb[..bsz * xbd], xbd),
+            (&mut b.dlogits[..bsz * dlw], dlw),
+            (&mut b.dx[..bsz * dxw], dxw),
+            (&mut b.dg[..bsz * dgw], dgw),
+            (&mut b.dxb[..bsz * dxbw], dxbw),
         ];
         let num = &batch.num[..bsz * nn];
-        let per_chunk = |r0: usize, rows: usize, c: &mut Chunk<T>, a: RowArrays<'_, T>| {
-            let [(logits, _), (gq, _), (xr, _), (xbr, _)] = a;
+        let per_chunk = |r0: usize, rows: usize, c: &mut Chunk<T>, a: RowArrays<'_, T, 8>| {
+            let [(logits, _), (gq, _), (xr, _), (xbr, _), (dl, _), (dxr, _), (dgr, _), (dxbr, _)] =
+                a;
             let dr = if dom.is_empty() {
                 dom
             } else {
@@ -1176,7 +1245,7 @@ impl<T: Real> Model<T> {
             };
             ctx.run(|| {
                 let mut laps = Laps::start(&c.profile);
-                embedding.forward_rows(xr, dx, 0, idx, bsz, r0, rows, ps);
+                embedding.forward_rows(xr, dx, 0, idx, bsz, r0, rows, psr);
                 if nn > 0 {
                     let nr = num[r0 * nn..(r0 + rows) * nn].chunks_exact(nn);
                     for (xrow, nrow) in xr.chunks_exact_mut(dx).zip(nr) {
@@ -1186,14 +1255,41 @@ impl<T: Real> Model<T> {
                     }
                 }
                 if let Some(de) = dist_embedding {
-                    de.forward_rows(xbr, xbd, 0, idx, bsz, r0, rows, ps);
+                    de.forward_rows(xbr, xbd, 0, idx, bsz, r0, rows, psr);
                 }
                 laps.lap(&mut c.profile, Phase::Embeddings);
-                let rows = ChunkRows {
+                let cr = ChunkRows {
                     rows,
                     batch_rows: bsz,
                 };
-                chunk_forward(&net, ps, c, xr, xbr, gq, dr, logits, rows, frozen, losses)
+                chunk_forward(&net, psr, c, xr, xbr, gq, dr, logits, cr, frozen, losses);
+                let mut laps = Laps::start(&c.profile);
+                if !wide_out.is_empty() {
+                    for (lr, &wv) in logits.chunks_exact_mut(nt).zip(&wide_out[r0..r0 + rows]) {
+                        for l in lr {
+                            *l += wv;
+                        }
+                    }
+                }
+                if !fused {
+                    laps.lap(&mut c.profile, Phase::Embeddings);
+                    return;
+                }
+                // ∂L/∂logits = (σ(logit) − y)/B for this chunk's rows, then its backward.
+                dl.fill(T::ZERO);
+                let lab = &labels[r0 * nt..(r0 + rows) * nt];
+                task_loss_backward_rows(dl, logits, lab, rows, nt, bsz);
+                laps.lap(&mut c.profile, Phase::Head);
+                let io = ChunkIo {
+                    x: xr,
+                    g: if has_rq { &*gq } else { &*xbr },
+                    xb: xbr,
+                    dom: dr,
+                    dx: dxr,
+                    dg: dgr,
+                    dxb: dxbr,
+                };
+                chunk_backward(&net, psr, c, io, dl, rows, bsz, alpha);
             });
         };
         if lanes {
@@ -1217,27 +1313,12 @@ impl<T: Real> Model<T> {
             chunks.iter().fold(T::ZERO, |s, c| s + c.b.rq_loss)
         };
 
-        let logits = &mut b.logits[..bsz * nt];
-        if let Some(w) = wide {
-            w.forward(&mut b.wide_out, &mut b.wide, idx, ps, bsz);
-            for (lr, &wv) in logits.chunks_exact_mut(nt).zip(&b.wide_out[..bsz]) {
-                for l in lr {
-                    *l += wv;
-                }
-            }
-            laps.lap(profile, Phase::Embeddings);
-        }
-
-        let alpha = T::from_f64(cfg.rq.alpha);
-        let rq_part = if rq.is_some() { rq_loss } else { T::ZERO };
-        b.labeled = batch.labels.len() == bsz * nt;
-        let task = if batch.labels.is_empty() {
-            T::ZERO
-        } else {
-            for (o, &y) in b.labels.iter_mut().zip(&batch.labels[..bsz * nt]) {
-                *o = T::from_f64(y as f64);
-            }
+        let logits = &b.logits[..bsz * nt];
+        let rq_part = if has_rq { rq_loss } else { T::ZERO };
+        let task = if b.labeled {
             task_loss_forward(logits, &b.labels, bsz, nt)
+        } else {
+            T::ZERO
         };
         laps.lap(profile, Phase::Head);
         LossParts {
@@ -1245,6 +1326,87 @@ impl<T: Real> Model<T> {
             rq: rq_part,
             total: task + alpha * rq_part,
         }
+    }
+
+    /// The backward after its chunk section (shared by [`Model::backward`] and
+    /// [`Model::forward_backward`]): the chunk arenas summed into `params.grads` in chunk
+    /// order, then the wide part and the embedding tables' row gradients, which need the
+    /// whole batch's `∂L/∂logits`, `∂L/∂x` and `∂L/∂x_b`.
+    fn backward_tail(&mut self, bsz: usize) {
+        let mut laps = Laps::start(&self.profile);
+        let dense_base = self.params.dense_tail();
+        let nt = self.cfg.tasks.len();
+        let Model {
+            cfg,
+            params: ps,
+            embedding,
+            dist_embedding,
+            wide,
+            rq,
+            dist_cols,
+            xb_dim,
+            row_grads,
+            rg_emb,
+            rg_dist,
+            rg_wide,
+            profile,
+            buf: b,
+            ..
+        } = self;
+        let (nf, e, dx) = (cfg.fields.len(), cfg.embed_dim, cfg.x_dim());
+        let xbd = *xb_dim;
+        sum_chunk_grads(&mut ps.grads[dense_base..], &mut b.chunks[..b.n_chunks]);
+        laps.lap(profile, Phase::Other);
+        let idx = &b.idx[..nf * bsz];
+        let dlogits = &b.dlogits[..bsz * nt];
+
+        if let Some(w) = wide {
+            // logit_t = tower_t + wide for every task: ∂L/∂wide = Σ_t ∂L/∂logit_t.
+            for (d, lr) in b.dwide[..bsz].iter_mut().zip(dlogits.chunks_exact(nt)) {
+                *d = lr.iter().fold(T::ZERO, |a, &v| a + v);
+            }
+            let rg = &mut row_grads[rg_wide.clone()];
+            w.backward(rg, &mut b.wide, ps, &b.dwide[..bsz], idx, bsz);
+            laps.lap(profile, Phase::Embeddings);
+        }
+
+        // Distribution embeddings: ∂L/∂x_b through the quantizer (or g = x_b directly).
+        if let Some(de) = dist_embedding {
+            // With a quantizer, the chunks already ran its backward into dxb.
+            let dxb: &[T] = if rq.is_some() {
+                &b.dxb[..bsz * xbd]
+            } else {
+                &b.dg[..bsz * xbd]
+            };
+            if cfg.share_dist_embeddings {
+                // x_b reuses E_p: its gradient joins that field's block of ∂L/∂x.
+                for (p, &c) in dist_cols.iter().enumerate() {
+                    for (dr, sr) in
+                        b.dx.chunks_exact_mut(dx)
+                            .zip(dxb.chunks_exact(xbd))
+                            .take(bsz)
+                    {
+                        for (d, &s) in dr[c * e..(c + 1) * e]
+                            .iter_mut()
+                            .zip(&sr[p * e..(p + 1) * e])
+                        {
+                            *d += s;
+                        }
+                    }
+                }
+            } else {
+                de.backward(&mut row_grads[rg_dist.clone()], dxb, xbd, 0, idx, bsz);
+            }
+        }
+        embedding.backward(
+            &mut row_grads[rg_emb.clone()],
+            &b.dx[..bsz * dx],
+            dx,
+            0,
+            idx,
+            bsz,
+        );
+        laps.lap(profile, Phase::Embeddings);
     }
 
     /// Zeroes the dense gradients, then accumulates the gradients of the last forward's total
@@ -1290,9 +1452,6 @@ impl<T: Real> Model<T> {
         let Model {
             cfg,
             params: ps,
-            embedding,
-            dist_embedding,
-            wide,
             rq,
             dnn,
             experts,
@@ -1302,14 +1461,9 @@ impl<T: Real> Model<T> {
             cross,
             towers,
             domain_towers,
-            dist_cols,
             domain_col,
             xb_dim,
             gate_dim,
-            row_grads,
-            rg_emb,
-            rg_dist,
-            rg_wide,
             profile,
             buf: b,
             ..
@@ -1319,7 +1473,7 @@ impl<T: Real> Model<T> {
         }
         ps.zero_grads(false);
         laps.lap(profile, Phase::Other);
-        let (nf, e, dx) = (cfg.fields.len(), cfg.embed_dim, cfg.x_dim());
+        let (nf, dx) = (cfg.fields.len(), cfg.x_dim());
         let (xbd, gz) = (*xb_dim, *gate_dim);
         let (chunk_rows, n_chunks) = (b.chunk_rows, b.n_chunks);
         let idx = &b.idx[..nf * bsz];
@@ -1392,56 +1546,7 @@ impl<T: Real> Model<T> {
             });
         }
         laps.lap_shared(profile, chunks.iter().filter_map(|c| c.profile.as_ref()));
-        sum_chunk_grads(&mut ps.grads[dense_base..], chunks);
-        laps.lap(profile, Phase::Other);
-
-        if let Some(w) = wide {
-            // logit_t = tower_t + wide for every task: ∂L/∂wide = Σ_t ∂L/∂logit_t.
-            for (d, lr) in b.dwide[..bsz].iter_mut().zip(dlogits.chunks_exact(nt)) {
-                *d = lr.iter().fold(T::ZERO, |a, &v| a + v);
-            }
-            let rg = &mut row_grads[rg_wide.clone()];
-            w.backward(rg, &mut b.wide, ps, &b.dwide[..bsz], idx, bsz);
-            laps.lap(profile, Phase::Embeddings);
-        }
-
-        // Distribution embeddings: ∂L/∂x_b through the quantizer (or g = x_b directly).
-        if let Some(de) = dist_embedding {
-            // With a quantizer, the chunks already ran its backward into dxb.
-            let dxb: &[T] = if rq.is_some() {
-                &b.dxb[..bsz * xbd]
-            } else {
-                &b.dg[..bsz * xbd]
-            };
-            if cfg.share_dist_embeddings {
-                // x_b reuses E_p: its gradient joins that field's block of ∂L/∂x.
-                for (p, &c) in dist_cols.iter().enumerate() {
-                    for (dr, sr) in
-                        b.dx.chunks_exact_mut(dx)
-                            .zip(dxb.chunks_exact(xbd))
-                            .take(bsz)
-                    {
-                        for (d, &s) in dr[c * e..(c + 1) * e]
-                            .iter_mut()
-                            .zip(&sr[p * e..(p + 1) * e])
-                        {
-                            *d += s;
-                        }
-                    }
-                }
-            } else {
-                de.backward(&mut row_grads[rg_dist.clone()], dxb, xbd, 0, idx, bsz);
-            }
-        }
-        embedding.backward(
-            &mut row_grads[rg_emb.clone()],
-            &b.dx[..bsz * dx],
-            dx,
-            0,
-            idx,
-            bsz,
-        );
-        laps.lap(profile, Phase::Embeddings);
+        self.backward_tail(bsz);
     }
 }
 
