@@ -5,7 +5,9 @@
 //! Prints the step's achieved GFLOP/s (best and median of `REPS` steps) beside the FMA peak, to
 //! compare with `chunk_gemms` (the same GEMMs alone, hot in cache).
 //!
-//! `cargo run --release -p hmdn-kernels --example expert_sequence` (`M`, `CHUNKS`, `REPS`).
+//! `cargo run --release -p hmdn-kernels --example expert_sequence` (`M`, `CHUNKS`, `REPS`;
+//! `FUSED=1` runs each chunk's backward right after its forward, `FWD=1` forwards only,
+//! `FRESH=1` rewrites every chunk's input before each step).
 
 mod common;
 
