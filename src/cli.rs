@@ -54,6 +54,8 @@ pub struct FitArgs {
     /// Output model directory (weights.safetensors, config.toml, vocab.json, metrics.jsonl).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    // The brackets are TOML table names in `--help`, not doc links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// TOML file with [model], [optim] and [train] tables; flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,

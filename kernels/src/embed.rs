@@ -93,7 +93,7 @@ fn gather_serial<T: Real>(
 ///
 /// The same copies as [`gather_rows`] once per field, in another order: each output row is
 /// written whole (`n_fields · e` contiguous values) before the next, and every field's row
-/// [`FIELD_PREFETCH_ROWS`] output rows ahead is prefetched. Field by field, each pass writes
+/// `FIELD_PREFETCH_ROWS` (4) output rows ahead is prefetched. Field by field, each pass writes
 /// one cache line per output row across the whole block instead, so each output line is
 /// fetched for ownership once per field.
 ///

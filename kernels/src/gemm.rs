@@ -342,7 +342,7 @@ fn shared_bound(n: usize, k: usize, nr: usize) -> usize {
 ///
 /// Guarantee: a task holds one task buffer while it runs and runs no rayon work inside, so
 /// at most one per thread is lent out at any time; `threads + 1` task buffers (the extra one
-/// for a caller outside the pool) of capacity [`task_bound`] therefore always suffice. The
+/// for a caller outside the pool) of capacity `task_bound` therefore always suffice. The
 /// shared-B buffers (`threads + 1` as well) are an optimisation only: a GEMM that finds none
 /// free lets each task pack its own B columns instead (same values, same FMA chains, so the
 /// result is bit-identical).

@@ -160,7 +160,7 @@ const MAX_CHUNKS: usize = 16;
 
 /// `(rows per chunk, chunks)` for a batch of `bsz` rows (no chunk for an empty batch). A function of `bsz` only — never of
 /// the thread count — so the gradient sums, and hence the weights, are the same on any number
-/// of threads. Batches of at least [`MIN_SPLIT_ROWS`] get at least two chunks (two cores have
+/// of threads. Batches of at least `MIN_SPLIT_ROWS` (128) get at least two chunks (two cores have
 /// work even at batch 256).
 pub fn chunk_layout(bsz: usize) -> (usize, usize) {
     if bsz < MIN_SPLIT_ROWS {

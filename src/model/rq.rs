@@ -15,7 +15,7 @@
 //! In both modes `u_d` denotes the input of level d (`r_d` resp. `x_b^{(d)}`), and
 //! `L_rq = Σ_d mean_B( ||C[c_d] − sg(u_d)||² + β·||sg(C[c_d]) − u_d||² )`.
 //!
-//! Stop-gradients and gradient checks: a forward pass with [`RqCache::frozen`] set reuses the
+//! Stop-gradients and gradient checks: a forward pass with `RqCache::frozen` set reuses the
 //! codes and every `sg(·)` value of the previous unfrozen pass instead of recomputing them, so
 //! a finite difference sees exactly the function whose derivative [`ResidualQuantizer::backward`]
 //! computes (SPEC §2). At the point where those values were taken, the frozen pass reproduces
