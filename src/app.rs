@@ -429,6 +429,7 @@ fn predict(a: PredictArgs) -> Result<()> {
     // The output is written to a temporary file next to it and renamed over it at the end, so
     // a failure (bad row, full disk) never leaves a half-written file. It is created before
     // the data is read so that an unwritable --out fails at once.
+    remove_dead_temp_files(dir, name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&out, e))?;
     let res = with_threads(a.threads, || {
@@ -640,4 +641,35 @@ fn info() {
         }
     );
     println!("cache dir: {}", default_cache_dir().display());
+}
+
+/// Removes `.{name}.tmp-PID` files in `dir` whose process is gone: what a killed `predict`
+/// into the same output left behind (a kill cannot be caught). Files of live processes (a
+/// concurrent `predict` into the same path) and every other file stay. Only where a
+/// process's liveness can be read (`/proc`, Linux); elsewhere nothing is removed.
+fn remove_dead_temp_files(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && process_is_gone(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether process `pid` certainly no longer exists (never true where that cannot be told).
+fn process_is_gone(pid: u32) -> bool {
+    cfg!(target_os = "linux")
+        && Path::new("/proc/self").exists()
+        && !Path::new("/proc").join(pid.to_string()).exists()
 }

@@ -579,3 +579,36 @@ fn diverging_run_names_the_step_and_keeps_the_last_good_state() {
     assert_eq!(v["rows"], 500);
     assert!(temp_leftovers(&out).is_empty());
 }
+
+#[test]
+fn predict_removes_the_temp_file_of_a_killed_predict_only() {
+    // A killed `predict` leaves `.pred.csv.tmp-PID`. The next `predict` into the same file
+    // removes it when that process is gone, but not a live process's (a concurrent run) nor
+    // another output's. PID u32::MAX cannot exist (Linux caps PIDs at 2^22).
+    let f = Fixture::new("predict-stale");
+    let model = f.model();
+    let dead = f.dir.write(".pred.csv.tmp-4294967295", "half a file\n");
+    let live = f.dir.write(
+        &format!(".pred.csv.tmp-{}", std::process::id()),
+        "running\n",
+    );
+    let other = f.dir.write(".other.csv.tmp-4294967295", "not ours\n");
+    let out = f.dir.path("pred.csv");
+    f.dir
+        .run(&[
+            "predict",
+            "--model-dir",
+            &model,
+            "--data",
+            &f.good,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .ok();
+    assert!(out.exists());
+    if cfg!(target_os = "linux") {
+        assert!(!dead.exists(), "the dead run's temp file is still there");
+    }
+    assert!(live.exists(), "a live process's temp file was removed");
+    assert!(other.exists(), "another output's temp file was removed");
+}
