@@ -153,6 +153,11 @@ pub struct RunState {
     pub epoch_loss_sum: f64,
     /// Batches counted in `epoch_loss_sum`.
     pub epoch_loss_batches: u64,
+    /// Seconds that earlier runs spent in the current epoch, up to their last checkpoint: a
+    /// resumed epoch's `epoch_seconds` includes them (the time between that checkpoint and
+    /// the interruption is lost with the run).
+    #[serde(with = "exact_f64")]
+    pub epoch_seconds_before: f64,
     /// Code-usage histogram `[D, K]` of the quantizer over the current epoch's training
     /// batches (reported per epoch; empty without a quantizer).
     pub rq_usage: Vec<u64>,
@@ -662,6 +667,7 @@ pub fn fit(run: &RunConfig, inp: &FitInputs) -> Result<FitSummary> {
             }
         }
         let t0 = Instant::now();
+        let seconds_before = st.epoch_seconds_before;
         let mut rows_this_run = 0usize;
         while batcher.next_batch(inp.train, &mut buf) {
             let batch = buf.batch();
@@ -706,6 +712,7 @@ pub fn fit(run: &RunConfig, inp: &FitInputs) -> Result<FitSummary> {
             if tc.checkpoint_every > 0 && st.step % tc.checkpoint_every == 0 {
                 check_finite(&model, &opt, st.step, out, &st)?;
                 snapshot_stats(&mut st, &model, &usage);
+                st.epoch_seconds_before = seconds_before + t0.elapsed().as_secs_f64();
                 save_state(out, &model, &opt, &st)?;
             }
         }
@@ -735,7 +742,7 @@ pub fn fit(run: &RunConfig, inp: &FitInputs) -> Result<FitSummary> {
             "step": st.step,
             "train_loss": train_loss,
             "val": report,
-            "epoch_seconds": t0.elapsed().as_secs_f64(),
+            "epoch_seconds": seconds_before + t0.elapsed().as_secs_f64(),
         });
         if let Some(u) = &usage {
             line["rq_levels"] = usage_json(u);
@@ -771,6 +778,7 @@ pub fn fit(run: &RunConfig, inp: &FitInputs) -> Result<FitSummary> {
         st.batch = 0;
         st.epoch_loss_sum = 0.0;
         st.epoch_loss_batches = 0;
+        st.epoch_seconds_before = 0.0;
         if st.epochs_without_improvement >= tc.patience.max(1) {
             if !inp.quiet {
                 eprintln!(

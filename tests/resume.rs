@@ -230,13 +230,28 @@ fn summary_line(stdout: &str) -> String {
         .to_string()
 }
 
+/// `(epoch, epoch_seconds_before)` of the latest checkpoint when it was taken mid-epoch.
+fn mid_epoch_checkpoint(out: &Path) -> Option<(u64, f64)> {
+    let latest = std::fs::read_to_string(out.join("state/LATEST")).ok()?;
+    let js = std::fs::read_to_string(out.join("state").join(latest.trim()).join("state.json"));
+    let v: serde_json::Value = serde_json::from_str(&js.ok()?).ok()?;
+    if v["batch"].as_u64()? == 0 {
+        return None;
+    }
+    let before: f64 = v["epoch_seconds_before"].as_str()?.parse().ok()?;
+    Some((v["epoch"].as_u64()?, before))
+}
+
 /// Runs one chain: attempts killed as `kills` says, then resumed until a run completes.
-/// Returns the final run's stdout and how many attempts were really killed.
+/// Returns the final run's stdout and how many attempts were really killed. Checks on the
+/// way that each mid-epoch checkpoint the killed attempts leave carries the seconds spent in
+/// its epoch so far, and that the epoch's final `epoch_seconds` includes them.
 fn chain(s: &Setup, name: &str, kills: &[Kill], reference_secs: f64) -> (PathBuf, String, usize) {
     let out = s.dir.path(name);
     let cache = s.dir.path(&format!("cache-{name}"));
     let mut killed = 0;
     let mut started = false;
+    let mut carried: Vec<(u64, f64)> = Vec::new();
     for (i, &k) in kills.iter().enumerate() {
         // The first attempt starts the run; later ones resume it. (A resume of a directory
         // the killed attempt never created starts the run there.)
@@ -244,6 +259,7 @@ fn chain(s: &Setup, name: &str, kills: &[Kill], reference_secs: f64) -> (PathBuf
         started = true;
         if kill_when(&mut child, k, &out, reference_secs) {
             killed += 1;
+            carried.extend(mid_epoch_checkpoint(&out));
         } else {
             let o = child.wait_with_output().unwrap();
             panic!(
@@ -255,6 +271,23 @@ fn chain(s: &Setup, name: &str, kills: &[Kill], reference_secs: f64) -> (PathBuf
     // Resume until one attempt completes (it should be the first).
     let o = s.spawn(&out, started, &cache).wait_with_output().unwrap();
     let r = Run::from(o).ok();
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    for (epoch, before) in carried {
+        assert!(
+            before > 0.0,
+            "{name}: a mid-epoch checkpoint of epoch {epoch} carries no time"
+        );
+        let line: serde_json::Value = metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["epoch"].as_u64() == Some(epoch))
+            .unwrap_or_else(|| panic!("{name}: no metrics line for epoch {epoch}"));
+        let secs = line["epoch_seconds"].as_f64().unwrap();
+        assert!(
+            secs >= before,
+            "{name}: epoch {epoch} reports {secs} s, but earlier runs had spent {before} s in it"
+        );
+    }
     (out, r.stdout, killed)
 }
 
