@@ -1,6 +1,9 @@
 //! Shared by the measuring examples (`probe`, `chunk_gemms`, `expert_sequence`,
-//! `gather_order`); a directory
-//! without `main.rs`, so Cargo does not build it as an example of its own.
+//! `gather_order`, `argmin_rq`); a directory without `main.rs`, so Cargo does not build it as
+//! an example of its own.
+
+// Each example uses only some of these helpers.
+#![allow(dead_code)]
 
 use std::time::Instant;
 
