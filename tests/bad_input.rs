@@ -102,6 +102,22 @@ impl Fixture {
         ])
     }
 
+    /// `predict` with the model directory `model` on `data` into `out`, plus `extra` flags.
+    fn predict(&self, model: &str, data: &str, out: &Path, extra: &[&str]) -> Run {
+        let out = out.display().to_string();
+        let mut args = vec![
+            "predict",
+            "--model-dir",
+            model,
+            "--data",
+            data,
+            "--out",
+            &out,
+        ];
+        args.extend_from_slice(extra);
+        self.dir.run(&args)
+    }
+
     /// Trains a small dnn on the good file into `<dir>/model` and returns its path.
     fn model(&self) -> String {
         let out = self.dir.path("model");
@@ -309,15 +325,7 @@ fn model_directory_from_another_schema() {
         .run(&["eval", "--model-dir", &model, "--data", aread_s]);
     only_error(&r, &[&format!("{aread_s}:1"), "missing", "`user`"]);
     let pred = f.dir.path("pred.csv");
-    let r = f.dir.run(&[
-        "predict",
-        "--model-dir",
-        &model,
-        "--data",
-        aread_s,
-        "--out",
-        pred.to_str().unwrap(),
-    ]);
+    let r = f.predict(&model, aread_s, &pred, &[]);
     only_error(&r, &[aread_s, "missing"]);
     assert!(!pred.exists());
     assert!(temp_leftovers(&f.dir.0).is_empty());
@@ -445,15 +453,7 @@ fn unwritable_out() {
         f.dir.path("no-such-dir/p.csv"),
         f.dir.0.clone(),
     ] {
-        let r = f.dir.run(&[
-            "predict",
-            "--model-dir",
-            &model,
-            "--data",
-            &f.good,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let r = f.predict(&model, &f.good, &out, &[]);
         only_error(&r, &[out.to_str().unwrap()]);
     }
     // gen --out in a missing directory.
@@ -478,17 +478,7 @@ fn predict_failure_keeps_the_previous_output() {
     text.push_str("1,u1,i1,c1\n");
     let bad = f.dir.write("bad.csv", &text);
     let line = text.lines().count();
-    let r = f.dir.run(&[
-        "predict",
-        "--model-dir",
-        &model,
-        "--data",
-        bad.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--batch-size",
-        "16",
-    ]);
+    let r = f.predict(&model, bad.to_str().unwrap(), &out, &["--batch-size", "16"]);
     only_error(&r, &[&format!("{}:{line}:", bad.display())]);
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
@@ -594,17 +584,7 @@ fn predict_removes_the_temp_file_of_a_killed_predict_only() {
     );
     let other = f.dir.write(".other.csv.tmp-4294967295", "not ours\n");
     let out = f.dir.path("pred.csv");
-    f.dir
-        .run(&[
-            "predict",
-            "--model-dir",
-            &model,
-            "--data",
-            &f.good,
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .ok();
+    f.predict(&model, &f.good, &out, &[]).ok();
     assert!(out.exists());
     if cfg!(target_os = "linux") {
         assert!(!dead.exists(), "the dead run's temp file is still there");
