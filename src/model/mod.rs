@@ -1165,7 +1165,7 @@ impl<T: Real> Model<T> {
         } = self;
         if let Some(p) = profile.as_mut() {
             p.forwards += 1;
-            p.backwards += usize::from(fused) as u64;
+            p.backwards += u64::from(fused);
         }
         laps.lap(profile, Phase::Other);
         let (nf, e, dx) = (cfg.fields.len(), cfg.embed_dim, cfg.x_dim());
