@@ -90,7 +90,11 @@ impl SyntheticBatches {
 
 /// Multiply-adds ×2 per sample of the model's dense layers, forward only, and for a training
 /// step (forward + backward ≈ 3× the forward GEMM work), counted analytically from the shapes.
-pub fn flops_per_sample(cfg: &ModelConfig) -> (f64, f64) {
+/// The quantizer's argmin counts `quantized_share` of a row per sample: the fraction of a
+/// batch's rows it actually ran on (1 when every row is quantized; the number of distinct
+/// distribution keys over the batch size when the model quantizes those only, see
+/// [`Model::quantized_rows`]), so that no work that was not done is counted.
+pub fn flops_per_sample(cfg: &ModelConfig, quantized_share: f64) -> (f64, f64) {
     let lin = |i: usize, o: usize| 2.0 * (i * o) as f64;
     let mlp = |mut d: usize| {
         let mut s = 0.0;
@@ -126,7 +130,8 @@ pub fn flops_per_sample(cfg: &ModelConfig) -> (f64, f64) {
     }
     if cfg.model.uses_rq() {
         // argmin over K codes of width z at each of D levels (forward only).
-        let rq = 2.0 * (cfg.rq.codebook_size * cfg.xb_dim() * cfg.rq_depth()) as f64;
+        let rq =
+            2.0 * (cfg.rq.codebook_size * cfg.xb_dim() * cfg.rq_depth()) as f64 * quantized_share;
         fwd += rq;
         train += rq;
     }
@@ -250,6 +255,7 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         train.push((per * batch) as f64 / t0.elapsed().as_secs_f64());
     }
     let (phases, step_time) = profile_steps(&mut m, &mut opt, &data, &mut k, per)?;
+    let train_share = m.quantized_rows() as f64 / batch.max(1) as f64;
     let mut infer = Vec::new();
     for i in 0..warmup {
         m.infer(&data.get(i));
@@ -277,7 +283,9 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         .filter(|(_, d)| !d.is_zero())
         .map(|(name, d)| (name.to_string(), d.as_secs_f64() / total))
         .collect();
-    let (ff, tf) = flops_per_sample(&cfg);
+    let infer_share = m.quantized_rows() as f64 / batch.max(1) as f64;
+    let ff = flops_per_sample(&cfg, infer_share).0;
+    let tf = flops_per_sample(&cfg, train_share).1;
     let samples = train.clone();
     let ts = median(&mut train);
     let is = median(&mut infer);

@@ -1,6 +1,7 @@
 //! Layers (one file each, `forward` and `backward` side by side) and the models built from them.
 
 pub mod cross;
+pub mod distinct;
 pub mod embedding;
 pub mod gate;
 pub mod gatenu;
@@ -17,6 +18,7 @@ use crate::error::Result;
 use crate::params::{GradSlice, Grads, ParamStore};
 use crate::Batch;
 use cross::{Cross, CrossCache};
+use distinct::DistinctKeys;
 use embedding::{MultiEmbedding, RowGrad};
 use gate::{mixture_accumulate, mixture_backward, Gate, GateCache};
 use gatenu::{scale_backward, scale_forward, GateNu, GateNuCache};
@@ -30,7 +32,7 @@ use profile::{Laps, Phase, PhaseTimes};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
-use rq::{DeadCodes, ResidualQuantizer, RqCache};
+use rq::{DeadCodes, DistinctRows, ResidualQuantizer, RqCache};
 use std::ops::Range;
 use wide::{Wide, WideCache};
 
@@ -89,6 +91,15 @@ struct Buffers<T> {
     dwide: Vec<T>,
     /// Row chunks (at least `n_chunks`; more when an earlier batch needed them).
     chunks: Vec<Chunk<T>>,
+    /// The batch's distinct distribution keys and the quantizer's results on them (hmdn-*
+    /// models whose distribution fields have at most [`distinct::MAX_DIST_KEYS`]
+    /// combinations).
+    distinct: Option<DistinctKeys<T>>,
+    /// Whether the last forward's chunks copied the quantizer's results from `distinct`
+    /// (else each quantized its own rows).
+    gathered: bool,
+    /// Turned off by [`Model::set_distinct_keys`]: every row is quantized.
+    distinct_off: bool,
 }
 
 /// One row chunk of a batch: the backbone's activations for its rows, its own gradient arena
@@ -664,7 +675,20 @@ impl<T: Real> Model<T> {
         }
         let rg_wide = rg_dist.end..row_grads.len();
 
-        let buf = Buffers::default();
+        let distinct = match (&rq, &dist_embedding) {
+            (Some(q), Some(de)) => {
+                let vocab: Vec<usize> = dist_cols
+                    .iter()
+                    .map(|&c| cfg.fields[c].vocab_size)
+                    .collect();
+                DistinctKeys::new(&de.cols, &vocab, q)
+            }
+            _ => None,
+        };
+        let buf = Buffers {
+            distinct,
+            ..Buffers::default()
+        };
         let dead = rq
             .as_ref()
             .filter(|_| cfg.rq.dead_code_restart_steps > 0)
@@ -763,6 +787,9 @@ impl<T: Real> Model<T> {
         }
         for g in &mut self.row_grads {
             g.reserve(bsz);
+        }
+        if let (Some(dk), Some(q)) = (&mut b.distinct, &self.rq) {
+            dk.ensure_batch(bsz, xbd, q);
         }
         b.cap = bsz;
     }
@@ -913,6 +940,33 @@ impl<T: Real> Model<T> {
             if d.idle.len() == idle.len() {
                 d.idle.copy_from_slice(idle);
             }
+        }
+    }
+
+    /// Whether the quantizer may run once per distinct distribution key of a batch and copy
+    /// the results to the rows ([`distinct`]; on by default, used when a batch has at most
+    /// half as many distinct keys as rows), or must quantize every row (`false`: the
+    /// reference the tests compare the gathered pass with). Models without a quantizer, or
+    /// with more than [`distinct::MAX_DIST_KEYS`] key combinations, always do the latter.
+    pub fn set_distinct_keys(&mut self, on: bool) {
+        self.buf.distinct_off = !on;
+    }
+
+    /// Whether the last forward copied the quantizer's results from the batch's distinct
+    /// distribution keys (see [`Model::set_distinct_keys`]).
+    pub fn gathered_distinct_keys(&self) -> bool {
+        self.buf.gathered
+    }
+
+    /// Rows the quantizer's argmin ran on in the last forward: the batch's distinct
+    /// distribution keys when it gathered ([`Model::gathered_distinct_keys`]), else every row
+    /// (0 for models without a quantizer, and in a frozen pass, which reuses stored codes).
+    pub fn quantized_rows(&self) -> usize {
+        match (&self.rq, &self.buf.distinct) {
+            (None, _) => 0,
+            _ if self.frozen => 0,
+            (Some(_), Some(dk)) if self.buf.gathered => dk.rq.n,
+            (Some(_), _) => self.buf.bsz,
         }
     }
 
@@ -1208,6 +1262,25 @@ impl<T: Real> Model<T> {
             }
             None => &[],
         };
+        // The quantizer once per distinct distribution key of the batch, when they are few;
+        // the chunks copy each row's results. Not in a frozen pass, which reuses every
+        // chunk's stored codes and sg(·) values.
+        let distinct = match (rq.as_ref(), dist_embedding, b.distinct.as_mut()) {
+            (Some(q), Some(de), Some(dk)) if !*frozen && !b.distinct_off => {
+                match dk.assign(idx, bsz) {
+                    Some(n_u) => {
+                        dk.quantize(q, de, idx, bsz, n_u, ps, losses);
+                        Some(&*dk)
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        b.gathered = distinct.is_some();
+        if b.gathered {
+            laps.lap(profile, Phase::Rq);
+        }
         let labels = &b.labels[..if b.labeled { bsz * nt } else { 0 }];
         let dom = domain_rows(cfg, idx, *domain_col, bsz);
         let chunks = &mut b.chunks[..n_chunks];
@@ -1262,7 +1335,13 @@ impl<T: Real> Model<T> {
                     rows,
                     batch_rows: bsz,
                 };
-                chunk_forward(&net, psr, c, xr, xbr, gq, dr, logits, cr, frozen, losses);
+                let gather = distinct.map(|dk| (&dk.rq, &dk.slots[r0..r0 + rows]));
+                let mode = ForwardMode {
+                    frozen,
+                    losses,
+                    keep: !lanes,
+                };
+                chunk_forward(&net, psr, c, xr, xbr, gq, dr, logits, cr, gather, mode);
                 let mut laps = Laps::start(&c.profile);
                 if !wide_out.is_empty() {
                     for (lr, &wv) in logits.chunks_exact_mut(nt).zip(&wide_out[r0..r0 + rows]) {
@@ -1600,9 +1679,21 @@ struct ChunkRows {
     batch_rows: usize,
 }
 
+/// How a chunk's forward runs.
+#[derive(Clone, Copy)]
+struct ForwardMode {
+    /// Gradient-check mode: reuse the stored codes and sg(·) values.
+    frozen: bool,
+    /// Compute `L_rq`.
+    losses: bool,
+    /// Leave the chunk's caches complete (not a prediction whose chunk state is dropped).
+    keep: bool,
+}
+
 /// One chunk (`rows.rows` rows of a batch of `rows.batch_rows`): the quantizer (x_b → g,
 /// written to `gq`; without a quantizer g is x_b and `gq` is empty; `L_rq` only with
-/// `losses`), the backbone and the towers, from `x` and g to `logits`.
+/// `mode.losses`) — or, with `gather`, the quantizer's results copied from the batch's
+/// distinct rows by each row's slot —, the backbone and the towers, from `x` and g to `logits`.
 #[allow(clippy::too_many_arguments)]
 fn chunk_forward<T: Real>(
     net: &Net<'_>,
@@ -1614,18 +1705,28 @@ fn chunk_forward<T: Real>(
     dom: &[u32],
     logits: &mut [T],
     rows: ChunkRows,
-    frozen: bool,
-    losses: bool,
+    gather: Option<(&DistinctRows<T>, &[u32])>,
+    mode: ForwardMode,
 ) {
     let ChunkRows {
         rows: bsz,
         batch_rows,
     } = rows;
+    let ForwardMode {
+        frozen,
+        losses,
+        keep,
+    } = mode;
     let Chunk { profile, b, .. } = c;
     let mut laps = Laps::start(profile);
     let g: &[T] = match (net.rq, b.rq.as_mut()) {
         (Some(q), Some(cache)) => {
-            b.rq_loss = q.forward_part(gq, cache, xb, ps, bsz, batch_rows, losses);
+            b.rq_loss = match gather {
+                Some((d, slots)) => {
+                    q.forward_gathered(gq, cache, d, slots, bsz, batch_rows, losses, keep)
+                }
+                None => q.forward_part(gq, cache, xb, ps, bsz, batch_rows, losses),
+            };
             laps.lap(profile, Phase::Rq);
             gq
         }

@@ -497,6 +497,128 @@ impl ResidualQuantizer {
         T::from_f64(loss)
     }
 
+    /// The quantizer on the batch's distinct rows of `x_b` only ([`DistinctRows`]): an
+    /// unfrozen [`Self::forward_part`] on `xb_u` `[U, P·e]` (its `U` distinct rows) into
+    /// `distinct.cache` and `distinct.g`, plus every level's per-row `L_rq` term into
+    /// `distinct.row_loss` when `with_loss` is set. [`Self::forward_gathered`] then hands
+    /// each batch row its distinct row's results.
+    ///
+    /// Rows with the same distribution ids have the same `x_b`, and each row's codes, level
+    /// inputs, `s_D`, gate input and loss terms are functions of its own `x_b` only; so the
+    /// gathered values are those a pass over every row computes. (Up to the argmin's
+    /// rounding: it runs on other rows around each one; see `dedup_matches_rowwise` in the
+    /// tests for how close.)
+    #[track_caller]
+    pub fn forward_distinct<T: Real>(
+        &self,
+        distinct: &mut DistinctRows<T>,
+        xb_u: &[T],
+        ps: &ParamStore<T>,
+        n_u: usize,
+        with_loss: bool,
+    ) {
+        let w = self.w;
+        distinct.n = n_u;
+        distinct.ensure(self, n_u);
+        let DistinctRows {
+            cache,
+            g,
+            row_loss: terms,
+            ..
+        } = distinct;
+        cache.frozen = false;
+        self.forward_part(&mut g[..n_u * w], cache, xb_u, ps, n_u, n_u, false);
+        if !with_loss {
+            return;
+        }
+        let beta = T::from_f64(self.beta);
+        let n = n_u * w;
+        for d in 0..self.depth {
+            let book = ps.value(self.book(d));
+            let u_d = &cache.u[d * n..(d + 1) * n];
+            let codes = &cache.codes[d * n_u..(d + 1) * n_u];
+            let out = &mut terms[d * n_u..(d + 1) * n_u];
+            // The unfrozen term of `forward_part`: sg(u_d) = u_d, sg(C[c_d]) = C[c_d].
+            for ((o, &c), u) in out.iter_mut().zip(codes).zip(u_d.chunks_exact(w)) {
+                let live = &book[c as usize * w..(c as usize + 1) * w];
+                *o = row_loss(live, u, live, u, beta);
+            }
+        }
+    }
+
+    /// [`Self::forward_part`] for a chunk of `bsz` rows of a batch of `batch_rows`, copying
+    /// each row's results from its distinct row `slots[b]` of the last
+    /// [`Self::forward_distinct`] instead of quantizing it again. `L_rq`'s share is summed
+    /// as `forward_part` sums it (per level, rows in order, in f64), from the same per-row
+    /// terms. With `keep` the cache gets everything `forward_part` leaves there (codes,
+    /// level inputs, `s_D`, `sg(s_D − x̄)`: what backward, gradient checks and code-usage
+    /// statistics read); without it (predictions whose chunk state is dropped) only `g` is
+    /// written.
+    ///
+    /// # Panics
+    /// On short buffers, a slot outside the distinct rows, or a frozen cache (a frozen pass
+    /// reuses its own stored values; it never gathers).
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_gathered<T: Real>(
+        &self,
+        g: &mut [T],
+        cache: &mut RqCache<T>,
+        distinct: &DistinctRows<T>,
+        slots: &[u32],
+        bsz: usize,
+        batch_rows: usize,
+        with_loss: bool,
+        keep: bool,
+    ) -> T {
+        assert!(!cache.frozen, "rq forward: a frozen pass does not gather");
+        assert!(slots.len() >= bsz, "rq forward: fewer slots than rows");
+        let w = self.w;
+        let n_u = distinct.n;
+        assert!(g.len() >= bsz * w, "rq forward: g shorter than [B, w]");
+        let slots = &slots[..bsz];
+        assert!(
+            slots.iter().all(|&s| (s as usize) < n_u),
+            "rq forward: a slot outside the distinct rows"
+        );
+        let src = &distinct.cache;
+        gather_rows(&mut g[..bsz * w], &distinct.g[..n_u * w], slots, w);
+        if keep {
+            cache.ensure_batch(bsz);
+            cache.bsz = bsz;
+            cache.filled = true;
+            let (n, nu) = (bsz * w, n_u * w);
+            for d in 0..self.depth {
+                let codes = &mut cache.codes[d * bsz..(d + 1) * bsz];
+                for (c, &s) in codes.iter_mut().zip(slots) {
+                    *c = src.codes[d * n_u + s as usize];
+                }
+                let (u, su) = (
+                    &mut cache.u[d * n..(d + 1) * n],
+                    &src.u[d * nu..(d + 1) * nu],
+                );
+                gather_rows(u, su, slots, w);
+            }
+            gather_rows(&mut cache.s[..n], &src.s[..nu], slots, w);
+            if self.gradient == RqGradient::Ste {
+                gather_rows(&mut cache.sg_gate[..n], &src.sg_gate[..nu], slots, w);
+            }
+        }
+        if !with_loss {
+            return T::ZERO;
+        }
+        let mut loss = 0.0f64;
+        for d in 0..self.depth {
+            let terms = &distinct.row_loss[d * n_u..(d + 1) * n_u];
+            let mut acc = 0.0f64;
+            for &s in slots {
+                acc += terms[s as usize].to_f64();
+            }
+            loss += acc / batch_rows as f64;
+        }
+        T::from_f64(loss)
+    }
+
     /// Accumulates (+=) `dxb` `[B, P·e]` and the codebook gradients, given `dg` `[B, w]` =
     /// ∂L_task/∂g and `alpha` (the weight of L_rq in the total loss), for the last forward
     /// recorded in `cache`.
@@ -783,6 +905,55 @@ impl ResidualQuantizer {
 }
 
 /// `u[b] −= book[assign[b]]` for every row (`u` `[B, w]`, `book` `[K, w]`).
+/// `out[b] = src[slots[b]]`, rows of width `w`.
+fn gather_rows<T: Real>(out: &mut [T], src: &[T], slots: &[u32], w: usize) {
+    for (orow, &s) in out.chunks_exact_mut(w.max(1)).zip(slots) {
+        let s = s as usize;
+        orow.copy_from_slice(&src[s * w..(s + 1) * w]);
+    }
+}
+
+/// The quantizer's results on a batch's distinct rows of `x_b` ([`ResidualQuantizer::forward_distinct`]):
+/// a cache and gate input `[U, w]` for the `U` distinct rows, and the per-row `L_rq` terms
+/// `[D, U]`. Sized once per batch shape, like the chunk caches.
+#[derive(Clone, Debug)]
+pub struct DistinctRows<T> {
+    /// Distinct rows of the last pass.
+    pub n: usize,
+    /// The quantizer's cache of the distinct rows.
+    pub cache: RqCache<T>,
+    /// Gate input of the distinct rows `[U, w]`.
+    pub g: Vec<T>,
+    /// The (unfrozen) `L_rq` term of every level and distinct row `[D, U]`, before the
+    /// batch mean.
+    pub row_loss: Vec<T>,
+}
+
+impl<T: Real> DistinctRows<T> {
+    /// Room for `n_u` distinct rows of `q`'s shapes.
+    pub fn new(q: &ResidualQuantizer, n_u: usize) -> Self {
+        let mut d = DistinctRows {
+            n: 0,
+            cache: q.new_cache(n_u),
+            g: Vec::new(),
+            row_loss: Vec::new(),
+        };
+        d.ensure(q, n_u);
+        d
+    }
+
+    /// Grows the buffers to hold `n_u` distinct rows (no-op when they already do).
+    pub fn ensure(&mut self, q: &ResidualQuantizer, n_u: usize) {
+        self.cache.ensure_batch(n_u);
+        if self.g.len() < n_u * q.w {
+            self.g.resize(n_u * q.w, T::ZERO);
+        }
+        if self.row_loss.len() < n_u * q.depth {
+            self.row_loss.resize(n_u * q.depth, T::ZERO);
+        }
+    }
+}
+
 fn subtract_assigned<T: Real>(u: &mut [T], book: &[T], assign: &[u32], w: usize) {
     for (row, &a) in u.chunks_exact_mut(w).zip(assign) {
         let a = a as usize;

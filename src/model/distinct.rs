@@ -1,0 +1,149 @@
+//! Distinct distribution keys of a batch: which rows share their distribution-field ids.
+//!
+//! The quantizer's input `x_b` is the lookup of a row's distribution fields only (user
+//! gender, city, domain… in the paper), and its output — codes, `s_D`, the gate input, the
+//! `L_rq` terms — is a function of `x_b` alone. Those fields have few values, so a batch has
+//! far fewer distinct combinations than rows (the reference workload's 3 × 5 × 3 = 45 against
+//! 1024 rows). [`DistinctKeys`] numbers the combinations of a batch in order of first
+//! appearance; the model then quantizes one row per combination
+//! ([`super::rq::ResidualQuantizer::forward_distinct`]) and each chunk copies its rows'
+//! results ([`super::rq::ResidualQuantizer::forward_gathered`]) instead of running the
+//! argmin over every row. The backward still runs per row, on the copied values.
+
+use super::embedding::MultiEmbedding;
+use super::rq::{DistinctRows, ResidualQuantizer};
+use crate::params::ParamStore;
+use hmdn_kernels::Real;
+
+/// Largest product of the distribution fields' vocabularies keyed by a dense table (one
+/// `u32` per combination, 256 KiB at most); models with more combinations quantize every row.
+pub const MAX_DIST_KEYS: usize = 1 << 16;
+
+/// Marks a key without a slot in [`DistinctKeys::slot_of_key`].
+const NO_SLOT: u32 = u32::MAX;
+
+/// The distinct distribution-id combinations of a batch and each row's one, plus the
+/// quantizer's results on them. Sized once per batch shape; reused batch after batch.
+#[derive(Clone, Debug)]
+pub struct DistinctKeys<T> {
+    /// `(index column, vocabulary, stride)` of each distribution field: the key of a row is
+    /// `Σ_p id_p · stride_p` (mixed radix, so distinct id tuples get distinct keys).
+    radix: Vec<(usize, usize, usize)>,
+    /// Slot of every key seen in the current batch, [`NO_SLOT`] for the others
+    /// `[Π_p V_p]`. Only the batch's own keys are reset afterwards.
+    slot_of_key: Vec<u32>,
+    /// Key of every slot, in slot order.
+    keys: Vec<u32>,
+    /// First row of the batch holding each slot's key.
+    first_row: Vec<u32>,
+    /// Slot of every row `[B]`.
+    pub slots: Vec<u32>,
+    /// `x_b` of the distinct rows `[U, P·e]`.
+    xb: Vec<T>,
+    /// The quantizer's results on the distinct rows.
+    pub rq: DistinctRows<T>,
+}
+
+impl<T: Real> DistinctKeys<T> {
+    /// Keys for the distribution fields in `cols` (columns of the index matrix) with
+    /// vocabularies `vocab`, or `None` when their combinations exceed [`MAX_DIST_KEYS`] (then
+    /// every row is quantized).
+    pub fn new(cols: &[usize], vocab: &[usize], q: &ResidualQuantizer) -> Option<Self> {
+        let mut total = 1usize;
+        let mut radix = Vec::with_capacity(cols.len());
+        for (&c, &v) in cols.iter().zip(vocab) {
+            radix.push((c, v, total));
+            total = total.checked_mul(v)?;
+            if total > MAX_DIST_KEYS {
+                return None;
+            }
+        }
+        Some(DistinctKeys {
+            radix,
+            slot_of_key: vec![NO_SLOT; total],
+            keys: Vec::new(),
+            first_row: Vec::new(),
+            slots: Vec::new(),
+            xb: Vec::new(),
+            rq: DistinctRows::new(q, 0),
+        })
+    }
+
+    /// Most distinct rows a batch of `bsz` rows can have.
+    fn max_distinct(&self, bsz: usize) -> usize {
+        bsz.min(self.slot_of_key.len())
+    }
+
+    /// Grows the buffers for batches of `bsz` rows (no-op when they already fit).
+    pub fn ensure_batch(&mut self, bsz: usize, xbd: usize, q: &ResidualQuantizer) {
+        let n_u = self.max_distinct(bsz);
+        if self.slots.len() < bsz {
+            self.slots.resize(bsz, 0);
+        }
+        if self.keys.capacity() < n_u {
+            self.keys.reserve(n_u - self.keys.len());
+            self.first_row.reserve(n_u - self.first_row.len());
+        }
+        if self.xb.len() < n_u * xbd {
+            self.xb.resize(n_u * xbd, T::ZERO);
+        }
+        self.rq.ensure(q, n_u);
+    }
+
+    /// Numbers the distinct distribution-id combinations of the batch (field-major `idx`
+    /// `[F, B]`) in order of first appearance into [`Self::slots`], and returns how many
+    /// there are — or `None` when gathering would not pay (more than half the rows distinct)
+    /// or an id lies outside its vocabulary (the row-wise lookups report that).
+    pub fn assign(&mut self, idx: &[u32], bsz: usize) -> Option<usize> {
+        self.keys.clear();
+        self.first_row.clear();
+        let mut ok = true;
+        for b in 0..bsz {
+            let mut key = 0usize;
+            for &(c, v, stride) in &self.radix {
+                let id = idx[c * bsz + b] as usize;
+                ok &= id < v;
+                key += id.min(v - 1) * stride;
+            }
+            let slot = &mut self.slot_of_key[key];
+            if *slot == NO_SLOT {
+                *slot = self.keys.len() as u32;
+                self.keys.push(key as u32);
+                self.first_row.push(b as u32);
+            }
+            self.slots[b] = *slot;
+        }
+        for &k in &self.keys {
+            self.slot_of_key[k as usize] = NO_SLOT;
+        }
+        let n_u = self.keys.len();
+        (ok && n_u * 2 <= bsz).then_some(n_u)
+    }
+
+    /// After [`Self::assign`] returned `n_u`: looks up the distinct rows' `x_b` from the
+    /// distribution tables `de` and runs the quantizer on them
+    /// ([`ResidualQuantizer::forward_distinct`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn quantize(
+        &mut self,
+        q: &ResidualQuantizer,
+        de: &MultiEmbedding,
+        idx: &[u32],
+        bsz: usize,
+        n_u: usize,
+        ps: &ParamStore<T>,
+        with_loss: bool,
+    ) {
+        let e = de.e;
+        let xbd = de.tables.len() * e;
+        let xb = &mut self.xb[..n_u * xbd];
+        for (xrow, &r) in xb.chunks_exact_mut(xbd.max(1)).zip(&self.first_row) {
+            for (j, (&table, &c)) in de.tables.iter().zip(&de.cols).enumerate() {
+                let id = idx[c * bsz + r as usize] as usize;
+                let src = &ps.value(table)[id * e..(id + 1) * e];
+                xrow[j * e..(j + 1) * e].copy_from_slice(src);
+            }
+        }
+        q.forward_distinct(&mut self.rq, xb, ps, n_u, with_loss);
+    }
+}
