@@ -13,8 +13,8 @@ use hmdn_cpu::Batch;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-/// Rows of the whole batch: 3 chunks of 176, 176 and 168 rows.
-const B: usize = 520;
+/// Rows of the whole batch: 3 chunks of 352, 352 and 336 rows.
+const B: usize = 1040;
 /// Rows of each separate batch: below the split threshold, so one chunk each.
 const PART: usize = 104;
 
@@ -31,7 +31,7 @@ fn dense_grads(m: &mut Model<f64>) -> Vec<f64> {
 
 #[test]
 fn chunked_batch_matches_separate_single_chunk_batches() {
-    assert_eq!(chunk_layout(B), (176, 3));
+    assert_eq!(chunk_layout(B), (352, 3));
     assert_eq!(chunk_layout(PART).1, 1);
     for kind in ModelKind::ALL {
         let cfg = tiny_config(kind);
@@ -86,14 +86,14 @@ fn fused_forward_backward_is_forward_then_backward_bit_for_bit() {
     // `forward_backward` runs each chunk's backward right after its forward (what training
     // uses); `forward` then `backward` run all forwards first. Same loss, logits, dense and
     // row gradients, bit for bit: f32 (the training precision, on this machine's SIMD path),
-    // every model, 1100 rows (5 chunks) on 1, 2 and 3 threads, and two batches in a row so
+    // every model, 2200 rows (5 chunks) on 1, 2 and 3 threads, and two batches in a row so
     // that the second reuses arenas the first left.
     for kind in ModelKind::ALL {
         let cfg = tiny_config(kind);
         let mut rng = StdRng::seed_from_u64(23);
         let data = [
-            RandomBatch::new(&cfg, 1100, &mut rng),
-            RandomBatch::new(&cfg, 1100, &mut rng),
+            RandomBatch::new(&cfg, 2200, &mut rng),
+            RandomBatch::new(&cfg, 2200, &mut rng),
         ];
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let state = |m: &mut Model<f32>| {

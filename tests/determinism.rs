@@ -4,13 +4,13 @@
 //! variants (per-level codebooks, explicit RQ, direct gradient, dead-code restarts), shared
 //! distribution tables and dense embedding Adam with L2.
 //!
-//! The backbone runs on row chunks in parallel (6 chunks of 256 rows at B = 1536; the small
-//! batch has 4), each accumulating its own gradients, summed in chunk order. With at most as
+//! The backbone runs on row chunks in parallel (3 chunks of 512 rows at B = 1536; the small
+//! batch has 2), each accumulating its own gradients, summed in chunk order. With at most as
 //! many threads as chunks the kernels inside a chunk run serially; on 8 threads they split
 //! their work as well. The configuration is sized so that the kernels' parallel paths are
 //! then taken (see the constants in `hmdn-kernels`): GEMMs need `m·n·k ≥ 2^18` multiply-adds
-//! (256·128·258 for a chunk's first layers), elementwise kernels and dense Adam `≥ 2^15`
-//! elements (256·128 activations; the 128×258 first-layer weights); on the whole batch, the
+//! (512·128·258 for a chunk's first layers), elementwise kernels and dense Adam `≥ 2^15`
+//! elements (512·128 activations; the 128×258 first-layer weights); on the whole batch, the
 //! gather needs `B ≥ 512`, the argmin `B·K·z ≥ 2^18` (1536·64·96), and lazy Adam
 //! `rows·e ≥ 2^15` (≈1530 distinct rows of the 200 000-row table × e = 32); the row-gradient
 //! sort takes its radix path (`B ≥ 256`). Only the gates' softmax (B·3 values) stays below
@@ -190,7 +190,7 @@ fn check(case: Case) {
     assert_same(&case, "two fresh 2-thread runs", &two, &again);
     let three = run(&case, &data, 3);
     assert_same(&case, "1 vs 3 threads", &reference, &three);
-    // More threads than the batch has row chunks (6 at B = 1536): the kernels inside each
+    // More threads than the batch has row chunks (3 at B = 1536): the kernels inside each
     // chunk split their work across threads too (with fewer threads they run serially).
     let eight = run(&case, &data, 8);
     assert_same(&case, "1 vs 8 threads", &reference, &eight);

@@ -18,7 +18,7 @@ use rand::SeedableRng;
 
 /// Rows per batch: 3 chunks, against at most 3 · 5 · 4 = 60 distinct keys in the tiny
 /// configuration.
-const B: usize = 520;
+const B: usize = 1040;
 
 /// The hmdn-* models with every quantizer variant: implicit / explicit, `ste` / `direct`,
 /// one shared / per-level codebooks.
@@ -130,7 +130,7 @@ fn gathered_training_gives_the_rowwise_weights_in_f32_at_the_aliccp_shape() {
         }
         let mut rng = StdRng::seed_from_u64(4);
         let batches: Vec<_> = (0..3)
-            .map(|_| RandomBatch::new(&cfg, 600, &mut rng))
+            .map(|_| RandomBatch::new(&cfg, 1100, &mut rng))
             .collect();
         let [mut on, mut off] = pair::<f32>(&cfg);
         let mut opts = [&on, &off].map(|m| Optimizer::new(&m.params, OptimConfig::default()));

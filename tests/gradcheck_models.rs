@@ -347,12 +347,12 @@ fn infer_gives_the_logits_of_forward_bit_for_bit() {
     // for every model. (That it allocates nothing is checked in `tests/no_alloc.rs`.)
     //
     // `infer` runs its chunks on one lane per thread, each reusing one chunk's buffers: with
-    // 1100 rows (5 chunks) on 1, 2 and 3 threads, lanes take several chunks each, in an order
+    // 2200 rows (5 chunks) on 1, 2 and 3 threads, lanes take several chunks each, in an order
     // that depends on timing, and the logits must not notice.
     for kind in ModelKind::ALL {
         let cfg = tiny(kind);
         let mut rng = StdRng::seed_from_u64(72);
-        for rows in [300, 1100] {
+        for rows in [300, 2200] {
             let data = RandomBatch::new(&cfg, rows, &mut rng);
             for threads in [1, 2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new()

@@ -163,16 +163,19 @@ struct ChunkBuffers<T> {
 
 /// Batches below this many rows run as one chunk.
 const MIN_SPLIT_ROWS: usize = 128;
-/// Rows per chunk aimed at: a chunk's activations stay in L2 and its weight-gradient GEMMs
-/// still have a deep enough `k`.
-const CHUNK_TARGET_ROWS: usize = 256;
+/// Rows per chunk aimed at. 512 against 256 measured +3–5% training throughput for hmdn-mmoe
+/// and hmdn-pepnet at batches 1024 and 4096 on 2 cores (in-process alternating steps,
+/// `benches/RESULTS.md`): half as many arenas to clear and sum, deeper `k` in the
+/// weight-gradient GEMMs; 128 was 1–3% slower. A batch of 1024 rows is then 2 chunks: on
+/// more cores than chunks the kernels inside each chunk split their work instead.
+const CHUNK_TARGET_ROWS: usize = 512;
 /// Most chunks per batch (each holds a dense gradient arena, summed after every backward).
 const MAX_CHUNKS: usize = 16;
 
 /// `(rows per chunk, chunks)` for a batch of `bsz` rows (no chunk for an empty batch). A function of `bsz` only — never of
 /// the thread count — so the gradient sums, and hence the weights, are the same on any number
 /// of threads. Batches of at least `MIN_SPLIT_ROWS` (128) get at least two chunks (two cores have
-/// work even at batch 256).
+/// work even at batch 256), and ~512 rows per chunk up to 16 chunks.
 pub fn chunk_layout(bsz: usize) -> (usize, usize) {
     if bsz < MIN_SPLIT_ROWS {
         return (bsz, usize::from(bsz > 0));
