@@ -21,7 +21,8 @@ use rand::SeedableRng;
 const B: usize = 1040;
 
 /// The hmdn-* models with every quantizer variant: implicit / explicit, `ste` / `direct`,
-/// one shared / per-level codebooks.
+/// one shared / per-level codebooks; and with x_b read from the main tables
+/// (`share_dist_embeddings`).
 fn variants(base: impl Fn(ModelKind) -> ModelConfig) -> Vec<(String, ModelConfig)> {
     let mut out = Vec::new();
     for kind in [ModelKind::HmdnMmoe, ModelKind::HmdnPepnet] {
@@ -40,6 +41,9 @@ fn variants(base: impl Fn(ModelKind) -> ModelConfig) -> Vec<(String, ModelConfig
                 }
             }
         }
+        let mut c = base(kind);
+        c.share_dist_embeddings = true;
+        out.push((format!("{kind} shared tables"), c));
     }
     out
 }

@@ -117,7 +117,7 @@ impl<T: Real> DistinctKeys<T> {
             self.slot_of_key[k as usize] = NO_SLOT;
         }
         let n_u = self.keys.len();
-        (ok && n_u * 2 <= bsz).then_some(n_u)
+        (ok && bsz > 0 && n_u * 2 <= bsz).then_some(n_u)
     }
 
     /// After [`Self::assign`] returned `n_u`: looks up the distinct rows' `x_b` from the
