@@ -21,8 +21,9 @@ Variants (--variant, or `all`):
 
 The quantizer (hmdn-*), --rq:
   distinct       (default) once per distinct (gender, city, domain) key of the batch, the
-                 results indexed back to the rows (`Model.rq_forward_distinct`), as hmdn-cpu
-                 runs it (its `model::distinct`); the same function as quantizing every row
+                 results (and hmdn-mmoe's gate weights) indexed back to the rows
+                 (`Model.rq_forward_distinct`), as hmdn-cpu runs it (its `model::distinct`);
+                 the same function as quantizing every row
   rowwise        every row (`Model.rq_forward`), the form PyTorch code usually takes
 Both sides do the same work that way. With 45 keys in a batch, `distinct` was the faster
 PyTorch form at every batch size tried (2026-11-28, 2 threads: hmdn-mmoe training +10–50 %,
@@ -195,7 +196,8 @@ class Model(nn.Module):
         hmdn-cpu runs it: rows with the same distribution ids have the same x_b, so the same
         codes, gate input and L_rq terms. The distinct rows' results go back to the rows by
         index (their gradients add up there), and each distinct row's L_rq term counts as
-        often as the key occurs. The same function as `rq_forward` on every row."""
+        often as the key occurs. The same function as `rq_forward` on every row. Returns the
+        distinct rows' gate input, each row's distinct row, and L_rq."""
         ids = cat[:, DIST_FIELDS]
         key = ids[:, 0]
         for j in DIST_FIELDS[1:]:
@@ -222,14 +224,18 @@ class Model(nn.Module):
             loss = loss + (terms * weight).sum()
             r = u - q_sg
             s = s + q
-        return (xb + (s - xb).detach())[inv], loss
+        return xb + (s - xb).detach(), inv, loss
 
     def forward(self, cat):
         """Returns logits [B, T] and the RQ loss (0 without RQ)."""
         x = torch.cat([self.embedding[n](cat[:, j]) for j, n in enumerate(FIELDS)], dim=1)
         rq_loss = x.new_zeros(())
+        g_u = inv = None
         if self.uses_rq and self.rq_distinct:
-            g, rq_loss = self.rq_forward_distinct(cat)
+            # As hmdn-cpu: MMoE's gate weights depend on g only, so they too are computed
+            # per distinct key and indexed back to the rows.
+            g_u, inv, rq_loss = self.rq_forward_distinct(cat)
+            g = g_u[inv]
         elif hasattr(self, "dist_embedding"):
             xb = torch.cat([self.dist_embedding[FIELDS[j]](cat[:, j]) for j in DIST_FIELDS], 1)
             g = xb
@@ -238,8 +244,12 @@ class Model(nn.Module):
         k = self.kind
         if k in ("mmoe", "hmdn-mmoe"):
             ex = torch.stack([e(x) for e in self.experts], dim=1)  # [B, n, 32]
+            def gate(t):
+                if g_u is None:
+                    return torch.softmax(self.gates[t](g), 1)
+                return torch.softmax(self.gates[t](g_u), 1)[inv]
             logits = [
-                self.towers[t](torch.bmm(torch.softmax(self.gates[t](g), 1)[:, None, :], ex)[:, 0])
+                self.towers[t](torch.bmm(gate(t)[:, None, :], ex)[:, 0])
                 for t in range(self.tasks)
             ]
         elif k in ("pepnet", "hmdn-pepnet"):

@@ -6,11 +6,14 @@
 //! far fewer distinct combinations than rows (the reference workload's 3 × 5 × 3 = 45 against
 //! 1024 rows). [`DistinctKeys`] numbers the combinations of a batch in order of first
 //! appearance; the model then quantizes one row per combination
-//! ([`super::rq::ResidualQuantizer::forward_distinct`]) and each chunk copies its rows'
-//! results ([`super::rq::ResidualQuantizer::forward_gathered`]) instead of running the
-//! argmin over every row. The backward still runs per row, on the copied values.
+//! ([`super::rq::ResidualQuantizer::forward_distinct`]), runs MMoE's gates on it (their
+//! softmax weights depend on the gate input only), and each chunk copies its rows' results
+//! ([`super::rq::ResidualQuantizer::forward_gathered`], [`Gathered::gate_probs`]) instead of
+//! running the argmin and the gates over every row. The backward still runs per row, on the
+//! copied values.
 
 use super::embedding::MultiEmbedding;
+use super::gate::{Gate, GateCache};
 use super::rq::{DistinctRows, ResidualQuantizer};
 use crate::params::ParamStore;
 use hmdn_kernels::Real;
@@ -42,6 +45,9 @@ pub struct DistinctKeys<T> {
     xb: Vec<T>,
     /// The quantizer's results on the distinct rows.
     pub rq: DistinctRows<T>,
+    /// MMoE: each task's gate on the distinct rows' gate input (its weights depend on g
+    /// only), `probs` `[U, n]`.
+    pub gates: Vec<GateCache<T>>,
 }
 
 impl<T: Real> DistinctKeys<T> {
@@ -66,6 +72,7 @@ impl<T: Real> DistinctKeys<T> {
             slots: Vec::new(),
             xb: Vec::new(),
             rq: DistinctRows::new(q, 0),
+            gates: Vec::new(),
         })
     }
 
@@ -75,8 +82,12 @@ impl<T: Real> DistinctKeys<T> {
     }
 
     /// Grows the buffers for batches of `bsz` rows (no-op when they already fit).
-    pub fn ensure_batch(&mut self, bsz: usize, xbd: usize, q: &ResidualQuantizer) {
+    pub fn ensure_batch(&mut self, bsz: usize, xbd: usize, q: &ResidualQuantizer, gates: &[Gate]) {
         let n_u = self.max_distinct(bsz);
+        self.gates.resize_with(gates.len(), GateCache::default);
+        for (c, g) in self.gates.iter_mut().zip(gates) {
+            c.ensure_batch(n_u, g.n());
+        }
         if self.slots.len() < bsz {
             self.slots.resize(bsz, 0);
         }
@@ -121,8 +132,8 @@ impl<T: Real> DistinctKeys<T> {
     }
 
     /// After [`Self::assign`] returned `n_u`: looks up the distinct rows' `x_b` from the
-    /// distribution tables `de` and runs the quantizer on them
-    /// ([`ResidualQuantizer::forward_distinct`]).
+    /// distribution tables `de`, runs the quantizer on them
+    /// ([`ResidualQuantizer::forward_distinct`]) and then MMoE's `gates` on their gate input.
     #[allow(clippy::too_many_arguments)]
     pub fn quantize(
         &mut self,
@@ -133,6 +144,7 @@ impl<T: Real> DistinctKeys<T> {
         n_u: usize,
         ps: &ParamStore<T>,
         with_loss: bool,
+        gates: &[Gate],
     ) {
         let e = de.e;
         let xbd = de.tables.len() * e;
@@ -145,5 +157,42 @@ impl<T: Real> DistinctKeys<T> {
             }
         }
         q.forward_distinct(&mut self.rq, xb, ps, n_u, with_loss);
+        let g = &self.rq.g[..n_u * q.w];
+        for (gate, c) in gates.iter().zip(&mut self.gates) {
+            gate.forward(c, g, ps, n_u);
+        }
+    }
+
+    /// The chunk of rows `r0..r0 + rows`'s view of the last [`Self::quantize`].
+    pub fn chunk(&self, r0: usize, rows: usize) -> Gathered<'_, T> {
+        Gathered {
+            rq: &self.rq,
+            gates: &self.gates,
+            slots: &self.slots[r0..r0 + rows],
+        }
+    }
+}
+
+/// What a row chunk copies from the batch's distinct rows: the quantizer's results, MMoE's
+/// gate weights, and the slot of each of its rows.
+#[derive(Clone, Copy)]
+pub struct Gathered<'a, T> {
+    /// The quantizer on the distinct rows.
+    pub rq: &'a DistinctRows<T>,
+    /// Each task's gate on the distinct rows (empty without MMoE gates).
+    pub gates: &'a [GateCache<T>],
+    /// Slot of each of the chunk's rows.
+    pub slots: &'a [u32],
+}
+
+impl<T: Real> Gathered<'_, T> {
+    /// `out[b, ..n] = gates[t].probs[slots[b], ..n]`: task `t`'s gate weights of the
+    /// chunk's rows.
+    pub fn gate_probs(&self, t: usize, out: &mut [T], n: usize) {
+        let probs = &self.gates[t].probs;
+        for (o, &s) in out.chunks_exact_mut(n.max(1)).zip(self.slots) {
+            let s = s as usize;
+            o.copy_from_slice(&probs[s * n..(s + 1) * n]);
+        }
     }
 }

@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::params::{GradSlice, Grads, ParamStore};
 use crate::Batch;
 use cross::{Cross, CrossCache};
-use distinct::DistinctKeys;
+use distinct::{DistinctKeys, Gathered};
 use embedding::{MultiEmbedding, RowGrad};
 use gate::{mixture_accumulate, mixture_backward, Gate, GateCache};
 use gatenu::{scale_backward, scale_forward, GateNu, GateNuCache};
@@ -32,7 +32,7 @@ use profile::{Laps, Phase, PhaseTimes};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
-use rq::{DeadCodes, DistinctRows, ResidualQuantizer, RqCache};
+use rq::{DeadCodes, ResidualQuantizer, RqCache};
 use std::ops::Range;
 use wide::{Wide, WideCache};
 
@@ -792,7 +792,7 @@ impl<T: Real> Model<T> {
             g.reserve(bsz);
         }
         if let (Some(dk), Some(q)) = (&mut b.distinct, &self.rq) {
-            dk.ensure_batch(bsz, xbd, q);
+            dk.ensure_batch(bsz, xbd, q, &self.gates);
         }
         b.cap = bsz;
     }
@@ -1272,7 +1272,7 @@ impl<T: Real> Model<T> {
             (Some(q), Some(de), Some(dk)) if !*frozen && !b.distinct_off => {
                 match dk.assign(idx, bsz) {
                     Some(n_u) => {
-                        dk.quantize(q, de, idx, bsz, n_u, ps, losses);
+                        dk.quantize(q, de, idx, bsz, n_u, ps, losses, gates);
                         Some(&*dk)
                     }
                     None => None,
@@ -1338,7 +1338,7 @@ impl<T: Real> Model<T> {
                     rows,
                     batch_rows: bsz,
                 };
-                let gather = distinct.map(|dk| (&dk.rq, &dk.slots[r0..r0 + rows]));
+                let gather = distinct.map(|dk| dk.chunk(r0, rows));
                 let mode = ForwardMode {
                     frozen,
                     losses,
@@ -1708,7 +1708,7 @@ fn chunk_forward<T: Real>(
     dom: &[u32],
     logits: &mut [T],
     rows: ChunkRows,
-    gather: Option<(&DistinctRows<T>, &[u32])>,
+    gather: Option<Gathered<'_, T>>,
     mode: ForwardMode,
 ) {
     let ChunkRows {
@@ -1725,8 +1725,8 @@ fn chunk_forward<T: Real>(
     let g: &[T] = match (net.rq, b.rq.as_mut()) {
         (Some(q), Some(cache)) => {
             b.rq_loss = match gather {
-                Some((d, slots)) => {
-                    q.forward_gathered(gq, cache, d, slots, bsz, batch_rows, losses, keep)
+                Some(gd) => {
+                    q.forward_gathered(gq, cache, gd.rq, gd.slots, bsz, batch_rows, losses, keep)
                 }
                 None => q.forward_part(gq, cache, xb, ps, bsz, batch_rows, losses),
             };
@@ -1786,8 +1786,15 @@ fn chunk_forward<T: Real>(
                 .zip(b.gates.iter_mut())
                 .zip(b.mix.iter_mut());
             for (t, ((gate, gc), mix)) in per_task.enumerate() {
-                // h_t = Σ_i G_t,i(g)·E_i(x)   [B, h]
-                gate.forward(gc, g, ps, bsz);
+                // h_t = Σ_i G_t,i(g)·E_i(x)   [B, h]; the gate weights copied from the
+                // batch's distinct rows when the quantizer ran on those.
+                match gather {
+                    Some(gd) => {
+                        gc.ensure_batch(bsz, n);
+                        gd.gate_probs(t, &mut gc.probs[..bsz * n], n);
+                    }
+                    None => gate.forward(gc, g, ps, bsz),
+                }
                 let mix = &mut mix[..bsz * h];
                 mix.fill(T::ZERO);
                 for (i, ec) in b.experts.iter().enumerate() {
