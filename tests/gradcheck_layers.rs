@@ -20,7 +20,7 @@ use hmdn_cpu::gradcheck::{check_coords_kinks, GradReport, TOLERANCE};
 use hmdn_cpu::model::cross::{Cross, CrossCache};
 use hmdn_cpu::model::embedding::MultiEmbedding;
 use hmdn_cpu::model::gate::{mixture_accumulate, mixture_backward, Gate, GateCache};
-use hmdn_cpu::model::gatenu::{scale_backward, scale_forward, GateNu, GateNuCache};
+use hmdn_cpu::model::gatenu::{scale_backward, scale_forward, GTerm, GateNu, GateNuCache, SplitW1};
 use hmdn_cpu::model::head::{
     task_loss_backward, task_loss_forward, DomainTowers, TowerCache, Towers,
 };
@@ -479,6 +479,111 @@ fn gatenu_leading_columns() {
             assert!((a - b).abs() <= 1e-14, "{a} vs {b}");
         }
     }
+}
+
+/// The split form PEPNet runs (`forward_split` / `backward_split`: `[g, x]` read in place,
+/// x a stop-gradient input): checked by finite differences for its parameters and g.
+#[test]
+fn gatenu_split() {
+    let mut rng = StdRng::seed_from_u64(29);
+    let mut ps = ParamStore::new();
+    let (gz, dx, hid, dout_w) = (4, 5, 7, 3);
+    let g = GateNu::new(&mut ps, "epnet", gz + dx, hid, dout_w, 2.0, &mut rng);
+    let mut cache = GateNuCache::default();
+    let mut split = SplitW1::default();
+    let x = input("x", &[B, dx], &mut rng).v;
+    let inputs = vec![input("g", &[B, gz], &mut rng)];
+    let mut run = |ps: &mut ParamStore<f64>, inp: &[Input], dout: Option<&[f64]>| {
+        split.refresh(&g, gz, ps);
+        g.forward_split(&mut cache, &split, GTerm::Rows(&inp[0].v), &x, ps, B);
+        let out = cache.delta[..B * dout_w].to_vec();
+        let mut dg = vec![0.0; B * gz];
+        if let Some(d) = dout {
+            cache.zero_ddelta(B, dout_w);
+            cache.ddelta[..B * dout_w].copy_from_slice(d);
+            let grads = &mut ps.grads_view();
+            g.backward_split(&mut dg, &mut cache, &split, grads, &inp[0].v, &x, B);
+        }
+        (out, vec![dg])
+    };
+    check_layer("gatenu split", &mut ps, inputs, &mut run, &mut rng);
+}
+
+/// The split form gives the concatenated form's output and gradients (to rounding: the two
+/// input blocks are summed apart), and its gathered g term (a table per distinct g row,
+/// copied by slot) gives the row-wise one bit for bit.
+#[test]
+fn gatenu_split_matches_concatenated_and_gathered_matches_rows() {
+    let mut rng = StdRng::seed_from_u64(31);
+    let mut ps = ParamStore::new();
+    let (gz, dx, hid, dout_w) = (4, 6, 7, 5);
+    let gate = GateNu::new(&mut ps, "epnet", gz + dx, hid, dout_w, 2.0, &mut rng);
+    let mut cache = GateNuCache::default();
+    let mut split = SplitW1::default();
+    split.refresh(&gate, gz, &ps);
+    // 3 distinct g rows, each row picks one.
+    let g_u = randn(3 * gz, &mut rng);
+    let slots: Vec<u32> = (0..B as u32).map(|r| (r * 2 + 1) % 3).collect();
+    let g: Vec<f64> = slots
+        .iter()
+        .flat_map(|&s| g_u[s as usize * gz..(s as usize + 1) * gz].to_vec())
+        .collect();
+    let x = randn(B * dx, &mut rng);
+    let v: Vec<f64> = (0..B)
+        .flat_map(|r| [&g[r * gz..(r + 1) * gz], &x[r * dx..(r + 1) * dx]].concat())
+        .collect();
+    let d = randn(B * dout_w, &mut rng);
+
+    let backward = |ps: &mut ParamStore<f64>, cache: &mut GateNuCache<f64>, split: bool| {
+        cache.zero_ddelta(B, dout_w);
+        cache.ddelta[..B * dout_w].copy_from_slice(&d);
+        let mut dg = vec![0.25; B * gz];
+        ps.zero_grads(true);
+        if split {
+            let sp = {
+                let mut s = SplitW1::default();
+                s.refresh(&gate, gz, ps);
+                s
+            };
+            gate.backward_split(&mut dg, cache, &sp, &mut ps.grads_view(), &g, &x, B);
+        } else {
+            gate.backward(Some(&mut dg), gz, cache, &mut ps.grads_view(), &v, B);
+        }
+        (dg, ps.grads.clone())
+    };
+
+    gate.forward(&mut cache, &v, &ps, B);
+    let want = cache.delta[..B * dout_w].to_vec();
+    let (dg_want, grads_want) = backward(&mut ps, &mut cache, false);
+
+    gate.forward_split(&mut cache, &split, GTerm::Rows(&g), &x, &ps, B);
+    let rows = cache.delta[..B * dout_w].to_vec();
+    for (a, b) in rows.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-14, "output {a} vs {b}");
+    }
+    let (dg, grads) = backward(&mut ps, &mut cache, true);
+    for (a, b) in dg.iter().zip(&dg_want).chain(grads.iter().zip(&grads_want)) {
+        assert!(
+            (a - b).abs() <= 1e-13 * (1.0 + b.abs()),
+            "gradient {a} vs {b}"
+        );
+    }
+
+    let mut table = vec![0.0; 3 * hid];
+    GateNu::g_term(&split, &mut table, &g_u, 3);
+    gate.forward_split(
+        &mut cache,
+        &split,
+        GTerm::Gathered(&table, &slots),
+        &x,
+        &ps,
+        B,
+    );
+    let gathered = cache.delta[..B * dout_w].to_vec();
+    assert_eq!(
+        gathered.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        rows.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
 }
 
 #[test]

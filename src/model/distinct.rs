@@ -14,6 +14,7 @@
 
 use super::embedding::MultiEmbedding;
 use super::gate::{Gate, GateCache};
+use super::gatenu::{GateNu, SplitW1};
 use super::rq::{DistinctRows, ResidualQuantizer};
 use crate::params::ParamStore;
 use hmdn_kernels::Real;
@@ -48,6 +49,9 @@ pub struct DistinctKeys<T> {
     /// MMoE: each task's gate on the distinct rows' gate input (its weights depend on g
     /// only), `probs` `[U, n]`.
     pub gates: Vec<GateCache<T>>,
+    /// PEPNet: each GateNU's first-layer term `g·W1_gᵀ` of the distinct rows `[U, hidden]`
+    /// (EPNet, then the PPNet gates).
+    pub gatenu_g: Vec<Vec<T>>,
 }
 
 impl<T: Real> DistinctKeys<T> {
@@ -73,6 +77,7 @@ impl<T: Real> DistinctKeys<T> {
             xb: Vec::new(),
             rq: DistinctRows::new(q, 0),
             gates: Vec::new(),
+            gatenu_g: Vec::new(),
         })
     }
 
@@ -82,8 +87,22 @@ impl<T: Real> DistinctKeys<T> {
     }
 
     /// Grows the buffers for batches of `bsz` rows (no-op when they already fit).
-    pub fn ensure_batch(&mut self, bsz: usize, xbd: usize, q: &ResidualQuantizer, gates: &[Gate]) {
+    /// `gatenu_hidden`: the hidden width of each PEPNet GateNU (none for other models).
+    pub fn ensure_batch(
+        &mut self,
+        bsz: usize,
+        xbd: usize,
+        q: &ResidualQuantizer,
+        gates: &[Gate],
+        gatenu_hidden: &[usize],
+    ) {
         let n_u = self.max_distinct(bsz);
+        self.gatenu_g.resize_with(gatenu_hidden.len(), Vec::new);
+        for (t, &h) in self.gatenu_g.iter_mut().zip(gatenu_hidden) {
+            if t.len() < n_u * h {
+                t.resize(n_u * h, T::ZERO);
+            }
+        }
         self.gates.resize_with(gates.len(), GateCache::default);
         for (c, g) in self.gates.iter_mut().zip(gates) {
             c.ensure_batch(n_u, g.n());
@@ -133,7 +152,9 @@ impl<T: Real> DistinctKeys<T> {
 
     /// After [`Self::assign`] returned `n_u`: looks up the distinct rows' `x_b` from the
     /// distribution tables `de`, runs the quantizer on them
-    /// ([`ResidualQuantizer::forward_distinct`]) and then MMoE's `gates` on their gate input.
+    /// ([`ResidualQuantizer::forward_distinct`]) and then MMoE's `gates` on their gate input,
+    /// or the `g·W1_gᵀ` terms of PEPNet's GateNUs (`splits`, refreshed from the current
+    /// weights).
     #[allow(clippy::too_many_arguments)]
     pub fn quantize(
         &mut self,
@@ -145,6 +166,7 @@ impl<T: Real> DistinctKeys<T> {
         ps: &ParamStore<T>,
         with_loss: bool,
         gates: &[Gate],
+        splits: &[SplitW1<T>],
     ) {
         let e = de.e;
         let xbd = de.tables.len() * e;
@@ -161,6 +183,9 @@ impl<T: Real> DistinctKeys<T> {
         for (gate, c) in gates.iter().zip(&mut self.gates) {
             gate.forward(c, g, ps, n_u);
         }
+        for (split, table) in splits.iter().zip(&mut self.gatenu_g) {
+            GateNu::g_term(split, table, g, n_u);
+        }
     }
 
     /// The chunk of rows `r0..r0 + rows`'s view of the last [`Self::quantize`].
@@ -168,6 +193,7 @@ impl<T: Real> DistinctKeys<T> {
         Gathered {
             rq: &self.rq,
             gates: &self.gates,
+            gatenu_g: &self.gatenu_g,
             slots: &self.slots[r0..r0 + rows],
         }
     }
@@ -181,6 +207,8 @@ pub struct Gathered<'a, T> {
     pub rq: &'a DistinctRows<T>,
     /// Each task's gate on the distinct rows (empty without MMoE gates).
     pub gates: &'a [GateCache<T>],
+    /// Each PEPNet GateNU's `g·W1_gᵀ` on the distinct rows (empty for other models).
+    pub gatenu_g: &'a [Vec<T>],
     /// Slot of each of the chunk's rows.
     pub slots: &'a [u32],
 }

@@ -4,10 +4,10 @@
 
 use crate::model::linear::Linear;
 use crate::params::{Grads, ParamStore};
-use hmdn_kernels::act::{bias_add, scaled_sigmoid_forward};
+use hmdn_kernels::act::{bias_add, bias_grad, scaled_sigmoid_forward};
 use hmdn_kernels::act::{bias_relu_forward, relu_backward, scaled_sigmoid_backward};
-use hmdn_kernels::gemm::gemm_packed_b;
-use hmdn_kernels::{gemm, Real, Trans};
+use hmdn_kernels::gemm::{gemm_packed_b, pack_b_for, packed_b_len};
+use hmdn_kernels::{gemm, Real, SimdPath, Trans};
 use rand::Rng;
 
 /// A two-layer gate `d_in → hidden → d_out` with output in `(0, γ)`.
@@ -38,7 +38,8 @@ pub struct GateNuCache<T> {
     /// Scratch: `∂L/∂(fc1 pre-activation)` `[B, hidden]`.
     pub du1: Vec<T>,
     /// Scratch: the leading input columns of `W1` `[hidden, cols]`, when only those columns
-    /// of `∂L/∂v` are wanted.
+    /// of `∂L/∂v` are wanted ([`GateNu::backward`]); one block of `dW1`'s columns in
+    /// [`GateNu::backward_split`].
     pub w1_cols: Vec<T>,
 }
 
@@ -97,7 +98,7 @@ impl GateNu {
         bsz: usize,
     ) {
         cache.ensure_batch(self, bsz);
-        let (f1, f2) = (&self.fc1, &self.fc2);
+        let f1 = &self.fc1;
         let a1 = &mut cache.a1[..bsz * f1.d_out];
         gemm_packed_b(
             bsz,
@@ -113,6 +114,19 @@ impl GateNu {
             a1,
         );
         bias_relu_forward(a1, ps.value(f1.b));
+        self.second_layer_forward(cache, ps, bsz);
+    }
+
+    /// The second layer from `cache.a1` (the first layer's output, after its ReLU):
+    /// `cache.delta = γ·sigmoid(a1·W2ᵀ + b2)`.
+    fn second_layer_forward<T: Real>(
+        &self,
+        cache: &mut GateNuCache<T>,
+        ps: &ParamStore<T>,
+        bsz: usize,
+    ) {
+        let f2 = &self.fc2;
+        let a1 = &cache.a1[..bsz * self.fc1.d_out];
         let u2 = &mut cache.u2[..bsz * f2.d_out];
         gemm_packed_b(
             bsz,
@@ -135,6 +149,29 @@ impl GateNu {
         );
     }
 
+    /// Backward from `cache.ddelta` through the sigmoid, the second layer (its gradients
+    /// accumulated) and the ReLU: leaves `∂L/∂u1` in `cache.du1`.
+    fn backward_to_u1<T: Real>(
+        &self,
+        cache: &mut GateNuCache<T>,
+        ps: &mut Grads<'_, T>,
+        bsz: usize,
+    ) {
+        let (nh, nd) = (bsz * self.fc1.d_out, bsz * self.fc2.d_out);
+        let du2 = &mut cache.u2[..nd];
+        du2.fill(T::ZERO);
+        scaled_sigmoid_backward(
+            du2,
+            &cache.ddelta[..nd],
+            &cache.delta[..nd],
+            T::from_f64(self.gamma),
+        );
+        let da1 = &mut cache.da1[..nh];
+        da1.fill(T::ZERO);
+        self.fc2.backward(Some(da1), ps, du2, &cache.a1[..nh], bsz);
+        relu_backward(&mut cache.du1[..nh], da1, &cache.a1[..nh]);
+    }
+
     /// Backward from `cache.ddelta = ∂L/∂δ`: accumulates the parameter gradients of both
     /// layers and, when given, the first `dv_cols` columns of `∂L/∂v` into `dv`
     /// (`[B, dv_cols]`, `+=`). PEPNet's gate inputs are `[g, sg(x)]`: only g's columns carry
@@ -155,21 +192,10 @@ impl GateNu {
         v: &[T],
         bsz: usize,
     ) {
-        let (f1, f2) = (&self.fc1, &self.fc2);
-        let (nh, nd) = (bsz * f1.d_out, bsz * f2.d_out);
-        let du2 = &mut cache.u2[..nd];
-        du2.fill(T::ZERO);
-        scaled_sigmoid_backward(
-            du2,
-            &cache.ddelta[..nd],
-            &cache.delta[..nd],
-            T::from_f64(self.gamma),
-        );
-        let da1 = &mut cache.da1[..nh];
-        da1.fill(T::ZERO);
-        f2.backward(Some(da1), ps, du2, &cache.a1[..nh], bsz);
+        let f1 = &self.fc1;
+        let nh = bsz * f1.d_out;
+        self.backward_to_u1(cache, ps, bsz);
         let du1 = &mut cache.du1[..nh];
-        relu_backward(du1, da1, &cache.a1[..nh]);
         match dv {
             Some(dv) if dv_cols < f1.d_in => {
                 // W1[:, :c] copied to a contiguous [hidden, c] (a few KB) for the GEMM.
@@ -184,6 +210,213 @@ impl GateNu {
             }
             dv => f1.backward(dv, ps, du1, v, bsz),
         }
+    }
+}
+
+/// A GateNU's first-layer weight split by input columns, `W1 = [W1_g | W1_x]` for PEPNet's
+/// inputs `v = [g, sg(x)]`, as contiguous copies (`W1_x` also packed for the GEMM
+/// micro-kernel), so that [`GateNu::forward_split`] reads `g` and `x` where they are instead
+/// of a concatenated `[g, x]` copy. Refreshed from the parameters before every forward
+/// ([`SplitW1::refresh`]); sized once.
+#[derive(Clone, Debug, Default)]
+pub struct SplitW1<T> {
+    /// Columns of `g`.
+    pub gz: usize,
+    /// `W1_g` `[hidden, gz]`.
+    pub w1g: Vec<T>,
+    /// `W1_x` `[hidden, d_in − gz]`.
+    pub w1x: Vec<T>,
+    /// `W1_x` packed as the B operand of `x·W1_xᵀ` (f32 only), and the SIMD path it was
+    /// packed for.
+    w1x_packed: Vec<f32>,
+    path: Option<SimdPath>,
+}
+
+impl<T: Real> SplitW1<T> {
+    /// Copies (and packs) `gate`'s `W1` from `ps`, its first `gz` input columns apart.
+    pub fn refresh(&mut self, gate: &GateNu, gz: usize, ps: &ParamStore<T>) {
+        let (h, din) = (gate.fc1.d_out, gate.fc1.d_in);
+        let dx = din - gz;
+        self.gz = gz;
+        self.w1g.resize(h * gz, T::ZERO);
+        self.w1x.resize(h * dx, T::ZERO);
+        let w1 = ps.value(gate.fc1.w);
+        for ((row, g), x) in w1
+            .chunks_exact(din)
+            .zip(self.w1g.chunks_exact_mut(gz.max(1)))
+            .zip(self.w1x.chunks_exact_mut(dx.max(1)))
+        {
+            g.copy_from_slice(&row[..gz]);
+            x.copy_from_slice(&row[gz..]);
+        }
+        if T::NAME == "f32" {
+            let path = hmdn_kernels::simd_path();
+            self.w1x_packed.resize(packed_b_len(h, dx, path), 0.0);
+            pack_b_for(&mut self.w1x_packed, h, dx, &self.w1x, Trans::T, path);
+            self.path = Some(path);
+        }
+    }
+
+    fn packed(&self) -> Option<(&[f32], SimdPath)> {
+        self.path.map(|p| (&self.w1x_packed[..], p))
+    }
+}
+
+/// The `g·W1_gᵀ` term of a GateNU's first layer for a chunk's rows: computed from the rows'
+/// `g` `[B, gz]`, or copied by each row's slot from a table `[U, hidden]` computed once per
+/// distinct gate input (`model::distinct`; the same values, bit for bit).
+#[derive(Clone, Copy)]
+pub enum GTerm<'a, T> {
+    /// The rows' gate input `[B, gz]`.
+    Rows(&'a [T]),
+    /// `g·W1_gᵀ` of the distinct rows `[U, hidden]` and each row's slot.
+    Gathered(&'a [T], &'a [u32]),
+}
+
+impl GateNu {
+    /// `table[U×hidden] = g_u·W1_gᵀ` for the distinct rows' gate input `g_u` `[U, gz]`: what
+    /// [`GTerm::Gathered`] copies from.
+    pub fn g_term<T: Real>(split: &SplitW1<T>, table: &mut [T], g_u: &[T], n_u: usize) {
+        let h = split.w1g.len() / split.gz.max(1);
+        let (gz, t) = (split.gz, &mut table[..n_u * h]);
+        gemm(
+            n_u,
+            h,
+            gz,
+            T::ONE,
+            g_u,
+            Trans::N,
+            &split.w1g,
+            Trans::T,
+            T::ZERO,
+            t,
+        );
+    }
+
+    /// [`GateNu::forward`] on `v = [g, x]` without building `v`: `u1 = x·W1_xᵀ + g·W1_gᵀ +
+    /// b1` (the two products computed apart and added, in that order), then as `forward`.
+    /// `x` is `[B, d_in − gz]`; `split` must be refreshed from the current weights.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_split<T: Real>(
+        &self,
+        cache: &mut GateNuCache<T>,
+        split: &SplitW1<T>,
+        g: GTerm<'_, T>,
+        x: &[T],
+        ps: &ParamStore<T>,
+        bsz: usize,
+    ) {
+        cache.ensure_batch(self, bsz);
+        let f1 = &self.fc1;
+        let (h, gz) = (f1.d_out, split.gz);
+        let dx = f1.d_in - gz;
+        let a1 = &mut cache.a1[..bsz * h];
+        let xw = &split.w1x;
+        gemm_packed_b(
+            bsz,
+            h,
+            dx,
+            T::ONE,
+            x,
+            Trans::N,
+            xw,
+            Trans::T,
+            split.packed(),
+            T::ZERO,
+            a1,
+        );
+        match g {
+            GTerm::Rows(g) => {
+                // The g term apart (du1 is free until backward), then added: the same
+                // values as a gathered table row.
+                let gt = &mut cache.du1[..bsz * h];
+                gemm(
+                    bsz,
+                    h,
+                    gz,
+                    T::ONE,
+                    g,
+                    Trans::N,
+                    &split.w1g,
+                    Trans::T,
+                    T::ZERO,
+                    gt,
+                );
+                for (a, &t) in a1.iter_mut().zip(gt.iter()) {
+                    *a += t;
+                }
+            }
+            GTerm::Gathered(table, slots) => {
+                for (arow, &s) in a1.chunks_exact_mut(h.max(1)).zip(&slots[..bsz]) {
+                    let s = s as usize;
+                    for (a, &t) in arow.iter_mut().zip(&table[s * h..(s + 1) * h]) {
+                        *a += t;
+                    }
+                }
+            }
+        }
+        bias_relu_forward(a1, ps.value(f1.b));
+        self.second_layer_forward(cache, ps, bsz);
+    }
+
+    /// [`GateNu::backward`] after [`GateNu::forward_split`], with `dv_cols = gz`: the
+    /// parameter gradients, and `dg[B×gz] += ∂L/∂g`. `dW1 = (∂L/∂u1)ᵀ·[g, x]` is computed in
+    /// two parts, each added into its columns of the gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_split<T: Real>(
+        &self,
+        dg: &mut [T],
+        cache: &mut GateNuCache<T>,
+        split: &SplitW1<T>,
+        ps: &mut Grads<'_, T>,
+        g: &[T],
+        x: &[T],
+        bsz: usize,
+    ) {
+        let f1 = &self.fc1;
+        let (h, din, gz) = (f1.d_out, f1.d_in, split.gz);
+        let dx = din - gz;
+        let nh = bsz * h;
+        self.backward_to_u1(cache, ps, bsz);
+        let du1 = &cache.du1[..nh];
+        // ∂L/∂g = (∂L/∂u1)·W1_g.
+        gemm(
+            bsz,
+            gz,
+            h,
+            T::ONE,
+            du1,
+            Trans::N,
+            &split.w1g,
+            Trans::N,
+            T::ONE,
+            dg,
+        );
+        // dW1 = (∂L/∂u1)ᵀ·[g, x], each part into scratch, then added into its columns.
+        let (wr, br) = (ps.range(f1.w), ps.range(f1.b));
+        let scratch = &mut cache.w1_cols[..h * dx.max(gz)];
+        for (cols, inp, off) in [(gz, g, 0), (dx, x, gz)] {
+            let s = &mut scratch[..h * cols];
+            gemm(
+                h,
+                cols,
+                bsz,
+                T::ONE,
+                du1,
+                Trans::T,
+                inp,
+                Trans::N,
+                T::ZERO,
+                s,
+            );
+            let dw = &mut ps.grads[wr.clone()];
+            for (drow, srow) in dw.chunks_exact_mut(din).zip(s.chunks_exact(cols.max(1))) {
+                for (d, &v) in drow[off..off + cols].iter_mut().zip(srow) {
+                    *d += v;
+                }
+            }
+        }
+        bias_grad(&mut ps.grads[br], du1);
     }
 }
 

@@ -21,7 +21,7 @@ use cross::{Cross, CrossCache};
 use distinct::{DistinctKeys, Gathered};
 use embedding::{MultiEmbedding, RowGrad};
 use gate::{mixture_accumulate, mixture_backward, Gate, GateCache};
-use gatenu::{scale_backward, scale_forward, GateNu, GateNuCache};
+use gatenu::{scale_backward, scale_forward, GTerm, GateNu, GateNuCache, SplitW1};
 use head::{
     task_loss_backward, task_loss_backward_rows, task_loss_forward, DomainTowers, TowerCache,
     Towers,
@@ -100,6 +100,9 @@ struct Buffers<T> {
     gathered: bool,
     /// Turned off by [`Model::set_distinct_keys`]: every row is quantized.
     distinct_off: bool,
+    /// PEPNet: each GateNU's first-layer weight split into its g and x columns (EPNet, then
+    /// the PPNet gates), refreshed before every forward.
+    gatenu_w1: Vec<SplitW1<T>>,
 }
 
 /// One row chunk of a batch: the backbone's activations for its rows, its own gradient arena
@@ -146,10 +149,14 @@ struct ChunkBuffers<T> {
     dmix: Vec<T>,
     dexp: Vec<Vec<T>>,
     gates: Vec<GateCache<T>>,
-    /// PEPNet: GateNU inputs `[g, sg(x)]` / `[g, sg(x')]` `[B, gz + d_x]`, EPNet cache, `x' = δ_ep ⊙ x` `[B, d_x]` and its gradient, PPNet caches, per
-    /// layer post-ReLU `a_l` and scaled `h_l = δ_l ⊙ a_l` `[B, h_l]` with gradients.
-    v_ep: Vec<T>,
-    v_pp: Vec<T>,
+    /// PEPNet: EPNet cache, `x' = δ_ep ⊙ x` `[B, d_x]` and its gradient, PPNet caches, per
+    /// layer post-ReLU `a_l` and scaled `h_l = δ_l ⊙ a_l` `[B, h_l]` with gradients. The
+    /// GateNUs read their inputs `[g, sg(x)]` / `[g, sg(x')]` in place
+    /// ([`GateNu::forward_split`]); in gradient-check mode the `sg(·)` values are the copies
+    /// `sg_x`, `sg_xp` taken by [`Model::set_frozen`] (`sg_frozen`).
+    sg_x: Vec<T>,
+    sg_xp: Vec<T>,
+    sg_frozen: bool,
     ep: GateNuCache<T>,
     xp: Vec<T>,
     dxp: Vec<T>,
@@ -371,8 +378,6 @@ struct Net<'a> {
     domain_towers: Option<&'a DomainTowers>,
     /// Residual quantizer (hmdn-*), run per chunk from x_b to g.
     rq: Option<&'a ResidualQuantizer>,
-    /// Width of the gate input g.
-    gz: usize,
     /// First arena element of the dense tail (where chunk gradient arenas start).
     dense_base: usize,
 }
@@ -409,7 +414,7 @@ impl<'a> Net<'a> {
             return;
         }
         let cfg = self.cfg;
-        let (dx, gz) = (cfg.x_dim(), self.gz);
+        let dx = cfg.x_dim();
         let h = *cfg.hidden.last().expect("validated");
         let b = &mut c.b;
         if let Some(rc) = &mut b.rq {
@@ -440,9 +445,6 @@ impl<'a> Net<'a> {
         }
         if let Some(ep) = self.epnet {
             b.ep.ensure_batch(ep, rows);
-            for v in [&mut b.v_ep, &mut b.v_pp] {
-                grow(v, rows * (gz + dx));
-            }
             grow(&mut b.xp, rows * dx);
             grow(&mut b.dxp, rows * dx);
             let widest = cfg.hidden.iter().copied().max().unwrap_or(0);
@@ -741,7 +743,6 @@ impl<T: Real> Model<T> {
             towers: self.towers.as_ref(),
             domain_towers: self.domain_towers.as_ref(),
             rq: self.rq.as_ref(),
-            gz: self.gate_dim,
             dense_base: self.params.dense_tail(),
         }
     }
@@ -792,7 +793,13 @@ impl<T: Real> Model<T> {
             g.reserve(bsz);
         }
         if let (Some(dk), Some(q)) = (&mut b.distinct, &self.rq) {
-            dk.ensure_batch(bsz, xbd, q, &self.gates);
+            let hidden: Vec<usize> = self
+                .epnet
+                .iter()
+                .chain(&self.ppnet)
+                .map(|g| g.fc1.d_out)
+                .collect();
+            dk.ensure_batch(bsz, xbd, q, &self.gates, &hidden);
         }
         b.cap = bsz;
     }
@@ -805,7 +812,20 @@ impl<T: Real> Model<T> {
     pub fn set_frozen(&mut self, frozen: bool) {
         self.frozen = frozen;
         let n = self.buf.n_chunks;
-        for c in &mut self.buf.chunks[..n] {
+        let (rows, bsz, dx) = (self.buf.chunk_rows, self.buf.bsz, self.cfg.x_dim());
+        for (i, c) in self.buf.chunks[..n].iter_mut().enumerate() {
+            if self.epnet.is_some() {
+                // PEPNet's sg(x) and sg(x') of the chunk's rows, from the last forward.
+                let r = rows.min(bsz - i * rows) * dx;
+                if frozen {
+                    let x = &self.buf.x[i * rows * dx..][..r];
+                    c.b.sg_x.clear();
+                    c.b.sg_x.extend_from_slice(x);
+                    c.b.sg_xp.clear();
+                    c.b.sg_xp.extend_from_slice(&c.b.xp[..r]);
+                }
+                c.b.sg_frozen = frozen;
+            }
             if let (Some(q), Some(rc)) = (&self.rq, &mut c.b.rq) {
                 if frozen {
                     q.freeze(rc, &self.params);
@@ -1187,6 +1207,19 @@ impl<T: Real> Model<T> {
         // load, a gradient check's perturbation): refresh the packed copies the layers'
         // forward GEMMs read.
         self.params.refresh_packed();
+        if let Some(ep) = &self.epnet {
+            let gz = self.gate_dim;
+            let b = &mut self.buf;
+            b.gatenu_w1
+                .resize_with(1 + self.ppnet.len(), SplitW1::default);
+            for (sp, gate) in b
+                .gatenu_w1
+                .iter_mut()
+                .zip(std::iter::once(ep).chain(&self.ppnet))
+            {
+                sp.refresh(gate, gz, &self.params);
+            }
+        }
         laps.lap(&mut self.profile, Phase::Other);
         self.load_indices(batch);
         let (chunk_rows, n_chunks) = chunk_layout(bsz);
@@ -1246,7 +1279,6 @@ impl<T: Real> Model<T> {
             towers: towers.as_ref(),
             domain_towers: domain_towers.as_ref(),
             rq: rq.as_ref(),
-            gz,
             dense_base,
         };
         // Labels, and the wide logit (added to every task's logit by each chunk), first:
@@ -1272,7 +1304,7 @@ impl<T: Real> Model<T> {
             (Some(q), Some(de), Some(dk)) if !*frozen && !b.distinct_off => {
                 match dk.assign(idx, bsz) {
                     Some(n_u) => {
-                        dk.quantize(q, de, idx, bsz, n_u, ps, losses, gates);
+                        dk.quantize(q, de, idx, bsz, n_u, ps, losses, gates, &b.gatenu_w1);
                         Some(&*dk)
                     }
                     None => None,
@@ -1286,9 +1318,10 @@ impl<T: Real> Model<T> {
         }
         let labels = &b.labels[..if b.labeled { bsz * nt } else { 0 }];
         let dom = domain_rows(cfg, idx, *domain_col, bsz);
+        let splits: &[SplitW1<T>] = &b.gatenu_w1;
         let chunks = &mut b.chunks[..n_chunks];
         let ctx = ChunkCtx::start(chunks, profile.is_some());
-        let (psr, frozen) = (&*ps, *frozen);
+        let psr = &*ps;
         let alpha = T::from_f64(cfg.rq.alpha);
         let has_rq = rq.is_some();
         let gq: &mut [T] = if has_rq {
@@ -1340,11 +1373,12 @@ impl<T: Real> Model<T> {
                 };
                 let gather = distinct.map(|dk| dk.chunk(r0, rows));
                 let mode = ForwardMode {
-                    frozen,
                     losses,
                     keep: !lanes,
                 };
-                chunk_forward(&net, psr, c, xr, xbr, gq, dr, logits, cr, gather, mode);
+                chunk_forward(
+                    &net, psr, c, xr, xbr, gq, dr, logits, cr, gather, splits, mode,
+                );
                 let mut laps = Laps::start(&c.profile);
                 if !wide_out.is_empty() {
                     for (lr, &wv) in logits.chunks_exact_mut(nt).zip(&wide_out[r0..r0 + rows]) {
@@ -1370,6 +1404,7 @@ impl<T: Real> Model<T> {
                     dx: dxr,
                     dg: dgr,
                     dxb: dxbr,
+                    splits,
                 };
                 chunk_backward(&net, psr, c, io, dl, rows, bsz, alpha);
             });
@@ -1582,10 +1617,10 @@ impl<T: Real> Model<T> {
             towers: towers.as_ref(),
             domain_towers: domain_towers.as_ref(),
             rq: rq.as_ref(),
-            gz,
             dense_base,
         };
         let dom = domain_rows(cfg, idx, *domain_col, bsz);
+        let splits: &[SplitW1<T>] = &b.gatenu_w1;
         let chunks = &mut b.chunks[..n_chunks];
         let ctx = ChunkCtx::start(chunks, profile.is_some());
         let alpha = T::from_f64(cfg.rq.alpha);
@@ -1622,6 +1657,7 @@ impl<T: Real> Model<T> {
                         dx: dxr,
                         dg: dgr,
                         dxb: dxbr,
+                        splits,
                     };
                     chunk_backward(&net, psr, c, bufs, dl, rows, bsz, alpha);
                 });
@@ -1685,8 +1721,6 @@ struct ChunkRows {
 /// How a chunk's forward runs.
 #[derive(Clone, Copy)]
 struct ForwardMode {
-    /// Gradient-check mode: reuse the stored codes and sg(·) values.
-    frozen: bool,
     /// Compute `L_rq`.
     losses: bool,
     /// Leave the chunk's caches complete (not a prediction whose chunk state is dropped).
@@ -1709,17 +1743,14 @@ fn chunk_forward<T: Real>(
     logits: &mut [T],
     rows: ChunkRows,
     gather: Option<Gathered<'_, T>>,
+    splits: &[SplitW1<T>],
     mode: ForwardMode,
 ) {
     let ChunkRows {
         rows: bsz,
         batch_rows,
     } = rows;
-    let ForwardMode {
-        frozen,
-        losses,
-        keep,
-    } = mode;
+    let ForwardMode { losses, keep } = mode;
     let Chunk { profile, b, .. } = c;
     let mut laps = Laps::start(profile);
     let g: &[T] = match (net.rq, b.rq.as_mut()) {
@@ -1736,7 +1767,7 @@ fn chunk_forward<T: Real>(
         _ => xb,
     };
     let cfg = net.cfg;
-    let (nt, dx, gz) = (cfg.tasks.len(), cfg.x_dim(), net.gz);
+    let (nt, dx) = (cfg.tasks.len(), cfg.x_dim());
     let h = *cfg.hidden.last().expect("validated");
     match cfg.model {
         ModelKind::Dnn | ModelKind::WideDeep => {
@@ -1808,24 +1839,21 @@ fn chunk_forward<T: Real>(
         ModelKind::Pepnet | ModelKind::HmdnPepnet => {
             let m = net.dnn.expect("dnn");
             let ep = net.epnet.expect("epnet");
-            let vw = gz + dx;
-            // EPNet: x' = δ_ep([g, sg(x)]) ⊙ x. Frozen: keep the cached sg(x) columns.
-            copy_columns(&mut b.v_ep, vw, 0, g, gz, bsz);
-            if !frozen {
-                copy_columns(&mut b.v_ep, vw, gz, x, dx, bsz);
-            }
-            laps.lap(profile, Phase::Other);
-            ep.forward(&mut b.ep, &b.v_ep[..bsz * vw], ps, bsz);
+            // The g·W1_gᵀ term of GateNU i: from the rows' g, or copied from the batch's
+            // distinct rows.
+            let g_term = |i: usize| match gather {
+                Some(gd) => GTerm::Gathered(&gd.gatenu_g[i], gd.slots),
+                None => GTerm::Rows(g),
+            };
+            // EPNet: x' = δ_ep([g, sg(x)]) ⊙ x. Frozen: sg(x) is the copy set_frozen took.
+            let sg_x = if b.sg_frozen { &b.sg_x[..bsz * dx] } else { x };
+            ep.forward_split(&mut b.ep, &splits[0], g_term(0), sg_x, ps, bsz);
             scale_forward(&mut b.xp[..bsz * dx], &b.ep.delta[..bsz * dx], x);
-            laps.lap(profile, Phase::Gates);
             // PPNet gates on [g, sg(x')], one per hidden layer.
-            copy_columns(&mut b.v_pp, vw, 0, g, gz, bsz);
-            if !frozen {
-                copy_columns(&mut b.v_pp, vw, gz, &b.xp, dx, bsz);
-            }
-            laps.lap(profile, Phase::Other);
-            for (pn, pc) in net.ppnet.iter().zip(b.pp.iter_mut()) {
-                pn.forward(pc, &b.v_pp[..bsz * vw], ps, bsz);
+            let sg_xp = if b.sg_frozen { &b.sg_xp } else { &b.xp };
+            for (i, (pn, pc)) in net.ppnet.iter().zip(b.pp.iter_mut()).enumerate() {
+                let gt = g_term(i + 1);
+                pn.forward_split(pc, &splits[i + 1], gt, &sg_xp[..bsz * dx], ps, bsz);
             }
             laps.lap(profile, Phase::Gates);
             // h_l = δ_l ⊙ ReLU(Linear_l(h_{l-1})), h_{-1} = x'.
@@ -1860,6 +1888,8 @@ struct ChunkIo<'a, T> {
     dx: &'a mut [T],
     dg: &'a mut [T],
     dxb: &'a mut [T],
+    /// PEPNet's GateNU first-layer weights split by input columns (empty otherwise).
+    splits: &'a [SplitW1<T>],
 }
 
 /// Backward of [`chunk_forward`] from this chunk's `dlogits`: writes its rows of `∂L/∂x`,
@@ -1884,6 +1914,7 @@ fn chunk_backward<T: Real>(
         dx: dxv,
         dg,
         dxb,
+        splits,
     } = io;
     let Chunk {
         profile,
@@ -1908,7 +1939,7 @@ fn chunk_backward<T: Real>(
     dg.fill(T::ZERO);
     laps.lap(profile, Phase::Other);
     let cfg = net.cfg;
-    let (nt, dx, gz) = (cfg.tasks.len(), cfg.x_dim(), net.gz);
+    let (nt, dx) = (cfg.tasks.len(), cfg.x_dim());
     let h = *cfg.hidden.last().expect("validated");
     match cfg.model {
         ModelKind::Dnn | ModelKind::WideDeep => {
@@ -1989,7 +2020,6 @@ fn chunk_backward<T: Real>(
             let m = net.dnn.expect("dnn");
             let ep = net.epnet.expect("epnet");
             let nl = m.layers.len();
-            let vw = gz + dx;
             let dtop = &mut b.dhs[nl - 1][..bsz * h];
             dtop.fill(T::ZERO);
             let tw = net.towers.expect("towers");
@@ -2028,7 +2058,9 @@ fn chunk_backward<T: Real>(
                 m.layer_backward(l, Some(dinp), &mut b.dpre, ps, da, &b.a[l], inp, bsz);
                 laps.lap(profile, Phase::Backbone);
                 // δ_l = GateNU_l([g, sg(x')]): only the g columns pass gradient on.
-                net.ppnet[l].backward(Some(&mut *dg), gz, pc, ps, &b.v_pp[..bsz * vw], bsz);
+                let sg_xp = if b.sg_frozen { &b.sg_xp } else { &b.xp };
+                let (pn, sp) = (&net.ppnet[l], &splits[l + 1]);
+                pn.backward_split(dg, pc, sp, ps, g, &sg_xp[..bsz * dx], bsz);
                 laps.lap(profile, Phase::Gates);
             }
             // x' = δ_ep ⊙ x.
@@ -2041,7 +2073,8 @@ fn chunk_backward<T: Real>(
                 &b.ep.delta[..bsz * dx],
                 x,
             );
-            ep.backward(Some(dg), gz, &mut b.ep, ps, &b.v_ep[..bsz * vw], bsz);
+            let sg_x = if b.sg_frozen { &b.sg_x[..bsz * dx] } else { x };
+            ep.backward_split(dg, &mut b.ep, &splits[0], ps, g, sg_x, bsz);
             laps.lap(profile, Phase::Gates);
         }
     }
