@@ -110,10 +110,10 @@ impl<T: Real> DistinctKeys<T> {
         if self.slots.len() < bsz {
             self.slots.resize(bsz, 0);
         }
-        if self.keys.capacity() < n_u {
-            self.keys.reserve(n_u - self.keys.len());
-            self.first_row.reserve(n_u - self.first_row.len());
-        }
+        // `reserve` counts from the length: ask for room beyond whatever the last batch left.
+        self.keys.reserve(n_u.saturating_sub(self.keys.len()));
+        self.first_row
+            .reserve(n_u.saturating_sub(self.first_row.len()));
         if self.xb.len() < n_u * xbd {
             self.xb.resize(n_u * xbd, T::ZERO);
         }
