@@ -122,8 +122,9 @@ impl<T: Real> DistinctKeys<T> {
 
     /// Numbers the distinct distribution-id combinations of the batch (field-major `idx`
     /// `[F, B]`) in order of first appearance into [`Self::slots`], and returns how many
-    /// there are — or `None` when gathering would not pay (more than half the rows distinct)
-    /// or an id lies outside its vocabulary (the row-wise lookups report that).
+    /// there are — or `None` when gathering would not pay (an empty batch, or more than half
+    /// the rows distinct) or an id lies outside its vocabulary (the row-wise lookups report
+    /// that).
     pub fn assign(&mut self, idx: &[u32], bsz: usize) -> Option<usize> {
         self.keys.clear();
         self.first_row.clear();
