@@ -505,9 +505,8 @@ impl ResidualQuantizer {
     ///
     /// Rows with the same distribution ids have the same `x_b`, and each row's codes, level
     /// inputs, `s_D`, gate input and loss terms are functions of its own `x_b` only; so the
-    /// gathered values are those a pass over every row computes. (Up to the argmin's
-    /// rounding: it runs on other rows around each one; see `dedup_matches_rowwise` in the
-    /// tests for how close.)
+    /// gathered values are those a pass over every row computes, bit for bit
+    /// (`tests/distinct_keys.rs`).
     #[track_caller]
     pub fn forward_distinct<T: Real>(
         &self,
@@ -904,7 +903,6 @@ impl ResidualQuantizer {
     }
 }
 
-/// `u[b] −= book[assign[b]]` for every row (`u` `[B, w]`, `book` `[K, w]`).
 /// `out[b] = src[slots[b]]`, rows of width `w`.
 fn gather_rows<T: Real>(out: &mut [T], src: &[T], slots: &[u32], w: usize) {
     for (orow, &s) in out.chunks_exact_mut(w.max(1)).zip(slots) {
@@ -954,6 +952,7 @@ impl<T: Real> DistinctRows<T> {
     }
 }
 
+/// `u[b] −= book[assign[b]]` for every row (`u` `[B, w]`, `book` `[K, w]`).
 fn subtract_assigned<T: Real>(u: &mut [T], book: &[T], assign: &[u32], w: usize) {
     for (row, &a) in u.chunks_exact_mut(w).zip(assign) {
         let a = a as usize;
