@@ -23,6 +23,15 @@ use hmdn_kernels::Real;
 /// `u32` per combination, 256 KiB at most); models with more combinations quantize every row.
 pub const MAX_DIST_KEYS: usize = 1 << 16;
 
+/// `out[b] = src[slots[b]]` for rows of width `w`: a batch row's copy of its distinct
+/// row's values (gate input, codes, level inputs, gate weights…).
+pub(crate) fn gather_rows<T: Copy>(out: &mut [T], src: &[T], slots: &[u32], w: usize) {
+    for (orow, &s) in out.chunks_exact_mut(w.max(1)).zip(slots) {
+        let s = s as usize;
+        orow.copy_from_slice(&src[s * w..(s + 1) * w]);
+    }
+}
+
 /// Marks a key without a slot in [`DistinctKeys::slot_of_key`].
 const NO_SLOT: u32 = u32::MAX;
 
@@ -218,10 +227,6 @@ impl<T: Real> Gathered<'_, T> {
     /// `out[b, ..n] = gates[t].probs[slots[b], ..n]`: task `t`'s gate weights of the
     /// chunk's rows.
     pub fn gate_probs(&self, t: usize, out: &mut [T], n: usize) {
-        let probs = &self.gates[t].probs;
-        for (o, &s) in out.chunks_exact_mut(n.max(1)).zip(self.slots) {
-            let s = s as usize;
-            o.copy_from_slice(&probs[s * n..(s + 1) * n]);
-        }
+        gather_rows(out, &self.gates[t].probs, self.slots, n);
     }
 }

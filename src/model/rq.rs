@@ -23,6 +23,7 @@
 
 use crate::config::{RqConfig, RqGradient, RqMode};
 use crate::error::{Error, Result};
+use crate::model::distinct::gather_rows;
 use crate::model::kmeans::{assign_nearest, lloyd, seed_distinct_rows, CentroidSums};
 use crate::params::{Grads, Init, ParamId, ParamKind, ParamStore};
 use hmdn_kernels::vq::{argmin_sq_l2, sq_norms};
@@ -589,9 +590,7 @@ impl ResidualQuantizer {
             let (n, nu) = (bsz * w, n_u * w);
             for d in 0..self.depth {
                 let codes = &mut cache.codes[d * bsz..(d + 1) * bsz];
-                for (c, &s) in codes.iter_mut().zip(slots) {
-                    *c = src.codes[d * n_u + s as usize];
-                }
+                gather_rows(codes, &src.codes[d * n_u..(d + 1) * n_u], slots, 1);
                 let (u, su) = (
                     &mut cache.u[d * n..(d + 1) * n],
                     &src.u[d * nu..(d + 1) * nu],
@@ -900,14 +899,6 @@ impl ResidualQuantizer {
             }
         }
         restarted
-    }
-}
-
-/// `out[b] = src[slots[b]]`, rows of width `w`.
-fn gather_rows<T: Real>(out: &mut [T], src: &[T], slots: &[u32], w: usize) {
-    for (orow, &s) in out.chunks_exact_mut(w.max(1)).zip(slots) {
-        let s = s as usize;
-        orow.copy_from_slice(&src[s * w..(s + 1) * w]);
     }
 }
 
