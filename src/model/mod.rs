@@ -66,7 +66,9 @@ struct Buffers<T> {
     /// Model input `x` `[B, d_x]` and its gradient.
     x: Vec<T>,
     dx: Vec<T>,
-    /// Distribution embeddings `x_b` `[B, P·e]` and their gradient.
+    /// Distribution embeddings `x_b` `[B, P·e]` and their gradient. `x_b` is not written by
+    /// a forward that ran the quantizer per distinct key (`gathered`): only the quantizer
+    /// reads it.
     xb: Vec<T>,
     dxb: Vec<T>,
     /// Gate input `g` from the quantizer `[B, gz]` (without a quantizer, g is `x_b` itself) and
@@ -1363,7 +1365,9 @@ impl<T: Real> Model<T> {
                         }
                     }
                 }
-                if let Some(de) = dist_embedding {
+                // x_b's only reader is the quantizer: a chunk that copies its results from
+                // the distinct keys (whose x_b `quantize` looked up) needs no rows of it.
+                if let (Some(de), None) = (dist_embedding, distinct) {
                     de.forward_rows(xbr, xbd, 0, idx, bsz, r0, rows, psr);
                 }
                 laps.lap(&mut c.profile, Phase::Embeddings);
