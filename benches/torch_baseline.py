@@ -173,8 +173,10 @@ class Model(nn.Module):
         tables = {id(p) for p in self.table_params()}
         return [p for p in self.parameters() if id(p) not in tables]
 
-    def rq_forward(self, xb):
-        """Implicit RQ with a shared codebook and the `ste` gate input (SPEC §2)."""
+    def rq_forward(self, xb, weight=None):
+        """Implicit RQ with a shared codebook and the `ste` gate input (SPEC §2). L_rq is the
+        mean over the rows of `xb`, or with `weight` [rows] the weighted sum of the rows'
+        terms (`rq_forward_distinct`: each distinct row weighs its share of the batch)."""
         C = self.rq.codebook.weight  # [K, z]
         c_sg = C.detach()
         c_sq = (c_sg * c_sg).sum(1)  # [K]
@@ -186,7 +188,11 @@ class Model(nn.Module):
             codes = torch.addmm(c_sq, u_sg, c_sg.t(), alpha=-2.0).argmin(1)
             q = F.embedding(codes, C)
             q_sg = q.detach()
-            loss = loss + ((q - u_sg) ** 2).sum(1).mean() + BETA * ((q_sg - u) ** 2).sum(1).mean()
+            if weight is None:
+                loss = loss + ((q - u_sg) ** 2).sum(1).mean() + BETA * ((q_sg - u) ** 2).sum(1).mean()
+            else:
+                terms = ((q - u_sg) ** 2).sum(1) + BETA * ((q_sg - u) ** 2).sum(1)
+                loss = loss + (terms * weight).sum()
             r = u - q_sg
             s = s + q
         return xb + (s - xb).detach(), loss
@@ -209,22 +215,8 @@ class Model(nn.Module):
         ids_u = ids[first]
         xb = torch.cat([self.dist_embedding[FIELDS[j]](ids_u[:, p])
                         for p, j in enumerate(DIST_FIELDS)], 1)
-        C = self.rq.codebook.weight
-        c_sg = C.detach()
-        c_sq = (c_sg * c_sg).sum(1)
-        weight = counts.to(xb.dtype) / key.numel()
-        r, s, loss = xb, torch.zeros_like(xb), xb.new_zeros(())
-        for _ in range(DEPTH):
-            u = r
-            u_sg = u.detach()
-            codes = torch.addmm(c_sq, u_sg, c_sg.t(), alpha=-2.0).argmin(1)
-            q = F.embedding(codes, C)
-            q_sg = q.detach()
-            terms = ((q - u_sg) ** 2).sum(1) + BETA * ((q_sg - u) ** 2).sum(1)
-            loss = loss + (terms * weight).sum()
-            r = u - q_sg
-            s = s + q
-        return xb + (s - xb).detach(), inv, loss
+        g_u, loss = self.rq_forward(xb, weight=counts.to(xb.dtype) / key.numel())
+        return g_u, inv, loss
 
     def forward(self, cat):
         """Returns logits [B, T] and the RQ loss (0 without RQ)."""
