@@ -378,7 +378,8 @@ struct Net<'a> {
     cross: Option<&'a Cross>,
     towers: Option<&'a Towers>,
     domain_towers: Option<&'a DomainTowers>,
-    /// Residual quantizer (hmdn-*), run per chunk from x_b to g.
+    /// Residual quantizer (hmdn-*), run per chunk from x_b to g, or its results copied from the
+    /// batch's distinct keys.
     rq: Option<&'a ResidualQuantizer>,
     /// First arena element of the dense tail (where chunk gradient arenas start).
     dense_base: usize,
