@@ -79,7 +79,9 @@ impl GateNu {
         gamma: f64,
         rng: &mut R,
     ) -> Self {
-        let fc1 = Linear::new(ps, &format!("{prefix}.fc1"), d_in, hidden, rng);
+        // fc1 is not packed per forward: the model reads it split by input columns
+        // (`SplitW1`, which packs its `W1_x` block itself).
+        let fc1 = Linear::new_unpacked(ps, &format!("{prefix}.fc1"), d_in, hidden, rng);
         let fc2 = Linear::new(ps, &format!("{prefix}.fc2"), hidden, d_out, rng);
         GateNu { fc1, fc2, gamma }
     }
@@ -443,6 +445,39 @@ pub fn scale_backward<T: Real>(
     if let Some(dx) = dx {
         for ((d, &g), &dl) in dx.iter_mut().zip(dy).zip(delta) {
             *d += g * dl;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// The model reads fc1 only through `SplitW1`, so `refresh_packed` must not pack fc1 (dead
+    /// work before every forward); fc2 is read packed and must be packed.
+    #[test]
+    fn refresh_packs_fc2_but_not_fc1() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut ps = ParamStore::<f32>::new();
+        let gate = GateNu::new(&mut ps, "g", 20, 8, 12, 2.0, &mut rng);
+        ps.refresh_packed();
+        assert!(ps.packed_weight(gate.fc1.w).is_none());
+        assert!(ps.packed_weight(gate.fc2.w).is_some());
+        // The unsplit forward still runs on the unpacked fc1 and agrees with the split one.
+        let v: Vec<f32> = (0..3 * 20).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        let mut full = GateNuCache::default();
+        gate.forward(&mut full, &v, &ps, 3);
+        let mut split = SplitW1::default();
+        split.refresh(&gate, 5, &ps);
+        let (g, x): (Vec<f32>, Vec<f32>) = (
+            v.chunks(20).flat_map(|r| r[..5].to_vec()).collect(),
+            v.chunks(20).flat_map(|r| r[5..].to_vec()).collect(),
+        );
+        let mut sc = GateNuCache::default();
+        gate.forward_split(&mut sc, &split, GTerm::Rows(&g), &x, &ps, 3);
+        for (a, b) in full.delta[..36].iter().zip(&sc.delta[..36]) {
+            assert!((a - b).abs() <= 1e-6 * (1.0 + a.abs()), "{a} vs {b}");
         }
     }
 }

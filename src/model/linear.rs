@@ -22,8 +22,26 @@ pub struct Linear {
 
 impl Linear {
     /// Registers `<prefix>.weight` and `<prefix>.bias` with PyTorch's default initialisation,
-    /// `U(-1/sqrt(d_in), 1/sqrt(d_in))` for both.
+    /// `U(-1/sqrt(d_in), 1/sqrt(d_in))` for both, and marks the weight to be packed once per
+    /// forward ([`ParamStore::mark_packed`]).
     pub fn new<T: Real, R: Rng>(
+        ps: &mut ParamStore<T>,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        rng: &mut R,
+    ) -> Self {
+        let lin = Self::new_unpacked(ps, prefix, d_in, d_out, rng);
+        ps.mark_packed(lin.w);
+        lin
+    }
+
+    /// As [`Linear::new`], without marking the weight for packing: for a layer whose forward
+    /// does not read `W` through [`ParamStore::packed_weight`] (a GateNU's first layer, which
+    /// the model runs split by input columns with its own packed block,
+    /// `gatenu::SplitW1`), so that no forward packs a copy nobody reads. [`Linear::forward`]
+    /// still works on it: the GEMM then packs `W` itself.
+    pub fn new_unpacked<T: Real, R: Rng>(
         ps: &mut ParamStore<T>,
         prefix: &str,
         d_in: usize,
@@ -45,7 +63,6 @@ impl Linear {
             Init::Uniform(bound),
             rng,
         );
-        ps.mark_packed(w);
         Linear { w, b, d_in, d_out }
     }
 
