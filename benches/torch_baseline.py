@@ -43,6 +43,11 @@ one of the cores. `OMP_WAIT_POLICY=PASSIVE` (set in the environment before start
 it is recorded in the output) makes it degrade gracefully instead. On an idle machine the
 default policy is the one to quote.
 
+--serve keeps one model per variant alive and answers timed `train|infer VARIANT N` requests
+on stdin (one JSON line each); benches/records/paired.py alternates such bursts with
+`hmdn-cpu bench --serve`, so that both sides of a ratio run within about a second of each
+other. --variant takes one or more variants there and here.
+
 Run it (torch 2.15.0; see fixtures/gen_reference.py for the virtualenv):
 
     python benches/torch_baseline.py --model hmdn-mmoe --batch 256 1024 4096 --threads 2
@@ -370,6 +375,63 @@ def bench(kind, variant, batch, args):
     }
 
 
+def serve(args, variants):
+    """--serve: one model and optimiser per variant at one batch size, warmed up, then one
+    JSON line per request read from stdin: `train VARIANT N` / `infer VARIANT N` run N steps
+    of that variant (inference: a no_grad forward on a training batch), each timed, and reply
+    {"op", "variant", "batch", "step_s": [...]}; `quit` or end of input stops. A line it
+    cannot read gets {"error": "line L: ..."}. benches/records/paired.py drives this and
+    `hmdn-cpu bench --serve` in alternating short bursts."""
+    if len(args.batch) != 1:
+        sys.exit("--serve takes exactly one --batch")
+    batch = args.batch[0]
+    state = {}
+    for v in variants:
+        torch.manual_seed(args.seed)
+        model = Model(args.model, args.tasks, sparse=v.startswith("sparse"),
+                      rq_distinct=args.rq == "distinct")
+        opts = make_optimisers(model, v)
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        batches = make_batches(args.n_batches, batch, args.tasks, gen)
+        state[v] = {"model": model, "opts": opts, "batches": batches, "k": 0}
+        for i in range(args.warmup):
+            train_step(model, opts, *batches[i % len(batches)])
+        with torch.no_grad():
+            model(batches[0][0])
+
+    def reply(obj):
+        print(json.dumps(obj), flush=True)
+
+    reply({"ready": True, "model": args.model, "batch": batch, "threads": args.threads,
+           "variants": variants, "torch": torch.__version__, "rq": args.rq,
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)")})
+    for lineno, line in enumerate(sys.stdin, 1):
+        words = line.split()
+        if not words:
+            continue
+        if words == ["quit"]:
+            break
+        if (len(words) != 3 or words[0] not in ("train", "infer") or words[1] not in state
+                or not words[2].isdigit()):
+            reply({"error": f"line {lineno}: expected `train|infer VARIANT N` with VARIANT "
+                            f"one of {variants}, or `quit`"})
+            continue
+        op, v, n = words[0], words[1], int(words[2])
+        st = state[v]
+        times = []
+        for _ in range(n):
+            cat, labels = st["batches"][st["k"] % len(st["batches"])]
+            st["k"] += 1
+            t0 = time.perf_counter()
+            if op == "train":
+                train_step(st["model"], st["opts"], cat, labels)
+            else:
+                with torch.no_grad():
+                    st["model"](cat)
+            times.append(time.perf_counter() - t0)
+        reply({"op": op, "variant": v, "batch": batch, "step_s": times})
+
+
 def main():
     ap = argparse.ArgumentParser(description="PyTorch CPU baseline (aliccp-shape workload)")
     ap.add_argument("--model", choices=MODELS, default="hmdn-mmoe")
@@ -377,7 +439,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10, help="timed training steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    ap.add_argument("--variant", choices=VARIANTS + ["all"], default="all")
+    ap.add_argument("--variant", choices=VARIANTS + ["all"], nargs="+", default=["all"],
+                    help="one or more variants, or all")
     ap.add_argument("--infer-batch", type=int, default=4096)
     ap.add_argument("--infer-reps", type=int, default=5)
     ap.add_argument("--tasks", type=int, default=1, choices=[1, 2])
@@ -387,11 +450,17 @@ def main():
                     help="hmdn-*: quantize once per distinct distribution key of the batch "
                          "(as hmdn-cpu does; default) or every row")
     ap.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    ap.add_argument("--serve", action="store_true",
+                    help="answer timed `train|infer VARIANT N` requests on stdin, one JSON line "
+                         "each (see serve(); driven by benches/records/paired.py)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
-    variants = VARIANTS if args.variant == "all" else [args.variant]
+    variants = VARIANTS if "all" in args.variant else list(dict.fromkeys(args.variant))
+    if args.serve:
+        serve(args, variants)
+        return
     env = {
         "torch": torch.__version__, "threads": args.threads, "cpu": platform.processor()
         or platform.machine(), "loadavg_start": os.getloadavg()[0],

@@ -590,6 +590,12 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             "--batch and --steps must be at least 1".into(),
         ));
     }
+    if a.serve {
+        let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+        return with_threads(a.threads, || {
+            bench::serve(kind, a.batch, stdin.lock(), stdout.lock())
+        });
+    }
     let mut r = with_threads(a.threads, || bench::run(kind, a.batch, a.steps))?;
     r.simd = hmdn_kernels::simd_info();
     if a.json {

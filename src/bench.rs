@@ -186,6 +186,88 @@ pub fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The benchmark's model (f32, seed 1), optimiser and 16 synthetic batches (seed 2), k-means
+/// initialised on the first batch for hmdn-* as in training.
+fn setup(
+    model: ModelKind,
+    batch: usize,
+) -> Result<(ModelConfig, Model<f32>, Optimizer<f32>, SyntheticBatches)> {
+    let cfg = aliccp_shape_config(model);
+    let mut m = Model::<f32>::new(&cfg, 1)?;
+    let opt = Optimizer::new(&m.params, OptimConfig::default());
+    let data = SyntheticBatches::new(&cfg, batch, 16, 2);
+    if cfg.model.uses_rq() && cfg.rq.kmeans_init {
+        m.kmeans_init(&data.get(0), &mut rand::rngs::StdRng::seed_from_u64(3));
+    }
+    Ok((cfg, m, opt, data))
+}
+
+/// `bench --serve`: sets the benchmark up as [`run`] does (plus 5 warm-up training steps and
+/// inference forwards), prints `{"ready":true,...}`, then answers one request per input line
+/// with one JSON line, until `quit` or the end of the input:
+///
+/// - `train N` → `{"op":"train","batch":B,"step_s":[…]}`: `N` training steps, each timed;
+/// - `infer N` → the same for `N` inference forwards ([`Model::infer`]) on training batches.
+///
+/// A line it cannot read gets `{"error":"line L: …"}` and the loop goes on. This lets a
+/// driver (`benches/records/paired.py`) alternate short bursts of hmdn-cpu and PyTorch steps,
+/// so that both see the same host speed — the host's drift over minutes is larger than the
+/// differences being measured.
+pub fn serve(
+    model: ModelKind,
+    batch: usize,
+    input: impl std::io::BufRead,
+    mut out: impl std::io::Write,
+) -> Result<()> {
+    let (_, mut m, mut opt, data) = setup(model, batch)?;
+    let mut k = 0;
+    for _ in 0..5 {
+        train_step(&mut m, &mut opt, &data.get(k))?;
+        m.infer(&data.get(k));
+        k += 1;
+    }
+    let io = |e: std::io::Error| crate::error::Error::Other(format!("bench --serve: {e}"));
+    let ready = serde_json::json!({
+        "ready": true,
+        "model": model.name(),
+        "batch": batch,
+        "threads": rayon::current_num_threads(),
+    });
+    writeln!(out, "{ready}").map_err(io)?;
+    out.flush().map_err(io)?;
+    for (no, line) in input.lines().enumerate() {
+        let line = line.map_err(io)?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let request = match words.as_slice() {
+            [] => continue,
+            ["quit"] => break,
+            [op @ ("train" | "infer"), n] => n.parse::<usize>().ok().map(|n| (*op, n)),
+            _ => None,
+        };
+        let Some((op, n)) = request else {
+            let msg = format!("line {}: expected `train N`, `infer N` or `quit`", no + 1);
+            writeln!(out, "{}", serde_json::json!({ "error": msg })).map_err(io)?;
+            out.flush().map_err(io)?;
+            continue;
+        };
+        let mut step_s = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t0 = Instant::now();
+            if op == "train" {
+                train_step(&mut m, &mut opt, &data.get(k))?;
+            } else {
+                m.infer(&data.get(k));
+            }
+            step_s.push(t0.elapsed().as_secs_f64());
+            k += 1;
+        }
+        let reply = serde_json::json!({ "op": op, "batch": batch, "step_s": step_s });
+        writeln!(out, "{reply}").map_err(io)?;
+        out.flush().map_err(io)?;
+    }
+    Ok(())
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -231,13 +313,7 @@ fn profile_steps(
 /// profiled pass of `steps / 5` steps for the phase breakdown, then the same timing for
 /// inference.
 pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> {
-    let cfg = aliccp_shape_config(model);
-    let mut m = Model::<f32>::new(&cfg, 1)?;
-    let mut opt = Optimizer::new(&m.params, OptimConfig::default());
-    let data = SyntheticBatches::new(&cfg, batch, 16, 2);
-    if cfg.model.uses_rq() && cfg.rq.kmeans_init {
-        m.kmeans_init(&data.get(0), &mut rand::rngs::StdRng::seed_from_u64(3));
-    }
+    let (cfg, mut m, mut opt, data) = setup(model, batch)?;
     let warmup = 5.max(steps / 10);
     for i in 0..warmup {
         train_step(&mut m, &mut opt, &data.get(i))?;

@@ -235,4 +235,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Serve timed bursts on request instead: after set-up and warm-up, print a `ready` line,
+    /// then answer each input line `train N` / `infer N` with one JSON line of N step times
+    /// (`quit` or end of input stops). For drivers that alternate hmdn-cpu and PyTorch in
+    /// short bursts (`benches/records/paired.py`); `--steps` and `--json` do not apply.
+    #[arg(long)]
+    pub serve: bool,
 }

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""hmdn-cpu vs PyTorch in alternating short bursts: the paired end-to-end comparison.
+
+For each (model, batch) it starts `hmdn-cpu bench --serve` and `torch_baseline.py --serve`
+(both warm up first), then runs rounds. In each round every side runs one burst of steps —
+hmdn-cpu `--steps` training steps, each PyTorch variant `--torch-steps` — and the side that
+goes first alternates from round to round. A round's ratio is hmdn-cpu's samples/s over the
+best PyTorch variant's, each from its median step in that round. Bursts last about a second,
+so both sides of a ratio see the same host speed; the host's speed drifts by ±30 % over
+minutes, which separate runs cannot tell apart from a real difference.
+
+With --infer, the rounds time inference forwards (hmdn-cpu `Model::infer`, PyTorch a
+no_grad forward) on the same batches instead of training steps.
+
+Usage (after `cargo build --release`; PyTorch in a virtualenv, see fixtures/gen_reference.py):
+
+    PYTHON=../venv-torch/bin/python python3 benches/records/paired.py \\
+        --model hmdn-mmoe --batch 1024 --rounds 15 --out benches/records/new/paired.jsonl
+
+It prints one line per round and a summary; with --out it appends one JSON object per round
+and one summary object to that file. `benches/records/run-paired.sh` runs the README's set;
+`paired.py --summarize FILE...` prints the table over every round in the files.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+# In every recorded run of torch_baseline.py (benches/records/torch-*.txt, 294 model × batch
+# results), the best variant was one of these three; dense and dense-foreach never were.
+DEFAULT_VARIANTS = ["dense-fused", "sparse", "sparse-fused"]
+
+
+class Server:
+    """A `--serve` child: one JSON request line in, one JSON reply line out."""
+
+    def __init__(self, name, argv):
+        self.name = name
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1, cwd=ROOT)
+        self.ready = self.read()
+        if not self.ready.get("ready"):
+            sys.exit(f"{name}: unexpected first line {self.ready}")
+
+    def read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            sys.exit(f"{self.name} exited with code {code} before answering")
+        return json.loads(line)
+
+    def ask(self, request):
+        self.proc.stdin.write(request + "\n")
+        self.proc.stdin.flush()
+        reply = self.read()
+        if "error" in reply:
+            sys.exit(f"{self.name}: {reply['error']}")
+        return reply
+
+    def close(self):
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.proc.wait(timeout=60)
+
+
+def rate(reply):
+    """Samples/s of a burst's median step."""
+    return reply["batch"] / statistics.median(reply["step_s"])
+
+
+# The issue's targets (training at batch 256 / 1024 / 4096, inference at 4096).
+TARGETS = {("train", 256): 4.0, ("train", 1024): 3.0, ("train", 4096): 2.0,
+           ("infer", 4096): 2.0}
+
+
+def summarize(paths):
+    """A markdown table over every round in the given --out files, per (model, batch, op)."""
+    rounds = {}
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                rec = json.loads(line)
+                if "round" in rec:
+                    rounds.setdefault((rec["model"], rec["op"], rec["batch"]), []).append(rec)
+    print("| model | batch | op | rounds | hmdn-cpu, median | PyTorch best, median | "
+          "ratio per round | median ratio | target |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (model, op, batch), rs in sorted(rounds.items()):
+        ratios = [r["ratio"] for r in rs]
+        med = statistics.median(ratios)
+        target = TARGETS.get((op, batch))
+        verdict = "–"
+        if target:
+            hits = sum(x >= target for x in ratios)
+            verdict = (f"≥ {target:g}× — {'met' if med >= target else 'missed'} "
+                       f"({hits} of {len(rs)} rounds ≥ {target:g}×)")
+        ours = statistics.median(r["ours"] for r in rs)
+        best = statistics.median(r["torch"][r["torch_best"]] for r in rs)
+        print(f"| {model} | {batch} | {op} | {len(rs)} | {ours:,.0f} | {best:,.0f} | "
+              f"{min(ratios):.2f} – {max(ratios):.2f} | **{med:.2f}×** | {verdict} |")
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--summarize":
+        summarize(sys.argv[2:])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="hmdn-mmoe")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=0,
+                    help="hmdn-cpu steps per burst (default: about 0.4 s of them)")
+    ap.add_argument("--torch-steps", type=int, default=0,
+                    help="steps per burst of each PyTorch variant (default: about 0.4 s)")
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
+    ap.add_argument("--infer", action="store_true", help="time inference forwards instead")
+    ap.add_argument("--pause", type=float, default=0.05,
+                    help="seconds between bursts (lets the other side's threads go idle)")
+    ap.add_argument("--out", help="append the rounds and the summary (JSON lines) here")
+    args = ap.parse_args()
+
+    python = os.environ.get("PYTHON", "python3")
+    ours = Server("hmdn-cpu", [os.path.join(ROOT, "target", "release", "hmdn-cpu"), "bench",
+                               "--serve", "--model", args.model, "--batch", str(args.batch),
+                               "--threads", str(args.threads)])
+    torch = Server("pytorch", [python, os.path.join(ROOT, "benches", "torch_baseline.py"),
+                               "--serve", "--model", args.model, "--batch", str(args.batch),
+                               "--threads", str(args.threads), "--variant", *args.variants])
+    op = "infer" if args.infer else "train"
+
+    # Burst lengths: about 0.4 s per burst from one probe step each (at least 5 steps).
+    def steps_for(seconds_per_step):
+        return max(5, round(0.4 / max(seconds_per_step, 1e-6)))
+
+    n_ours = args.steps or steps_for(statistics.median(ours.ask(f"{op} 3")["step_s"]))
+    n_torch = args.torch_steps or steps_for(
+        max(statistics.median(torch.ask(f"{op} {v} 3")["step_s"]) for v in args.variants))
+
+    out = open(args.out, "a") if args.out else None
+    rounds = []
+    for r in range(args.rounds):
+        sides = ["ours", "torch"] if r % 2 == 0 else ["torch", "ours"]
+        got = {}
+        for side in sides:
+            if side == "ours":
+                got["ours"] = rate(ours.ask(f"{op} {n_ours}"))
+            else:
+                for v in args.variants:
+                    got[v] = rate(torch.ask(f"{op} {v} {n_torch}"))
+                    time.sleep(args.pause)
+            time.sleep(args.pause)
+        best = max(args.variants, key=lambda v: got[v])
+        rec = {"round": r + 1, "model": args.model, "batch": args.batch, "op": op,
+               "threads": args.threads, "first": sides[0], "ours": got["ours"],
+               "torch": {v: got[v] for v in args.variants}, "torch_best": best,
+               "ratio": got["ours"] / got[best], "time_utc": time.strftime("%H:%M:%S",
+                                                                           time.gmtime())}
+        rounds.append(rec)
+        print(f"{args.model} {args.batch} {op} round {r + 1:>2}: hmdn-cpu {got['ours']:>9.0f}"
+              f"  pytorch {got[best]:>9.0f} ({best})  ratio {rec['ratio']:.2f}", flush=True)
+        if out:
+            out.write(json.dumps(rec) + "\n")
+    ours.close()
+    torch.close()
+
+    ratios = [r["ratio"] for r in rounds]
+    summary = {
+        "summary": True, "model": args.model, "batch": args.batch, "op": op,
+        "threads": args.threads, "rounds": len(rounds), "steps_ours": n_ours,
+        "steps_torch": n_torch, "variants": args.variants,
+        "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "ours_median": statistics.median(r["ours"] for r in rounds),
+        "torch_best_median": statistics.median(r["torch"][r["torch_best"]] for r in rounds),
+        "torch": torch.ready, "hmdn_cpu": ours.ready,
+    }
+    print(f"{args.model} {args.batch} {op}: median ratio {summary['ratio_median']:.2f} "
+          f"(rounds {summary['ratio_min']:.2f} – {summary['ratio_max']:.2f}); hmdn-cpu "
+          f"{summary['ours_median']:.0f}, pytorch best {summary['torch_best_median']:.0f} "
+          f"samples/s (medians over {len(rounds)} rounds; {n_ours} / {n_torch} steps per burst)",
+          flush=True)
+    if out:
+        out.write(json.dumps(summary) + "\n")
+        out.close()
+
+
+if __name__ == "__main__":
+    main()
