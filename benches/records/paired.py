@@ -79,6 +79,8 @@ def rate(reply):
 # The targets (training at batch 256 / 1024 / 4096, inference at 4096).
 TARGETS = {("train", 256): 4.0, ("train", 1024): 3.0, ("train", 4096): 2.0,
            ("infer", 4096): 2.0}
+# 2 threads against 1 at batch 1024 (--versus-threads 1).
+SCALING_TARGET = 1.8
 
 
 def summarize(paths):
@@ -89,14 +91,18 @@ def summarize(paths):
             for line in f:
                 rec = json.loads(line)
                 if "round" in rec:
-                    rounds.setdefault((rec["model"], rec["op"], rec["batch"]), []).append(rec)
-    print("| model | batch | op | rounds | hmdn-cpu, median | PyTorch best, median | "
+                    key = (rec.get("baseline", "pytorch"), rec["model"], rec["op"], rec["batch"])
+                    rounds.setdefault(key, []).append(rec)
+    print("| model | batch | op | baseline | rounds | hmdn-cpu, median | baseline (best), median | "
           "ratio per round | median ratio | target |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for (model, op, batch), rs in sorted(rounds.items()):
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    order = sorted(rounds.items(), key=lambda kv: (kv[0][0] != "pytorch", kv[0][0], kv[0][1],
+                                                    kv[0][2] != "train", kv[0][3]))
+    for (baseline, model, op, batch), rs in order:
         ratios = [r["ratio"] for r in rs]
         med = statistics.median(ratios)
-        target = TARGETS.get((op, batch))
+        target = TARGETS.get((op, batch)) if baseline == "pytorch" else (
+            SCALING_TARGET if (op, batch, baseline) == ("train", 1024, "hmdn-cpu-1t") else None)
         verdict = "–"
         if target:
             hits = sum(x >= target for x in ratios)
@@ -104,7 +110,7 @@ def summarize(paths):
                        f"({hits} of {len(rs)} rounds ≥ {target:g}×)")
         ours = statistics.median(r["ours"] for r in rs)
         best = statistics.median(r["torch"][r["torch_best"]] for r in rs)
-        print(f"| {model} | {batch} | {op} | {len(rs)} | {ours:,.0f} | {best:,.0f} | "
+        print(f"| {model} | {batch} | {op} | {baseline} | {len(rs)} | {ours:,.0f} | {best:,.0f} | "
               f"{min(ratios):.2f} – {max(ratios):.2f} | **{med:.2f}×** | {verdict} |")
 
 
@@ -126,16 +132,30 @@ def main():
     ap.add_argument("--pause", type=float, default=0.05,
                     help="seconds between bursts (lets the other side's threads go idle)")
     ap.add_argument("--out", help="append the rounds and the summary (JSON lines) here")
+    ap.add_argument("--versus-threads", type=int, default=0, metavar="N",
+                    help="thread scaling instead: the baseline is hmdn-cpu itself on N threads "
+                         "(no PyTorch)")
     args = ap.parse_args()
 
     python = os.environ.get("PYTHON", "python3")
     ours = Server("hmdn-cpu", [os.path.join(ROOT, "target", "release", "hmdn-cpu"), "bench",
                                "--serve", "--model", args.model, "--batch", str(args.batch),
                                "--threads", str(args.threads)])
-    torch = Server("pytorch", [python, os.path.join(ROOT, "benches", "torch_baseline.py"),
-                               "--serve", "--model", args.model, "--batch", str(args.batch),
-                               "--threads", str(args.threads), "--variant", *args.variants])
+    if args.versus_threads:
+        baseline = f"hmdn-cpu-{args.versus_threads}t"
+        args.variants = [baseline]
+        torch = Server(baseline, [os.path.join(ROOT, "target", "release", "hmdn-cpu"), "bench",
+                                  "--serve", "--model", args.model, "--batch", str(args.batch),
+                                  "--threads", str(args.versus_threads)])
+    else:
+        baseline = "pytorch"
+        torch = Server("pytorch", [python, os.path.join(ROOT, "benches", "torch_baseline.py"),
+                                   "--serve", "--model", args.model, "--batch", str(args.batch),
+                                   "--threads", str(args.threads), "--variant", *args.variants])
     op = "infer" if args.infer else "train"
+
+    def ask_baseline(v, n):
+        return torch.ask(f"{op} {n}" if args.versus_threads else f"{op} {v} {n}")
 
     # Burst lengths: about 0.4 s per burst from one probe step each (at least 5 steps).
     def steps_for(seconds_per_step):
@@ -143,7 +163,7 @@ def main():
 
     n_ours = args.steps or steps_for(statistics.median(ours.ask(f"{op} 3")["step_s"]))
     n_torch = args.torch_steps or steps_for(
-        max(statistics.median(torch.ask(f"{op} {v} 3")["step_s"]) for v in args.variants))
+        max(statistics.median(ask_baseline(v, 3)["step_s"]) for v in args.variants))
 
     out = open(args.out, "a") if args.out else None
     rounds = []
@@ -155,18 +175,19 @@ def main():
                 got["ours"] = rate(ours.ask(f"{op} {n_ours}"))
             else:
                 for v in args.variants:
-                    got[v] = rate(torch.ask(f"{op} {v} {n_torch}"))
+                    got[v] = rate(ask_baseline(v, n_torch))
                     time.sleep(args.pause)
             time.sleep(args.pause)
         best = max(args.variants, key=lambda v: got[v])
         rec = {"round": r + 1, "model": args.model, "batch": args.batch, "op": op,
+               "baseline": baseline,
                "threads": args.threads, "first": sides[0], "ours": got["ours"],
                "torch": {v: got[v] for v in args.variants}, "torch_best": best,
                "ratio": got["ours"] / got[best], "time_utc": time.strftime("%H:%M:%S",
                                                                            time.gmtime())}
         rounds.append(rec)
         print(f"{args.model} {args.batch} {op} round {r + 1:>2}: hmdn-cpu {got['ours']:>9.0f}"
-              f"  pytorch {got[best]:>9.0f} ({best})  ratio {rec['ratio']:.2f}", flush=True)
+              f"  {baseline} {got[best]:>9.0f} ({best})  ratio {rec['ratio']:.2f}", flush=True)
         if out:
             out.write(json.dumps(rec) + "\n")
     ours.close()
@@ -175,6 +196,7 @@ def main():
     ratios = [r["ratio"] for r in rounds]
     summary = {
         "summary": True, "model": args.model, "batch": args.batch, "op": op,
+        "baseline": baseline,
         "threads": args.threads, "rounds": len(rounds), "steps_ours": n_ours,
         "steps_torch": n_torch, "variants": args.variants,
         "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
@@ -185,7 +207,7 @@ def main():
     }
     print(f"{args.model} {args.batch} {op}: median ratio {summary['ratio_median']:.2f} "
           f"(rounds {summary['ratio_min']:.2f} – {summary['ratio_max']:.2f}); hmdn-cpu "
-          f"{summary['ours_median']:.0f}, pytorch best {summary['torch_best_median']:.0f} "
+          f"{summary['ours_median']:.0f}, {baseline} best {summary['torch_best_median']:.0f} "
           f"samples/s (medians over {len(rounds)} rounds; {n_ours} / {n_torch} steps per burst)",
           flush=True)
     if out:
