@@ -41,8 +41,13 @@ class Server:
 
     def __init__(self, name, argv):
         self.name = name
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, bufsize=1, cwd=ROOT)
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         text=True, bufsize=1, cwd=ROOT)
+        except OSError as e:
+            hint = ("run `cargo build --release` first" if name.startswith("hmdn-cpu")
+                    else "set PYTHON to a Python with torch (see fixtures/gen_reference.py)")
+            sys.exit(f"{name}: cannot start {argv[0]}: {e.strerror}; {hint}")
         self.ready = self.read()
         if not self.ready.get("ready"):
             sys.exit(f"{name}: unexpected first line {self.ready}")
