@@ -21,7 +21,8 @@ Variants (--variant, or `all`):
 
 The quantizer (hmdn-*), --rq:
   distinct       (default) once per distinct (gender, city, domain) key of the batch, the
-                 results (and hmdn-mmoe's gate weights) indexed back to the rows
+                 results (and hmdn-mmoe's gate weights, and the g part of hmdn-pepnet's
+                 GateNU first layers) indexed back to the rows
                  (`Model.rq_forward_distinct`), as hmdn-cpu runs it (its `model::distinct`);
                  the same function as quantizing every row
   rowwise        every row (`Model.rq_forward`), the form PyTorch code usually takes
@@ -113,6 +114,14 @@ class GateNU(nn.Module):
 
     def forward(self, v):
         return GATENU_GAMMA * torch.sigmoid(self.fc2(F.relu(self.fc1(v))))
+
+    def forward_split(self, g_u, inv, x):
+        """`forward([g_u[inv], x])` without the concatenation, the g part of fc1 once per
+        distinct row `g_u` and indexed back by `inv` (as hmdn-cpu's `GateNu::forward_split`
+        with the g term per distinct key): the same function."""
+        w = self.fc1.weight
+        u1 = F.linear(x, w[:, Z:], self.fc1.bias) + F.linear(g_u, w[:, :Z])[inv]
+        return GATENU_GAMMA * torch.sigmoid(self.fc2(F.relu(u1)))
 
 
 class Codebook(nn.Module):
@@ -250,11 +259,18 @@ class Model(nn.Module):
                 for t in range(self.tasks)
             ]
         elif k in ("pepnet", "hmdn-pepnet"):
-            xp = self.epnet(torch.cat([g, x.detach()], 1)) * x
-            pp_in = torch.cat([g, xp.detach()], 1)
+            if g_u is None:
+                xp = self.epnet(torch.cat([g, x.detach()], 1)) * x
+                pp_in = torch.cat([g, xp.detach()], 1)
+                deltas = [gate(pp_in) for gate in self.ppnet]
+            else:
+                # As hmdn-cpu: each GateNU's g term per distinct key, no [g, sg(x)] copies.
+                xp = self.epnet.forward_split(g_u, inv, x.detach()) * x
+                xp_sg = xp.detach()
+                deltas = [gate.forward_split(g_u, inv, xp_sg) for gate in self.ppnet]
             h = xp
-            for lin, gate in zip(self.dnn.layers, self.ppnet):
-                h = F.relu(lin(h)) * gate(pp_in)
+            for lin, delta in zip(self.dnn.layers, deltas):
+                h = F.relu(lin(h)) * delta
             logits = [tw(h) for tw in self.towers]
         elif k == "dcn":
             xl = x
