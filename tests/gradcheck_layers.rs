@@ -24,7 +24,7 @@ use hmdn_cpu::model::gatenu::{scale_backward, scale_forward, GTerm, GateNu, Gate
 use hmdn_cpu::model::head::{
     task_loss_backward, task_loss_forward, DomainTowers, TowerCache, Towers,
 };
-use hmdn_cpu::model::linear::Linear;
+use hmdn_cpu::model::linear::{InputGrad, Linear};
 use hmdn_cpu::model::mlp::{Mlp, MlpCache};
 use hmdn_cpu::model::wide::{Wide, WideCache};
 use hmdn_cpu::params::ParamStore;
@@ -162,11 +162,35 @@ fn linear() {
         lin.forward(&mut out, &inp[0].v, ps, B);
         let mut dx = vec![0.0; B * 7];
         if let Some(d) = dout {
-            lin.backward(Some(&mut dx), &mut ps.grads_view(), d, &inp[0].v, B);
+            lin.backward(Some(&mut dx[..]), &mut ps.grads_view(), d, &inp[0].v, B);
         }
         (out, vec![dx])
     };
     check_layer("linear", &mut ps, inputs, &mut run, &mut rng);
+}
+
+/// `InputGrad::Write` overwrites whatever the buffer held with what `Add` puts into a zeroed
+/// one (the whole MLP's backward and the GateNUs rely on it instead of zeroing first), and
+/// `Skip` leaves the parameter gradients as `Add` does.
+#[test]
+fn linear_input_grad_write_equals_add_into_zeros() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut ps = ParamStore::<f64>::new();
+    let lin = Linear::new(&mut ps, "lin", 7, 3, &mut rng);
+    let inp: Vec<f64> = (0..B * 7).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let dout: Vec<f64> = (0..B * 3).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let mut added = vec![0.0; B * 7];
+    lin.backward(Some(&mut added[..]), &mut ps.grads_view(), &dout, &inp, B);
+    let g_added = ps.grads.clone();
+    ps.zero_grads(true);
+    let mut written = vec![f64::NAN; B * 7];
+    let w = InputGrad::Write(&mut written[..]);
+    lin.backward(w, &mut ps.grads_view(), &dout, &inp, B);
+    assert_eq!(written, added);
+    assert_eq!(ps.grads, g_added);
+    ps.zero_grads(true);
+    lin.backward(InputGrad::Skip, &mut ps.grads_view(), &dout, &inp, B);
+    assert_eq!(ps.grads, g_added);
 }
 
 fn fields(vocab: &[usize]) -> Vec<FieldSpec> {
@@ -328,7 +352,7 @@ fn mlp_single_layers_compose_like_the_whole() {
     let (mut dh0, mut dx, mut scratch) = (vec![0.0; B * 5], vec![0.0; B * 4], vec![0.0; B * 5]);
     mlp.layer_backward(
         1,
-        Some(&mut dh0),
+        Some(&mut dh0[..]),
         &mut scratch,
         &mut ps.grads_view(),
         &dout,
@@ -338,7 +362,7 @@ fn mlp_single_layers_compose_like_the_whole() {
     );
     mlp.layer_backward(
         0,
-        Some(&mut dx),
+        Some(&mut dx[..]),
         &mut scratch,
         &mut ps.grads_view(),
         &dh0,

@@ -2,7 +2,7 @@
 //! and the elementwise scaling `y = δ ⊙ x` it drives (EPNet on the input, PPNet on every
 //! hidden layer). With γ = 2 a neutral gate (logit 0) leaves its input unchanged.
 
-use crate::model::linear::Linear;
+use crate::model::linear::{InputGrad, Linear};
 use crate::params::{Grads, ParamStore};
 use hmdn_kernels::act::{bias_add, bias_grad, scaled_sigmoid_forward};
 use hmdn_kernels::act::{bias_relu_forward, relu_backward, scaled_sigmoid_backward};
@@ -169,8 +169,8 @@ impl GateNu {
             T::from_f64(self.gamma),
         );
         let da1 = &mut cache.da1[..nh];
-        da1.fill(T::ZERO);
-        self.fc2.backward(Some(da1), ps, du2, &cache.a1[..nh], bsz);
+        self.fc2
+            .backward(InputGrad::Write(&mut *da1), ps, du2, &cache.a1[..nh], bsz);
         relu_backward(&mut cache.du1[..nh], da1, &cache.a1[..nh]);
     }
 

@@ -6,6 +6,25 @@ use hmdn_kernels::gemm::gemm_packed_b;
 use hmdn_kernels::{gemm, Real, Trans};
 use rand::Rng;
 
+/// Where a layer's backward puts the gradient of its input.
+#[derive(Debug)]
+pub enum InputGrad<'a, T> {
+    /// Not wanted (nothing is computed for it).
+    Skip,
+    /// Added into the buffer: `dinp += …`, for an input with several consumers.
+    Add(&'a mut [T]),
+    /// Written into the buffer: `dinp = …`, for an input the layer is the only consumer of.
+    /// The buffer need not be zeroed first (the GEMM then does not read it).
+    Write(&'a mut [T]),
+}
+
+impl<'a, T> From<Option<&'a mut [T]>> for InputGrad<'a, T> {
+    /// `None` skips, `Some` adds.
+    fn from(d: Option<&'a mut [T]>) -> Self {
+        d.map_or(InputGrad::Skip, InputGrad::Add)
+    }
+}
+
 /// A fully connected layer. Parameters `<prefix>.weight` `[d_out, d_in]` and
 /// `<prefix>.bias` `[d_out]`.
 #[derive(Clone, Debug)]
@@ -89,17 +108,22 @@ impl Linear {
     }
 
     /// Accumulates gradients from `dout[B×d_out]`:
-    /// `dW += doutᵀ·inp` (`[d_out, d_in]`), `db += Σ_rows dout`, and, when given,
-    /// `dinp[B×d_in] += dout·W`.
-    pub fn backward<T: Real>(
+    /// `dW += doutᵀ·inp` (`[d_out, d_in]`), `db += Σ_rows dout`, and `dout·W` into `dinp`
+    /// (`[B×d_in]`; added, written or skipped, see [`InputGrad`]; an `Option` adds or skips).
+    pub fn backward<'d, T: Real>(
         &self,
-        dinp: Option<&mut [T]>,
+        dinp: impl Into<InputGrad<'d, T>>,
         ps: &mut Grads<'_, T>,
         dout: &[T],
         inp: &[T],
         bsz: usize,
     ) {
         let (wr, br) = (ps.range(self.w), ps.range(self.b));
+        let (dinp, beta) = match dinp.into() {
+            InputGrad::Skip => (None, T::ONE),
+            InputGrad::Add(d) => (Some(d), T::ONE),
+            InputGrad::Write(d) => (Some(d), T::ZERO),
+        };
         if let Some(dinp) = dinp {
             gemm(
                 bsz,
@@ -110,7 +134,7 @@ impl Linear {
                 Trans::N,
                 &ps.values[wr.clone()],
                 Trans::N,
-                T::ONE,
+                beta,
                 dinp,
             );
         }

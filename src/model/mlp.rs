@@ -5,7 +5,7 @@
 //! ([`Mlp::layer_forward`], [`Mlp::layer_backward`]) because PEPNet's PPNet rescales every
 //! hidden output between layers.
 
-use crate::model::linear::Linear;
+use crate::model::linear::{InputGrad, Linear};
 use crate::params::{Grads, ParamStore};
 use hmdn_kernels::act::{bias_relu_forward, relu_backward};
 use hmdn_kernels::gemm::gemm_packed_b;
@@ -131,17 +131,18 @@ impl Mlp {
     }
 
     /// Layer `l` alone, backward from `dout = ∂L/∂out` (`[B, h_l]`, post-ReLU): accumulates
-    /// `dW_l`, `db_l` and, when given, `dinp[B×d_in_l] +=`. `out` is the layer's forward output
-    /// and `dpre` scratch of at least `[B, h_l]`.
+    /// `dW_l`, `db_l` and puts `∂L/∂inp` into `dinp` (`[B×d_in_l]`; added, written or skipped,
+    /// see [`InputGrad`]). `out` is the layer's forward output and `dpre` scratch of at least
+    /// `[B, h_l]`.
     ///
     /// Derivation: `out = max(u, 0)` with `u = inp·Wᵀ + b`, so `∂L/∂u = dout ⊙ [out > 0]`
     /// (the subgradient at `u = 0` is taken as 0, like PyTorch), then the linear layer's
     /// backward: `dW += (∂L/∂u)ᵀ·inp`, `db += Σ_b ∂L/∂u`, `dinp += (∂L/∂u)·W`.
     #[allow(clippy::too_many_arguments)]
-    pub fn layer_backward<T: Real>(
+    pub fn layer_backward<'d, T: Real>(
         &self,
         l: usize,
-        dinp: Option<&mut [T]>,
+        dinp: impl Into<InputGrad<'d, T>>,
         dpre: &mut [T],
         ps: &mut Grads<'_, T>,
         dout: &[T],
@@ -177,8 +178,8 @@ impl Mlp {
     /// cached by the last `forward` on the same `inp`.
     ///
     /// Derivation: the chain rule layer by layer from the top, each step as in
-    /// [`Mlp::layer_backward`]; `∂L/∂h[l-1]` is the `dinp` of layer `l` (zeroed, then
-    /// accumulated, since layer `l` is its only consumer).
+    /// [`Mlp::layer_backward`]; `∂L/∂h[l-1]` is the `dinp` of layer `l`, written (not added:
+    /// layer `l` is its only consumer).
     pub fn backward<T: Real>(
         &self,
         dinp: Option<&mut [T]>,
@@ -200,8 +201,8 @@ impl Mlp {
                 self.layer_backward(0, dinp.take(), dpre, ps, dout_l, &h[0], inp, bsz);
             } else {
                 let d_below = &mut dh_below[l - 1][..bsz * self.layers[l - 1].d_out];
-                d_below.fill(T::ZERO);
-                self.layer_backward(l, Some(d_below), dpre, ps, dout_l, &h[l], &h[l - 1], bsz);
+                let d_below = InputGrad::Write(d_below);
+                self.layer_backward(l, d_below, dpre, ps, dout_l, &h[l], &h[l - 1], bsz);
             }
         }
     }

@@ -27,6 +27,7 @@ use head::{
     Towers,
 };
 use hmdn_kernels::Real;
+use linear::InputGrad;
 use mlp::{Mlp, MlpCache};
 use profile::{Laps, Phase, PhaseTimes};
 use rand::rngs::StdRng;
@@ -2033,8 +2034,9 @@ fn chunk_backward<T: Real>(
                 tw.backward(t, Some(dtop), &mut b.tower, ps, dlogits, top, bsz);
             }
             laps.lap(profile, Phase::Head);
+            // ∂L/∂x' is written (not added) by layer 0's backward, its only consumer (the
+            // PPNet gates read sg(x')); `hidden` is never empty, so layer 0 exists.
             let dxp = &mut b.dxp[..bsz * dx];
-            dxp.fill(T::ZERO);
             for l in (0..nl).rev() {
                 let n = bsz * m.layers[l].d_out;
                 // h_l = δ_l ⊙ a_l: ∂L/∂δ_l = ∂L/∂h_l ⊙ a_l, ∂L/∂a_l = ∂L/∂h_l ⊙ δ_l.
@@ -2059,8 +2061,8 @@ fn chunk_backward<T: Real>(
                     let nb = bsz * m.layers[l - 1].d_out;
                     (&b.hs[l - 1][..nb], &mut dhs_below[l - 1][..nb])
                 };
-                dinp.fill(T::ZERO);
-                m.layer_backward(l, Some(dinp), &mut b.dpre, ps, da, &b.a[l], inp, bsz);
+                let dinp = InputGrad::Write(dinp);
+                m.layer_backward(l, dinp, &mut b.dpre, ps, da, &b.a[l], inp, bsz);
                 laps.lap(profile, Phase::Backbone);
                 // δ_l = GateNU_l([g, sg(x')]): only the g columns pass gradient on.
                 let sg_xp = if b.sg_frozen { &b.sg_xp } else { &b.xp };
