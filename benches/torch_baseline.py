@@ -356,13 +356,20 @@ def timed(fn, warmup, reps):
     return times
 
 
-def bench(kind, variant, batch, args):
+def build(kind, variant, batch, args):
+    """A variant's model and optimisers (seed --seed) and its --n-batches training batches
+    (seed --seed + 1), plus the generator that made them."""
     torch.manual_seed(args.seed)
     model = Model(kind, args.tasks, sparse=variant.startswith("sparse"),
                   rq_distinct=args.rq == "distinct")
     opts = make_optimisers(model, variant)
     gen = torch.Generator().manual_seed(args.seed + 1)
     batches = make_batches(args.n_batches, batch, args.tasks, gen)
+    return model, opts, batches, gen
+
+
+def bench(kind, variant, batch, args):
+    model, opts, batches, gen = build(kind, variant, batch, args)
     it = iter(range(10**9))
 
     def step():
@@ -403,12 +410,7 @@ def serve(args, variants):
     batch = args.batch[0]
     state = {}
     for v in variants:
-        torch.manual_seed(args.seed)
-        model = Model(args.model, args.tasks, sparse=v.startswith("sparse"),
-                      rq_distinct=args.rq == "distinct")
-        opts = make_optimisers(model, v)
-        gen = torch.Generator().manual_seed(args.seed + 1)
-        batches = make_batches(args.n_batches, batch, args.tasks, gen)
+        model, opts, batches, _ = build(args.model, v, batch, args)
         state[v] = {"model": model, "opts": opts, "batches": batches, "k": 0}
         for i in range(args.warmup):
             train_step(model, opts, *batches[i % len(batches)])

@@ -143,15 +143,15 @@ def main():
     args = ap.parse_args()
 
     python = os.environ.get("PYTHON", "python3")
-    ours = Server("hmdn-cpu", [os.path.join(ROOT, "target", "release", "hmdn-cpu"), "bench",
-                               "--serve", "--model", args.model, "--batch", str(args.batch),
-                               "--threads", str(args.threads)])
+    def hmdn_cpu(threads):
+        return [os.path.join(ROOT, "target", "release", "hmdn-cpu"), "bench", "--serve",
+                "--model", args.model, "--batch", str(args.batch), "--threads", str(threads)]
+
+    ours = Server("hmdn-cpu", hmdn_cpu(args.threads))
     if args.versus_threads:
         baseline = f"hmdn-cpu-{args.versus_threads}t"
         args.variants = [baseline]
-        torch = Server(baseline, [os.path.join(ROOT, "target", "release", "hmdn-cpu"), "bench",
-                                  "--serve", "--model", args.model, "--batch", str(args.batch),
-                                  "--threads", str(args.versus_threads)])
+        torch = Server(baseline, hmdn_cpu(args.versus_threads))
     else:
         baseline = "pytorch"
         torch = Server("pytorch", [python, os.path.join(ROOT, "benches", "torch_baseline.py"),
