@@ -194,6 +194,10 @@ fn setup(
 ) -> Result<(ModelConfig, Model<f32>, Optimizer<f32>, SyntheticBatches)> {
     let cfg = aliccp_shape_config(model);
     let mut m = Model::<f32>::new(&cfg, 1)?;
+    // For A/B runs of the factored expert layer (`hmdn-cpu bench` documents the variable).
+    if std::env::var_os("HMDN_NO_FIELD_FACTORING").is_some() {
+        m.set_field_factoring(false);
+    }
     let opt = Optimizer::new(&m.params, OptimConfig::default());
     let data = SyntheticBatches::new(&cfg, batch, 16, 2);
     if cfg.model.uses_rq() && cfg.rq.kmeans_init {

@@ -1,6 +1,7 @@
 //! Embedding gather and deterministic row-gradient accumulation.
 
-use crate::{reference, Real};
+use crate::cast::{f32s, f32s_mut, is_f32};
+use crate::{reference, simd, Real};
 use rayon::prelude::*;
 
 /// Batch rows per rayon task in [`gather_rows`].
@@ -317,4 +318,93 @@ fn radix_sort_positions(a: &mut [u32], b: &mut [u32], idx: &[u32]) -> bool {
         shift += RADIX_BITS;
     }
     in_b
+}
+
+/// Panics unless every slot's row `[s·stride + off, +w)` lies inside a table of `len`.
+#[track_caller]
+fn check_slot_rows(what: &str, len: usize, stride: usize, off: usize, w: usize, slots: &[u32]) {
+    if w == 0 {
+        return;
+    }
+    let max = slots.iter().copied().max().map_or(0, |s| s as usize);
+    assert!(
+        slots.is_empty() || max * stride + off + w <= len,
+        "{what}: slot {max} (row of {w} at column {off}, stride {stride}) is outside a table of {len}"
+    );
+}
+
+/// `out[b, ..w] += table[slots[b]·stride + off ..][..w]` for every row `b` of `out` (rows of
+/// width `w`, as many as `slots` has): each row adds its slot's row of a table. The factored
+/// MMoE layer adds its per-id terms with it. Same IEEE additions as
+/// [`reference::add_slot_rows`] (bit-identical).
+///
+/// # Panics
+/// If `out` has fewer than `slots.len()` rows or a slot's row leaves `table`.
+#[track_caller]
+pub fn add_slot_rows<T: Real>(
+    out: &mut [T],
+    w: usize,
+    table: &[T],
+    stride: usize,
+    off: usize,
+    slots: &[u32],
+) {
+    assert!(
+        out.len() >= slots.len() * w,
+        "add_slot_rows: out is too short"
+    );
+    check_slot_rows("add_slot_rows", table.len(), stride, off, w, slots);
+    let out = &mut out[..slots.len() * w];
+    if !is_f32::<T>() {
+        return reference::add_slot_rows(out, w, table, stride, off, slots);
+    }
+    simd::add_slot_rows(
+        simd::simd_path(),
+        f32s_mut(out),
+        w,
+        f32s(table),
+        stride,
+        off,
+        slots,
+    );
+}
+
+/// `table[slots[b]·stride ..][..w] += src[b·src_stride + src_off ..][..w]` for every
+/// `b < slots.len()`, in increasing `b` (so each table row sums its rows in batch order):
+/// rows summed per slot, the factored MMoE layer's per-id gradient sums. Same IEEE additions
+/// as [`reference::scatter_add_slot_rows`] (bit-identical).
+///
+/// # Panics
+/// If `src` has too few rows or a slot's row leaves `table`.
+#[track_caller]
+pub fn scatter_add_slot_rows<T: Real>(
+    table: &mut [T],
+    stride: usize,
+    src: &[T],
+    src_stride: usize,
+    src_off: usize,
+    w: usize,
+    slots: &[u32],
+) {
+    if w == 0 || slots.is_empty() {
+        return;
+    }
+    assert!(
+        src.len() >= (slots.len() - 1) * src_stride + src_off + w,
+        "scatter_add_slot_rows: src is too short"
+    );
+    check_slot_rows("scatter_add_slot_rows", table.len(), stride, 0, w, slots);
+    if !is_f32::<T>() {
+        return reference::scatter_add_slot_rows(table, stride, src, src_stride, src_off, w, slots);
+    }
+    simd::scatter_add_slot_rows(
+        simd::simd_path(),
+        f32s_mut(table),
+        stride,
+        f32s(src),
+        src_stride,
+        src_off,
+        w,
+        slots,
+    );
 }

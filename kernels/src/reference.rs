@@ -391,3 +391,41 @@ pub(crate) fn auc_from_order(order: &[usize], scores: &[f32], labels: &[f32]) ->
     }
     Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
 }
+
+/// Reference for [`crate::embed::add_slot_rows`].
+pub fn add_slot_rows<T: Real>(
+    out: &mut [T],
+    w: usize,
+    table: &[T],
+    stride: usize,
+    off: usize,
+    slots: &[u32],
+) {
+    if w == 0 {
+        return;
+    }
+    for (row, &s) in out.chunks_exact_mut(w).zip(slots) {
+        let t = &table[s as usize * stride + off..][..w];
+        for (o, &v) in row.iter_mut().zip(t) {
+            *o += v;
+        }
+    }
+}
+
+/// Reference for [`crate::embed::scatter_add_slot_rows`].
+pub fn scatter_add_slot_rows<T: Real>(
+    table: &mut [T],
+    stride: usize,
+    src: &[T],
+    src_stride: usize,
+    src_off: usize,
+    w: usize,
+    slots: &[u32],
+) {
+    for (b, &s) in slots.iter().enumerate() {
+        let t = &mut table[s as usize * stride..][..w];
+        for (d, &v) in t.iter_mut().zip(&src[b * src_stride + src_off..][..w]) {
+            *d += v;
+        }
+    }
+}

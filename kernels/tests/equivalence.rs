@@ -1017,3 +1017,48 @@ fn gemm_packed_b_same_bits() {
         });
     }
 }
+
+#[test]
+fn slot_rows_add_and_scatter_exact() {
+    let mut rng = StdRng::seed_from_u64(41);
+    for_paths(|path| {
+        for &w in &SIZES {
+            for rows in [0usize, 1, 7, 17, 130] {
+                let (n_tab, stride, off) = (5usize, w + 3, 2usize);
+                let table = awkward(&mut rng, n_tab * stride, 1e3);
+                let slots: Vec<u32> = (0..rows).map(|_| rng.gen_range(0..n_tab as u32)).collect();
+                // add_slot_rows: out rows of width w (starting unaligned).
+                let out0 = awkward(&mut rng, rows * w + 1, 1e3);
+                let mut fast = out0.clone();
+                embed::add_slot_rows(&mut fast[1..], w, &table, stride, off, &slots);
+                let mut refr = out0.clone();
+                reference::add_slot_rows(&mut refr[1..], w, &table, stride, off, &slots);
+                assert_bits_eq(
+                    &fast,
+                    &refr,
+                    &format!("add_slot_rows {path:?} w={w} rows={rows}"),
+                );
+                // scatter_add_slot_rows: rows of a wider source into the table.
+                let (ss, so) = (w + 5, 4usize);
+                let src = awkward(&mut rng, rows * ss + so + w, 1e3);
+                let mut fast = table.clone();
+                embed::scatter_add_slot_rows(&mut fast[off..], stride, &src, ss, so, w, &slots);
+                let mut refr = table.clone();
+                reference::scatter_add_slot_rows(&mut refr[off..], stride, &src, ss, so, w, &slots);
+                assert_bits_eq(
+                    &fast,
+                    &refr,
+                    &format!("scatter_add_slot_rows {path:?} w={w} rows={rows}"),
+                );
+            }
+        }
+    });
+}
+
+#[test]
+#[should_panic(expected = "outside a table")]
+fn add_slot_rows_rejects_a_slot_outside_the_table() {
+    let table = vec![0.0f32; 8];
+    let mut out = vec![0.0f32; 4];
+    embed::add_slot_rows(&mut out, 4, &table, 4, 0, &[2]);
+}

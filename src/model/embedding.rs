@@ -225,11 +225,42 @@ impl MultiEmbedding {
         idx: &[u32],
         bsz: usize,
     ) {
+        self.backward_where(grads, |j| Some(off + j * self.e), dout, stride, idx, bsz);
+    }
+
+    /// [`MultiEmbedding::backward`] for some of the tables: table `j` reads its gradient from
+    /// `dout[b, cols[j] ..]` when `cols[j]` is `Some`, and its [`RowGrad`] is left alone when
+    /// it is `None` (a table whose gradient is built elsewhere, see
+    /// `factored::FieldFactoring::backward_fields`).
+    pub fn backward_columns<T: Real>(
+        &self,
+        grads: &mut [RowGrad<T>],
+        cols: &[Option<usize>],
+        dout: &[T],
+        stride: usize,
+        idx: &[u32],
+        bsz: usize,
+    ) {
+        assert_eq!(cols.len(), self.tables.len(), "one column entry per table");
+        self.backward_where(grads, |j| cols[j], dout, stride, idx, bsz);
+    }
+
+    /// Row gradients of the tables `j` with a column `col(j)` in `dout` (the others' are left
+    /// alone).
+    fn backward_where<T: Real>(
+        &self,
+        grads: &mut [RowGrad<T>],
+        col: impl Fn(usize) -> Option<usize> + Sync,
+        dout: &[T],
+        stride: usize,
+        idx: &[u32],
+        bsz: usize,
+    ) {
         assert_eq!(grads.len(), self.tables.len(), "one RowGrad per table");
         // Tables are independent: one task each, when the batch is worth splitting.
-        let cols = &self.cols[..grads.len()];
         let table = |(j, (g, &c)): (usize, (&mut RowGrad<T>, &usize))| {
             debug_assert_eq!(g.table, self.tables[j]);
+            let Some(off) = col(j) else { return };
             accumulate_row_grads(
                 &mut g.rows,
                 &mut g.grad,
@@ -237,14 +268,18 @@ impl MultiEmbedding {
                 &idx[c * bsz..(c + 1) * bsz],
                 &dout[..bsz * stride],
                 stride,
-                off + j * self.e,
+                off,
                 self.e,
             );
         };
         if bsz >= 2 * GATHER_BLOCK_ROWS && hmdn_kernels::par::threads() > 1 {
-            grads.par_iter_mut().zip(cols).enumerate().for_each(table);
+            grads
+                .par_iter_mut()
+                .zip(&self.cols)
+                .enumerate()
+                .for_each(table);
         } else {
-            grads.iter_mut().zip(cols).enumerate().for_each(table);
+            grads.iter_mut().zip(&self.cols).enumerate().for_each(table);
         }
     }
 }

@@ -173,6 +173,41 @@ impl Mlp {
         }
     }
 
+    /// Layers `1..` on the output of layer 0 already in `cache.h[0]` (written by the caller,
+    /// e.g. a factored first layer): `cache.h[l]` for `l ≥ 1`.
+    pub fn forward_above_first<T: Real>(
+        &self,
+        cache: &mut MlpCache<T>,
+        ps: &ParamStore<T>,
+        bsz: usize,
+    ) {
+        for l in 1..self.layers.len() {
+            let (below, here) = cache.h.split_at_mut(l);
+            self.layer_forward(l, &mut here[0], &below[l - 1], ps, bsz);
+        }
+    }
+
+    /// [`Mlp::backward`] of layers `last..1` only, leaving `∂L/∂h[0]` (post-ReLU output of layer
+    /// 0) in `cache.dh[0]` — or, for a one-layer MLP, in `dout` itself — for the caller's own
+    /// layer-0 backward.
+    pub fn backward_above_first<T: Real>(
+        &self,
+        cache: &mut MlpCache<T>,
+        ps: &mut Grads<'_, T>,
+        dout: &[T],
+        bsz: usize,
+    ) {
+        let nl = self.layers.len();
+        let MlpCache { h, dh, dpre, .. } = cache;
+        for l in (1..nl).rev() {
+            let (dh_below, dh_here) = dh.split_at_mut(l);
+            let dout_l: &[T] = if l + 1 == nl { dout } else { &dh_here[0] };
+            let d_below = &mut dh_below[l - 1][..bsz * self.layers[l - 1].d_out];
+            let d_below = InputGrad::Write(d_below);
+            self.layer_backward(l, d_below, dpre, ps, dout_l, &h[l], &h[l - 1], bsz);
+        }
+    }
+
     /// Whole MLP backward from `dout = ∂L/∂(last output)` (`[B, h_last]`): accumulates every
     /// layer's parameter gradients and, when given, `dinp[B×d_in] +=`. Uses the activations
     /// cached by the last `forward` on the same `inp`.

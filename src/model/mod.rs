@@ -3,6 +3,7 @@
 pub mod cross;
 pub mod distinct;
 pub mod embedding;
+pub mod factored;
 pub mod gate;
 pub mod gatenu;
 pub mod head;
@@ -20,12 +21,14 @@ use crate::Batch;
 use cross::{Cross, CrossCache};
 use distinct::{DistinctKeys, Gathered};
 use embedding::{MultiEmbedding, RowGrad};
+use factored::FieldFactoring;
 use gate::{mixture_accumulate, mixture_backward, Gate, GateCache};
 use gatenu::{scale_backward, scale_forward, GTerm, GateNu, GateNuCache, SplitW1};
 use head::{
     task_loss_backward, task_loss_backward_rows, task_loss_forward, DomainTowers, TowerCache,
     Towers,
 };
+use hmdn_kernels::act::relu_backward;
 use hmdn_kernels::Real;
 use linear::InputGrad;
 use mlp::{Mlp, MlpCache};
@@ -106,6 +109,16 @@ struct Buffers<T> {
     /// PEPNet: each GateNU's first-layer weight split into its g and x columns (EPNet, then
     /// the PPNet gates), refreshed before every forward.
     gatenu_w1: Vec<SplitW1<T>>,
+    /// MMoE: the experts' first layer factored over the batch's distinct ids of its
+    /// low-cardinality fields ([`factored`]); `None` for other models.
+    factor: Option<FieldFactoring<T>>,
+    /// Turned off by [`Model::set_field_factoring`].
+    factor_off: bool,
+    /// Whether the last forward ran factored: `x` and `dx` then hold `x_rest` `[B, k_rest]`
+    /// and its gradient instead of the whole x.
+    factored: bool,
+    /// The experts' layer-0 pre-activation gradients `[B, n_exp·d0]` of a factored backward.
+    du0: Vec<T>,
 }
 
 /// One row chunk of a batch: the backbone's activations for its rows, its own gradient arena
@@ -169,6 +182,8 @@ struct ChunkBuffers<T> {
     dhs: Vec<Vec<T>>,
     da: Vec<T>,
     dpre: Vec<T>,
+    /// MMoE factored first layer: the rest columns' weight gradient `[d0, k_rest]` (scratch).
+    fdw: Vec<T>,
 }
 
 /// Batches below this many rows run as one chunk.
@@ -438,6 +453,9 @@ impl<'a> Net<'a> {
         for ec in &mut b.experts {
             ec.ensure_batch(rows);
         }
+        if let Some(m) = self.experts.first() {
+            grow(&mut b.fdw, m.layers[0].d_out * m.d_in());
+        }
         for v in b.mix.iter_mut().chain(b.dexp.iter_mut()) {
             grow(v, rows * h);
         }
@@ -694,8 +712,22 @@ impl<T: Real> Model<T> {
             }
             _ => None,
         };
+        let factor = match cfg.model {
+            ModelKind::Mmoe | ModelKind::HmdnMmoe if !cfg.share_dist_embeddings => {
+                let vocab: Vec<usize> = cfg.fields.iter().map(|f| f.vocab_size).collect();
+                Some(FieldFactoring::new(
+                    &embedding,
+                    &vocab,
+                    cfg.numeric.len(),
+                    &experts,
+                    &[],
+                ))
+            }
+            _ => None,
+        };
         let buf = Buffers {
             distinct,
+            factor,
             ..Buffers::default()
         };
         let dead = rq
@@ -795,6 +827,10 @@ impl<T: Real> Model<T> {
         }
         for g in &mut self.row_grads {
             g.reserve(bsz);
+        }
+        if let Some(ff) = &mut b.factor {
+            ff.ensure_batch(bsz);
+            grow(&mut b.du0, bsz * ff.table_width());
         }
         if let (Some(dk), Some(q)) = (&mut b.distinct, &self.rq) {
             let hidden: Vec<usize> = self
@@ -977,6 +1013,21 @@ impl<T: Real> Model<T> {
     /// with more than [`distinct::MAX_DIST_KEYS`] key combinations, always do the latter.
     pub fn set_distinct_keys(&mut self, on: bool) {
         self.buf.distinct_off = !on;
+    }
+
+    /// Whether MMoE's experts may factor their first layer over the batch's distinct ids of
+    /// low-cardinality fields ([`factored`]; on by default, used for a field when the batch
+    /// has at most half as many distinct ids as rows), or must run it on every row's whole x
+    /// (`false`: the reference the tests compare the factored pass with). Other models, and
+    /// MMoE with shared distribution tables, never factor.
+    pub fn set_field_factoring(&mut self, on: bool) {
+        self.buf.factor_off = !on;
+    }
+
+    /// Whether the last forward factored the experts' first layer (see
+    /// [`Model::set_field_factoring`]).
+    pub fn factored_fields(&self) -> bool {
+        self.buf.factored
     }
 
     /// Whether the last forward copied the quantizer's results from the batch's distinct
@@ -1272,6 +1323,22 @@ impl<T: Real> Model<T> {
         // otherwise the gate input g is x_b itself), the backbone and the towers.
         let nn = cfg.numeric.len();
         let (embedding, dist_embedding) = (&*embedding, dist_embedding.as_ref());
+        // MMoE: the experts' first layer factored over the batch's distinct ids of its
+        // low-cardinality fields; x then holds only the other fields' columns (x_rest).
+        let fac: Option<&FieldFactoring<T>> = match b.factor.as_mut() {
+            Some(ff) if !b.factor_off => {
+                let on = ff.prepare(embedding, experts, idx, bsz, ps);
+                on.then_some(&*ff)
+            }
+            _ => None,
+        };
+        b.factored = fac.is_some();
+        let xw = fac.map_or(dx, |f| f.k_rest());
+        let duw = match fac {
+            Some(f) if fused => f.table_width(),
+            _ => 0,
+        };
+        laps.lap(profile, Phase::Backbone);
         let net = Net {
             cfg,
             dnn: dnn.as_ref(),
@@ -1335,21 +1402,22 @@ impl<T: Real> Model<T> {
         };
         let gqw = if has_rq { gz } else { 0 };
         // The backward's per-row outputs, only for a fused pass (else empty).
-        let (dlw, dxw, dgw) = if fused { (nt, dx, gz) } else { (0, 0, 0) };
+        let (dlw, dxw, dgw) = if fused { (nt, xw, gz) } else { (0, 0, 0) };
         let dxbw = if fused && has_rq { xbd } else { 0 };
         let arrays = [
             (&mut b.logits[..bsz * nt], nt),
             (gq, gqw),
-            (&mut b.x[..bsz * dx], dx),
+            (&mut b.x[..bsz * xw], xw),
             (&mut b.xb[..bsz * xbd], xbd),
             (&mut b.dlogits[..bsz * dlw], dlw),
             (&mut b.dx[..bsz * dxw], dxw),
             (&mut b.dg[..bsz * dgw], dgw),
             (&mut b.dxb[..bsz * dxbw], dxbw),
+            (&mut b.du0[..bsz * duw], duw),
         ];
         let num = &batch.num[..bsz * nn];
-        let per_chunk = |r0: usize, rows: usize, c: &mut Chunk<T>, a: RowArrays<'_, T, 8>| {
-            let [(logits, _), (gq, _), (xr, _), (xbr, _), (dl, _), (dxr, _), (dgr, _), (dxbr, _)] =
+        let per_chunk = |r0: usize, rows: usize, c: &mut Chunk<T>, a: RowArrays<'_, T, 9>| {
+            let [(logits, _), (gq, _), (xr, _), (xbr, _), (dl, _), (dxr, _), (dgr, _), (dxbr, _), (du0r, _)] =
                 a;
             let dr = if dom.is_empty() {
                 dom
@@ -1358,12 +1426,16 @@ impl<T: Real> Model<T> {
             };
             ctx.run(|| {
                 let mut laps = Laps::start(&c.profile);
-                embedding.forward_rows(xr, dx, 0, idx, bsz, r0, rows, psr);
-                if nn > 0 {
-                    let nr = num[r0 * nn..(r0 + rows) * nn].chunks_exact(nn);
-                    for (xrow, nrow) in xr.chunks_exact_mut(dx).zip(nr) {
-                        for (o, &v) in xrow[nf * e..].iter_mut().zip(nrow) {
-                            *o = T::from_f64(v as f64);
+                let nr = &num[r0 * nn..(r0 + rows) * nn];
+                if let Some(ff) = fac {
+                    ff.gather_rest(xr, embedding, idx, bsz, r0, rows, nr, psr);
+                } else {
+                    embedding.forward_rows(xr, dx, 0, idx, bsz, r0, rows, psr);
+                    if nn > 0 {
+                        for (xrow, nrow) in xr.chunks_exact_mut(dx).zip(nr.chunks_exact(nn)) {
+                            for (o, &v) in xrow[nf * e..].iter_mut().zip(nrow) {
+                                *o = T::from_f64(v as f64);
+                            }
                         }
                     }
                 }
@@ -1382,8 +1454,9 @@ impl<T: Real> Model<T> {
                     losses,
                     keep: !lanes,
                 };
+                let fr = fac.map(|f| (f, r0));
                 chunk_forward(
-                    &net, psr, c, xr, xbr, gq, dr, logits, cr, gather, splits, mode,
+                    &net, psr, c, xr, xbr, gq, dr, logits, cr, gather, splits, mode, fr,
                 );
                 let mut laps = Laps::start(&c.profile);
                 if !wide_out.is_empty() {
@@ -1411,6 +1484,8 @@ impl<T: Real> Model<T> {
                     dg: dgr,
                     dxb: dxbr,
                     splits,
+                    fac: fr,
+                    du0: du0r,
                 };
                 chunk_backward(&net, psr, c, io, dl, rows, bsz, alpha);
             });
@@ -1473,6 +1548,7 @@ impl<T: Real> Model<T> {
             rg_dist,
             rg_wide,
             profile,
+            experts,
             buf: b,
             ..
         } = self;
@@ -1521,14 +1597,32 @@ impl<T: Real> Model<T> {
                 de.backward(&mut row_grads[rg_dist.clone()], dxb, xbd, 0, idx, bsz);
             }
         }
-        embedding.backward(
-            &mut row_grads[rg_emb.clone()],
-            &b.dx[..bsz * dx],
-            dx,
-            0,
-            idx,
-            bsz,
-        );
+        match b.factor.as_mut().filter(|_| b.factored) {
+            Some(ff) => {
+                // The factored fields' row gradients and W columns from the per-id sums,
+                // the other fields' row gradients from ∂L/∂x_rest.
+                let du0 = &b.du0[..bsz * ff.table_width()];
+                ff.backward_fields(experts, du0, ps, &mut row_grads[rg_emb.clone()]);
+                laps.lap(profile, Phase::Backbone);
+                let kr = ff.k_rest();
+                embedding.backward_columns(
+                    &mut row_grads[rg_emb.clone()],
+                    ff.rest_columns(),
+                    &b.dx[..bsz * kr],
+                    kr,
+                    idx,
+                    bsz,
+                );
+            }
+            None => embedding.backward(
+                &mut row_grads[rg_emb.clone()],
+                &b.dx[..bsz * dx],
+                dx,
+                0,
+                idx,
+                bsz,
+            ),
+        }
         laps.lap(profile, Phase::Embeddings);
     }
 
@@ -1600,7 +1694,10 @@ impl<T: Real> Model<T> {
         let (xbd, gz) = (*xb_dim, *gate_dim);
         let (chunk_rows, n_chunks) = (b.chunk_rows, b.n_chunks);
         let idx = &b.idx[..nf * bsz];
-        let x = &b.x[..bsz * dx];
+        let fac = b.factor.as_ref().filter(|_| b.factored);
+        let xw = fac.map_or(dx, |f| f.k_rest());
+        let duw = fac.map_or(0, |f| f.table_width());
+        let x = &b.x[..bsz * xw];
         let xb = &b.xb[..bsz * xbd];
         let g: &[T] = if rq.is_some() { &b.g[..bsz * gz] } else { xb };
 
@@ -1638,14 +1735,14 @@ impl<T: Real> Model<T> {
                 &mut []
             };
             let arrays = [
-                (&mut b.dx[..bsz * dx], dx),
+                (&mut b.dx[..bsz * xw], xw),
                 (&mut b.dg[..bsz * gz], gz),
                 (dxbq, if rq.is_some() { xbd } else { 0 }),
-                (&mut [][..], 0),
+                (&mut b.du0[..bsz * duw], duw),
             ];
             run_chunks(chunks, chunk_rows, 0, bsz, arrays, &|r0, rows, c, a| {
-                let [(dxr, _), (dgr, _), (dxbr, _), _] = a;
-                let xr = &x[r0 * dx..(r0 + rows) * dx];
+                let [(dxr, _), (dgr, _), (dxbr, _), (du0r, _)] = a;
+                let xr = &x[r0 * xw..(r0 + rows) * xw];
                 let gr = &g[r0 * gz..(r0 + rows) * gz];
                 let xbr = &xb[r0 * xbd..(r0 + rows) * xbd];
                 let dr = if dom.is_empty() {
@@ -1664,6 +1761,8 @@ impl<T: Real> Model<T> {
                         dg: dgr,
                         dxb: dxbr,
                         splits,
+                        fac: fac.map(|f| (f, r0)),
+                        du0: du0r,
                     };
                     chunk_backward(&net, psr, c, bufs, dl, rows, bsz, alpha);
                 });
@@ -1751,6 +1850,7 @@ fn chunk_forward<T: Real>(
     gather: Option<Gathered<'_, T>>,
     splits: &[SplitW1<T>],
     mode: ForwardMode,
+    fac: Option<(&FieldFactoring<T>, usize)>,
 ) {
     let ChunkRows {
         rows: bsz,
@@ -1812,8 +1912,16 @@ fn chunk_forward<T: Real>(
         }
         ModelKind::Mmoe | ModelKind::HmdnMmoe => {
             let n = net.experts.len();
-            for (m, ec) in net.experts.iter().zip(b.experts.iter_mut()) {
-                m.forward(ec, x, ps, bsz);
+            for (ei, (m, ec)) in net.experts.iter().zip(b.experts.iter_mut()).enumerate() {
+                match fac {
+                    // x is x_rest; row r0 of the chunk is row r0 of the batch.
+                    Some((ff, r0)) => {
+                        ec.ensure_batch(bsz);
+                        ff.layer0_forward(ei, m, &mut ec.h[0], x, ps, r0, bsz);
+                        m.forward_above_first(ec, ps, bsz);
+                    }
+                    None => m.forward(ec, x, ps, bsz),
+                }
             }
             laps.lap(profile, Phase::Backbone);
             let tw = net.towers.expect("towers");
@@ -1896,6 +2004,10 @@ struct ChunkIo<'a, T> {
     dxb: &'a mut [T],
     /// PEPNet's GateNU first-layer weights split by input columns (empty otherwise).
     splits: &'a [SplitW1<T>],
+    /// MMoE factored first layer and the chunk's first row: x and dx are then x_rest and
+    /// its gradient, and `du0` receives the experts' layer-0 gradients `[rows, n_exp·d0]`.
+    fac: Option<(&'a FieldFactoring<T>, usize)>,
+    du0: &'a mut [T],
 }
 
 /// Backward of [`chunk_forward`] from this chunk's `dlogits`: writes its rows of `∂L/∂x`,
@@ -1921,6 +2033,8 @@ fn chunk_backward<T: Real>(
         dg,
         dxb,
         splits,
+        fac,
+        du0,
     } = io;
     let Chunk {
         profile,
@@ -2017,8 +2131,26 @@ fn chunk_backward<T: Real>(
                 gate.backward(Some(dg), gc, ps, g, bsz);
                 laps.lap(profile, Phase::Gates);
             }
-            for ((m, ec), de) in net.experts.iter().zip(b.experts.iter_mut()).zip(&b.dexp) {
-                m.backward(Some(dxv), ec, ps, &de[..bsz * h], x, bsz);
+            let per_expert = net.experts.iter().zip(b.experts.iter_mut()).zip(&b.dexp);
+            for (ei, ((m, ec), de)) in per_expert.enumerate() {
+                let de = &de[..bsz * h];
+                let Some((ff, _)) = fac else {
+                    m.backward(Some(&mut *dxv), ec, ps, de, x, bsz);
+                    continue;
+                };
+                m.backward_above_first(ec, ps, de, bsz);
+                let d0 = m.layers[0].d_out;
+                let MlpCache {
+                    h: hs, dh, dpre, ..
+                } = ec;
+                let dh0: &[T] = if m.layers.len() == 1 {
+                    de
+                } else {
+                    &dh[0][..bsz * d0]
+                };
+                relu_backward(&mut dpre[..bsz * d0], dh0, &hs[0][..bsz * d0]);
+                let (dp, fdw) = (&dpre[..bsz * d0], &mut b.fdw);
+                ff.layer0_backward(ei, m, ps, dp, x, dxv, ei == 0, fdw, du0, bsz);
             }
             laps.lap(profile, Phase::Backbone);
         }

@@ -156,6 +156,52 @@ pub(crate) unsafe fn bias_relu<V: Vf>(y: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// `out[b, ..w] += table[slots[b]·stride + off ..][..w]` for every row `b` of `out` (rows of
+/// width `w`). The caller checks every slot's row lies inside `table`.
+#[inline(always)]
+pub(crate) unsafe fn add_slot_rows<V: Vf>(
+    out: &mut [f32],
+    w: usize,
+    table: &[f32],
+    stride: usize,
+    off: usize,
+    slots: &[u32],
+) {
+    if w == 0 {
+        return;
+    }
+    for (row, &s) in out.chunks_exact_mut(w).zip(slots) {
+        let (op, tp) = (
+            row.as_mut_ptr(),
+            table.as_ptr().add(s as usize * stride + off),
+        );
+        ew!(w, [op], [tp], {
+            V::load(op).add(V::load(tp)).store(op);
+        });
+    }
+}
+
+/// `table[slots[b]·stride ..][..w] += src[b·src_stride + src_off ..][..w]` for every
+/// `b < slots.len()`, in increasing `b`. The caller checks the bounds.
+#[inline(always)]
+pub(crate) unsafe fn scatter_add_slot_rows<V: Vf>(
+    table: &mut [f32],
+    stride: usize,
+    src: &[f32],
+    src_stride: usize,
+    src_off: usize,
+    w: usize,
+    slots: &[u32],
+) {
+    for (b, &s) in slots.iter().enumerate() {
+        let tp = table.as_mut_ptr().add(s as usize * stride);
+        let sp = src.as_ptr().add(b * src_stride + src_off);
+        ew!(w, [tp], [sp], {
+            V::load(tp).add(V::load(sp)).store(tp);
+        });
+    }
+}
+
 /// `y[b, j] += bias[j]` over whole rows.
 #[inline(always)]
 pub(crate) unsafe fn bias_add<V: Vf>(y: &mut [f32], bias: &[f32]) {

@@ -1,0 +1,614 @@
+//! The MMoE experts' first layer, factored by field over the batch's distinct ids.
+//!
+//! Every expert's first layer computes `u = x·Wᵀ + b` on `x = [E_1[i_1], …, E_F[i_F],
+//! numerics]`. Split by field, `x·Wᵀ = Σ_f E_f[i_f]·W_fᵀ`, `W_f` being `W`'s `e` columns of
+//! field `f`. A field whose ids take only `n_f` distinct values in the batch (gender, age
+//! bucket, city level… — the reference workload has sixteen fields of at most 1000 values)
+//! contributes only `n_f` different terms. They are computed once each,
+//! `P_f = E_f[ids_f]·W_fᵀ` (`n_f·e·d` multiply-adds instead of `B·e·d`), and each row adds its
+//! id's term. The backward does the same in reverse: with `G_f[s] = Σ_{b: i_f(b) = ids_f[s]}
+//! ∂L/∂u_b` (the rows' pre-activation gradients summed per id first), `dW_f += G_fᵀ·E_f[ids_f]`
+//! and the gradient of embedding row `ids_f[s]` is `G_f[s]·W_f`: `n_f` rows instead of `B`.
+//! All experts share the ids, so the terms of every expert sit side by side in one table row.
+//!
+//! The other fields (and the numeric features) go through the ordinary GEMM on a compact
+//! `x_rest` `[B, k_rest]` with the matching columns of `W` copied out (`W_rest`).
+//!
+//! This is the same function in exact arithmetic; in floating point the sums are grouped
+//! differently (per id, then over ids), so results differ from the unfactored layer by
+//! rounding only: the model tests check both ways against each other, and the whole-model
+//! gradient checks run through it.
+//!
+//! Which fields are factored is fixed per model (vocabulary at most [`MAX_FACTOR_VOCAB`]),
+//! not chosen per batch: a row's logits must not depend on the batch it came in (`eval` at
+//! any batch size and thread count gives the same bits), and with a fixed split each row's
+//! sums are grouped the same way in every batch. Every gradient sum runs in batch order, so
+//! the thread count never changes a bit either.
+
+use super::embedding::{MultiEmbedding, RowGrad};
+use super::mlp::Mlp;
+use crate::params::{Grads, ParamStore};
+use hmdn_kernels::act::{bias_grad, bias_relu_forward};
+use hmdn_kernels::embed::{add_slot_rows, gather_fields, scatter_add_slot_rows};
+use hmdn_kernels::{gemm, Real, Trans};
+use rayon::prelude::*;
+
+/// Fields with at most this many ids are factored. Such a field has at most this many
+/// distinct ids in a batch, so from batches of about this size up its per-id terms cost at
+/// most the GEMM rows they replace, and well below it at the reference workload's batches
+/// for the many fields of tens to a thousand ids; the per-row additions (one `d`-wide row
+/// per field and row, from a table that stays in cache) are cheap next to the `e·d`
+/// multiply-adds they replace. Its id → slot table is one `u32` per id, rebuilt per batch by
+/// a scan over the vocabulary.
+pub const MAX_FACTOR_VOCAB: usize = 256;
+
+/// Batches from this many rows run the per-field work in parallel.
+const PAR_MIN_ROWS: usize = 256;
+
+/// One field's id → slot table, distinct ids and row slots, as the per-field loop gets them.
+type FieldBufs<'a> = ((&'a mut Vec<u32>, &'a mut Vec<u32>), &'a mut Vec<u32>);
+
+/// Marks an id absent from the batch.
+const ABSENT: u32 = u32::MAX;
+
+/// Per-batch state and buffers of the factored first layer of a set of MMoE experts. Sized
+/// once per batch shape ([`FieldFactoring::ensure_batch`]); a training step does not allocate.
+#[derive(Clone, Debug)]
+pub struct FieldFactoring<T> {
+    /// Embedding width.
+    e: usize,
+    /// Number of categorical fields and numeric features.
+    nf: usize,
+    nn: usize,
+    /// Experts and their first layer's width: the tables are `n_exp·d0` wide.
+    n_exp: usize,
+    d0: usize,
+    /// Width of x.
+    d_in: usize,
+    /// Vocabulary of every field; `candidate[f]` says whether it may be factored.
+    vocab: Vec<usize>,
+    candidate: Vec<bool>,
+    /// Fields factored in the last prepared batch (ascending) and the others (ascending).
+    active: Vec<usize>,
+    rest: Vec<usize>,
+    /// Column of each rest field in `x_rest`, `None` for factored fields (per field).
+    rest_col: Vec<Option<usize>>,
+    /// Position of each factored field in `active`, `None` for the others (per field).
+    slot_in_active: Vec<Option<usize>>,
+    /// Per candidate field: id → slot table (`ABSENT` between batches), the distinct ids in
+    /// ascending order, and each row's slot `[B]`.
+    slot_of: Vec<Vec<u32>>,
+    ids: Vec<Vec<u32>>,
+    slots: Vec<Vec<u32>>,
+    /// First table row of each active field (prefix sums of the distinct counts; one more
+    /// entry than `active`).
+    off: Vec<usize>,
+    /// `E_f[ids_f]` of every active field, stacked `[Σn, e]`.
+    emb_rows: Vec<T>,
+    /// Per active field, every expert's `W_f` stacked: `[n_exp·d0, e]` each.
+    w_fields: Vec<T>,
+    /// Per expert, `W`'s rest columns `[d0, k_rest]`.
+    w_rest: Vec<T>,
+    /// Per-id terms `P` and per-id gradient sums `G`, one table `[tab_rows, d0]` per expert
+    /// (rows `off[j]..off[j+1]` of each are field `j`'s): an expert's forward and backward
+    /// touch only its own table.
+    proj: Vec<T>,
+    gsum: Vec<T>,
+    /// Rows of each expert's table (the most distinct ids a batch can have).
+    tab_rows: usize,
+    /// Per active field, `G_fᵀ·E_f[ids_f]` `[n_exp·d0, e]` (scratch of the backward).
+    dw_fields: Vec<T>,
+    /// Rows and distinct-row capacity the buffers are sized for.
+    cap: usize,
+    /// Rows of the last prepared batch.
+    bsz: usize,
+}
+
+impl<T: Real> FieldFactoring<T> {
+    /// For `experts` (all of the same shape) on `x` made of `embedding`'s fields (vocabularies
+    /// `vocab`) and `nn` numeric features. `excluded` fields are never factored (fields whose
+    /// gradient also arrives from elsewhere through x's columns).
+    pub fn new(
+        embedding: &MultiEmbedding,
+        vocab: &[usize],
+        nn: usize,
+        experts: &[Mlp],
+        excluded: &[bool],
+    ) -> Self {
+        let nf = embedding.n_fields();
+        let d0 = experts.first().map_or(0, |m| m.layers[0].d_out);
+        let candidate: Vec<bool> = (0..nf)
+            .map(|f| vocab[f] <= MAX_FACTOR_VOCAB && !excluded.get(f).copied().unwrap_or(false))
+            .collect();
+        let slot_of = (0..nf)
+            .map(|f| {
+                if candidate[f] {
+                    vec![ABSENT; vocab[f]]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        // Weight-shaped buffers, whatever the batch.
+        let n_cand = candidate.iter().filter(|&&c| c).count();
+        let wsz = n_cand * experts.len() * d0 * embedding.e;
+        let d_in = nf * embedding.e + nn;
+        FieldFactoring {
+            w_fields: vec![T::ZERO; wsz],
+            dw_fields: vec![T::ZERO; wsz],
+            w_rest: vec![T::ZERO; experts.len() * d0 * d_in],
+            e: embedding.e,
+            nf,
+            nn,
+            n_exp: experts.len(),
+            d0,
+            d_in,
+            vocab: vocab.to_vec(),
+            candidate,
+            active: Vec::with_capacity(nf),
+            rest: Vec::with_capacity(nf),
+            rest_col: vec![None; nf],
+            slot_in_active: vec![None; nf],
+            slot_of,
+            ids: vec![Vec::new(); nf],
+            slots: vec![Vec::new(); nf],
+            off: Vec::with_capacity(nf + 1),
+            emb_rows: Vec::new(),
+            proj: Vec::new(),
+            gsum: Vec::new(),
+            tab_rows: 0,
+            cap: 0,
+            bsz: 0,
+        }
+    }
+
+    /// Sizes every buffer for batches of up to `bsz` rows.
+    pub fn ensure_batch(&mut self, bsz: usize) {
+        if bsz <= self.cap {
+            return;
+        }
+        let mut rows = 0;
+        for f in 0..self.nf {
+            if self.candidate[f] {
+                let n = self.vocab[f].min(bsz);
+                rows += n;
+                self.ids[f].clear();
+                self.ids[f].reserve(n);
+                self.slots[f].resize(bsz, 0);
+            }
+        }
+        let w = self.n_exp * self.d0;
+        self.emb_rows.resize(rows * self.e, T::ZERO);
+        self.proj.resize(rows * w, T::ZERO);
+        self.gsum.resize(rows * w, T::ZERO);
+        self.tab_rows = rows;
+        self.cap = bsz;
+    }
+
+    /// Whether the last prepared batch factored at least one field (else the experts run
+    /// unfactored on the whole x).
+    pub fn is_active(&self) -> bool {
+        !self.active.is_empty()
+    }
+
+    /// Width of `x_rest`: the unfactored fields' columns, then the numeric features.
+    pub fn k_rest(&self) -> usize {
+        self.rest.len() * self.e + self.nn
+    }
+
+    /// Width of a row of per-id terms or gradients, and of the layer-0 gradient rows
+    /// [`FieldFactoring::layer0_backward`] hands back: every expert's `d0` columns.
+    pub fn table_width(&self) -> usize {
+        self.n_exp * self.d0
+    }
+
+    /// Decides which fields the batch (`idx`, field-major `[F, B]` with `embedding`'s
+    /// columns) factors and, when any, computes the per-id terms of every expert from the
+    /// current weights. Returns [`FieldFactoring::is_active`].
+    pub fn prepare(
+        &mut self,
+        embedding: &MultiEmbedding,
+        experts: &[Mlp],
+        idx: &[u32],
+        bsz: usize,
+        ps: &ParamStore<T>,
+    ) -> bool {
+        self.ensure_batch(bsz);
+        self.bsz = bsz;
+        self.active.clear();
+        self.rest.clear();
+        let e = self.e;
+        // Distinct ids per factored field (in parallel over fields; each field's result is
+        // its own).
+        let work = |(f, ((so, ids), slots)): (usize, FieldBufs<'_>)| {
+            if so.is_empty() {
+                return;
+            }
+            let c = embedding.cols[f];
+            distinct_ids(so, ids, &mut slots[..bsz], &idx[c * bsz..(c + 1) * bsz]);
+        };
+        if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
+            self.slot_of
+                .par_iter_mut()
+                .zip(self.ids.par_iter_mut())
+                .zip(self.slots.par_iter_mut())
+                .enumerate()
+                .for_each(work);
+        } else {
+            self.slot_of
+                .iter_mut()
+                .zip(self.ids.iter_mut())
+                .zip(self.slots.iter_mut())
+                .enumerate()
+                .for_each(work);
+        }
+        for f in 0..self.nf {
+            if self.candidate[f] {
+                self.active.push(f);
+            } else {
+                self.rest.push(f);
+            }
+        }
+        for c in self.rest_col.iter_mut() {
+            *c = None;
+        }
+        for (p, &f) in self.rest.iter().enumerate() {
+            self.rest_col[f] = Some(p * e);
+        }
+        for c in self.slot_in_active.iter_mut() {
+            *c = None;
+        }
+        for (j, &f) in self.active.iter().enumerate() {
+            self.slot_in_active[f] = Some(j);
+        }
+        if self.active.is_empty() {
+            return false;
+        }
+        self.off.clear();
+        self.off.push(0);
+        for &f in &self.active {
+            let last = *self.off.last().expect("pushed");
+            self.off.push(last + self.ids[f].len());
+        }
+        // E_f[ids_f], stacked.
+        for (j, &f) in self.active.iter().enumerate() {
+            let table = ps.value(embedding.tables[f]);
+            let dst = &mut self.emb_rows[self.off[j] * e..self.off[j + 1] * e];
+            for (row, &id) in dst.chunks_exact_mut(e.max(1)).zip(&self.ids[f]) {
+                let id = id as usize;
+                row.copy_from_slice(&table[id * e..(id + 1) * e]);
+            }
+        }
+        // Every expert's W_f per active field, and W_rest per expert.
+        let (d0, d_in, w) = (self.d0, self.d_in, self.table_width());
+        let kr = self.k_rest();
+        let ne = self.nf * e;
+        for (ei, m) in experts.iter().enumerate() {
+            let wv = ps.value(m.layers[0].w);
+            for (j, &f) in self.active.iter().enumerate() {
+                let blk = &mut self.w_fields[j * w * e..(j + 1) * w * e];
+                for o in 0..d0 {
+                    let r = (ei * d0 + o) * e;
+                    blk[r..r + e].copy_from_slice(&wv[o * d_in + f * e..o * d_in + (f + 1) * e]);
+                }
+            }
+            let wr = &mut self.w_rest[ei * d0 * kr..(ei + 1) * d0 * kr];
+            for o in 0..d0 {
+                let src = &wv[o * d_in..(o + 1) * d_in];
+                let dst = &mut wr[o * kr..(o + 1) * kr];
+                for (p, &f) in self.rest.iter().enumerate() {
+                    dst[p * e..(p + 1) * e].copy_from_slice(&src[f * e..(f + 1) * e]);
+                }
+                dst[self.rest.len() * e..].copy_from_slice(&src[ne..]);
+            }
+        }
+        // P_f = E_f[ids_f]·W_fᵀ `[n_f, d0]` for every expert; fields in parallel (each
+        // writes its own rows of every expert's table).
+        let (off, emb_rows, w_fields) = (&self.off, &self.emb_rows, &self.w_fields);
+        let (tab, n_exp) = (self.tab_rows * d0, self.n_exp);
+        assert!(self.proj.len() >= n_exp * tab && *off.last().expect("pushed") <= self.tab_rows);
+        let proj = SendPtr(self.proj.as_mut_ptr());
+        let field_terms = |j: usize| {
+            let (r0, r1) = (off[j], off[j + 1]);
+            for ei in 0..n_exp {
+                let p = proj;
+                // SAFETY: rows off[j]..off[j+1] of expert ei's table belong to field j alone
+                // (`off` is increasing and ends within the table, asserted above); P outlives
+                // the loop.
+                let pj = unsafe {
+                    std::slice::from_raw_parts_mut(p.0.add(ei * tab + r0 * d0), (r1 - r0) * d0)
+                };
+                let wf = &w_fields[j * w * e + ei * d0 * e..][..d0 * e];
+                let rows = &emb_rows[r0 * e..r1 * e];
+                gemm(
+                    r1 - r0,
+                    d0,
+                    e,
+                    T::ONE,
+                    rows,
+                    Trans::N,
+                    wf,
+                    Trans::T,
+                    T::ZERO,
+                    pj,
+                );
+            }
+        };
+        let na = self.active.len();
+        if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
+            (0..na).into_par_iter().for_each(field_terms);
+        } else {
+            (0..na).for_each(field_terms);
+        }
+        true
+    }
+
+    /// Writes rows `r0..r0 + rows` of `x_rest` `[rows, k_rest]`: the rest fields' embeddings,
+    /// then the numeric features (`num`, `[rows, nn]` of this chunk).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_rest(
+        &self,
+        out: &mut [T],
+        embedding: &MultiEmbedding,
+        idx: &[u32],
+        bsz: usize,
+        r0: usize,
+        rows: usize,
+        num: &[f32],
+        ps: &ParamStore<T>,
+    ) {
+        let kr = self.k_rest();
+        let field = |p: usize| {
+            let f = self.rest[p];
+            let c = embedding.cols[f];
+            (
+                ps.value(embedding.tables[f]),
+                &idx[c * bsz + r0..c * bsz + r0 + rows],
+            )
+        };
+        gather_fields(out, kr, 0, self.rest.len(), field, self.e, rows);
+        if self.nn > 0 {
+            let c0 = self.rest.len() * self.e;
+            for (xrow, nrow) in out.chunks_exact_mut(kr).zip(num.chunks_exact(self.nn)) {
+                for (o, &v) in xrow[c0..].iter_mut().zip(nrow) {
+                    *o = T::from_f64(v as f64);
+                }
+            }
+        }
+    }
+
+    /// Expert `ei`'s first layer on rows `r0..r0 + rows`: `out = ReLU(x_rest·W_restᵀ + Σ_f
+    /// P_f[slot_f] + b)` `[rows, d0]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer0_forward(
+        &self,
+        ei: usize,
+        m: &Mlp,
+        out: &mut [T],
+        x_rest: &[T],
+        ps: &ParamStore<T>,
+        r0: usize,
+        rows: usize,
+    ) {
+        let (d0, kr) = (self.d0, self.k_rest());
+        let out = &mut out[..rows * d0];
+        gemm(
+            rows,
+            d0,
+            kr,
+            T::ONE,
+            &x_rest[..rows * kr],
+            Trans::N,
+            &self.w_rest[ei * d0 * kr..(ei + 1) * d0 * kr],
+            Trans::T,
+            T::ZERO,
+            out,
+        );
+        let table = &self.proj[ei * self.tab_rows * d0..(ei + 1) * self.tab_rows * d0];
+        for (j, &f) in self.active.iter().enumerate() {
+            let tj = &table[self.off[j] * d0..self.off[j + 1] * d0];
+            add_slot_rows(out, d0, tj, d0, 0, &self.slots[f][r0..r0 + rows]);
+        }
+        bias_relu_forward(out, ps.value(m.layers[0].b));
+    }
+
+    /// Expert `ei`'s first layer backward on one chunk's rows from `dpre = ∂L/∂u` `[rows, d0]`
+    /// (after the ReLU's mask): `db`, the rest columns of `dW` (through `scratch`, at least
+    /// `[d0, k_rest]`), `∂L/∂x_rest` into `dx_rest` (written when `write`, else added), and
+    /// `dpre` copied into `du0`'s `[rows, n_exp·d0]` columns of this expert for
+    /// [`FieldFactoring::backward_fields`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer0_backward(
+        &self,
+        ei: usize,
+        m: &Mlp,
+        g: &mut Grads<'_, T>,
+        dpre: &[T],
+        x_rest: &[T],
+        dx_rest: &mut [T],
+        write: bool,
+        scratch: &mut [T],
+        du0: &mut [T],
+        rows: usize,
+    ) {
+        let (d0, kr, w, e) = (self.d0, self.k_rest(), self.table_width(), self.e);
+        let lin = &m.layers[0];
+        let dpre = &dpre[..rows * d0];
+        let (wr, br) = (g.range(lin.w), g.range(lin.b));
+        bias_grad(&mut g.grads[br], dpre);
+        let w_rest = &self.w_rest[ei * d0 * kr..(ei + 1) * d0 * kr];
+        gemm(
+            rows,
+            kr,
+            d0,
+            T::ONE,
+            dpre,
+            Trans::N,
+            w_rest,
+            Trans::N,
+            if write { T::ZERO } else { T::ONE },
+            &mut dx_rest[..rows * kr],
+        );
+        let scratch = &mut scratch[..d0 * kr];
+        gemm(
+            d0,
+            kr,
+            rows,
+            T::ONE,
+            dpre,
+            Trans::T,
+            &x_rest[..rows * kr],
+            Trans::N,
+            T::ZERO,
+            scratch,
+        );
+        let dw = &mut g.grads[wr];
+        let (d_in, ne, nr) = (self.d_in, self.nf * e, self.rest.len());
+        for (o, srow) in scratch.chunks_exact(kr.max(1)).take(d0).enumerate() {
+            let drow = &mut dw[o * d_in..(o + 1) * d_in];
+            for (p, &f) in self.rest.iter().enumerate() {
+                for (d, &s) in drow[f * e..(f + 1) * e].iter_mut().zip(&srow[p * e..]) {
+                    *d += s;
+                }
+            }
+            for (d, &s) in drow[ne..].iter_mut().zip(&srow[nr * e..]) {
+                *d += s;
+            }
+        }
+        for (urow, drow) in du0.chunks_exact_mut(w).zip(dpre.chunks_exact(d0)) {
+            urow[ei * d0..(ei + 1) * d0].copy_from_slice(drow);
+        }
+    }
+
+    /// The factored fields' share of the backward, after every chunk's
+    /// [`FieldFactoring::layer0_backward`]: `G` from the batch's layer-0 gradients `du0`
+    /// `[B, n_exp·d0]` (summed per id in batch order), then every expert's `dW_f += G_fᵀ·E_f[ids_f]`
+    /// into `ps`'s gradients and each factored field's embedding row gradients
+    /// (`row_grads[f]`: rows `ids_f`, gradients `G_f·W_f` summed over the experts).
+    pub fn backward_fields(
+        &mut self,
+        experts: &[Mlp],
+        du0: &[T],
+        ps: &mut ParamStore<T>,
+        row_grads: &mut [RowGrad<T>],
+    ) {
+        let (bsz, e, d0, w) = (self.bsz, self.e, self.d0, self.table_width());
+        let rows_total = *self.off.last().unwrap_or(&0);
+        // G, one table per expert (experts in parallel; each element sums its rows in batch
+        // order).
+        let (active, off, slots) = (&self.active, &self.off, &self.slots);
+        let tab = self.tab_rows * d0;
+        let accumulate = |(ei, g): (usize, &mut [T])| {
+            g[..rows_total * d0].fill(T::ZERO);
+            for (j, &f) in active.iter().enumerate() {
+                let gj = &mut g[off[j] * d0..off[j + 1] * d0];
+                scatter_add_slot_rows(gj, d0, du0, w, ei * d0, d0, &slots[f][..bsz]);
+            }
+        };
+        let gsum = &mut self.gsum[..self.n_exp * tab];
+        if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
+            gsum.par_chunks_mut(tab.max(1))
+                .enumerate()
+                .for_each(accumulate);
+        } else {
+            gsum.chunks_mut(tab.max(1)).enumerate().for_each(accumulate);
+        }
+        // Per active field: row gradients Σ_experts G_f·W_f and dW_f = G_fᵀ·E_f[ids_f]
+        // (fields in parallel, each writing its own row gradient and its own block of
+        // `dw_fields`).
+        let gsum = &self.gsum[..self.n_exp * tab];
+        let (emb_rows, w_fields, ids) = (&self.emb_rows, &self.w_fields, &self.ids);
+        let (slot_in_active, n_exp) = (&self.slot_in_active, self.n_exp);
+        assert!(self.dw_fields.len() >= active.len() * w * e);
+        let dwf = SendPtr(self.dw_fields.as_mut_ptr());
+        let per_field = |(f, rg): (usize, &mut RowGrad<T>)| {
+            let Some(j) = slot_in_active[f] else { return };
+            let (r0, r1) = (off[j], off[j + 1]);
+            let n = r1 - r0;
+            rg.rows.clear();
+            rg.rows.extend_from_slice(&ids[f]);
+            rg.grad.clear();
+            rg.grad.resize(n * e, T::ZERO);
+            let p = dwf;
+            // SAFETY: block j of `dw_fields` (w·e elements, inside it: asserted above) is
+            // written by field j's task alone.
+            let blk = unsafe { std::slice::from_raw_parts_mut(p.0.add(j * w * e), w * e) };
+            let er = &emb_rows[r0 * e..r1 * e];
+            for ei in 0..n_exp {
+                let g = &gsum[ei * tab + r0 * d0..ei * tab + r1 * d0];
+                let wf = &w_fields[j * w * e + ei * d0 * e..][..d0 * e];
+                let beta = if ei == 0 { T::ZERO } else { T::ONE };
+                gemm(
+                    n,
+                    e,
+                    d0,
+                    T::ONE,
+                    g,
+                    Trans::N,
+                    wf,
+                    Trans::N,
+                    beta,
+                    &mut rg.grad,
+                );
+                let bk = &mut blk[ei * d0 * e..(ei + 1) * d0 * e];
+                gemm(d0, e, n, T::ONE, g, Trans::T, er, Trans::N, T::ZERO, bk);
+            }
+        };
+        if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
+            row_grads.par_iter_mut().enumerate().for_each(per_field);
+        } else {
+            row_grads.iter_mut().enumerate().for_each(per_field);
+        }
+        let d_in = self.d_in;
+        for (ei, m) in experts.iter().enumerate() {
+            let r = ps.range(m.layers[0].w);
+            let dw = &mut ps.grads[r];
+            for (j, &f) in active.iter().enumerate() {
+                let blk = &self.dw_fields[j * w * e..(j + 1) * w * e];
+                for o in 0..d0 {
+                    let src = &blk[(ei * d0 + o) * e..(ei * d0 + o + 1) * e];
+                    for (d, &s) in dw[o * d_in + f * e..o * d_in + (f + 1) * e]
+                        .iter_mut()
+                        .zip(src)
+                    {
+                        *d += s;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Column of each unfactored field in `x_rest` (`None` for the factored ones), for the
+    /// rest fields' embedding backward.
+    pub fn rest_columns(&self) -> &[Option<usize>] {
+        &self.rest_col
+    }
+}
+
+/// A raw pointer that may cross to rayon's workers (each task touches its own elements).
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+unsafe impl<T: Send> Send for SendPtr<T> {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+/// The distinct values of `col` in ascending order (`ids`) and each row's index among them
+/// (`slots`), through `slot_of` (one entry per id, all `ABSENT` on entry and on return).
+fn distinct_ids(slot_of: &mut [u32], ids: &mut Vec<u32>, slots: &mut [u32], col: &[u32]) {
+    ids.clear();
+    for &i in col {
+        slot_of[i as usize] = 0;
+    }
+    // Ascending ids: one scan of the (small) vocabulary.
+    for (i, s) in slot_of.iter_mut().enumerate() {
+        if *s != ABSENT {
+            *s = ids.len() as u32;
+            ids.push(i as u32);
+        }
+    }
+    for (o, &i) in slots.iter_mut().zip(col) {
+        *o = slot_of[i as usize];
+    }
+    for &i in ids.iter() {
+        slot_of[i as usize] = ABSENT;
+    }
+}
