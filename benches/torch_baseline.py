@@ -18,6 +18,15 @@ Variants (--variant, or `all`):
   dense-fused    the same, Adam(fused=True)
   sparse         nn.Embedding(sparse=True) + SparseAdam for the tables, Adam for the rest
   sparse-fused   the same, Adam(fused=True) for the rest
+  dense-fused-factored
+                 dense-fused, with (mmoe, hmdn-mmoe) the experts' first layer factored by
+                 field as hmdn-cpu runs it (its `model::factored`): for every field of at
+                 most 256 ids, the terms E_f·W_fᵀ of all its ids (all three experts at once)
+                 summed per row by one embedding_bag and added to the GEMM on the other
+                 fields' columns; the same function (other models: plain dense-fused)
+  sparse-fused-factored
+                 sparse-fused, factored the same way; the small fields' tables are then
+                 dense (their rows feed F.linear whole) and go to the fused Adam
 
 The quantizer (hmdn-*), --rq:
   distinct       (default) once per distinct (gender, city, domain) key of the batch, the
@@ -88,7 +97,15 @@ Z = len(DIST_FIELDS) * E  # 48
 
 MODELS = ["dnn", "wide-deep", "dcn", "shared-bottom", "mmoe", "pepnet", "hmdn-mmoe",
           "hmdn-pepnet"]
-VARIANTS = ["dense", "dense-foreach", "dense-fused", "sparse", "sparse-fused"]
+VARIANTS = ["dense", "dense-foreach", "dense-fused", "sparse", "sparse-fused",
+            "dense-fused-factored", "sparse-fused-factored"]
+# Fields whose expert terms are looked up per id in `dense-fused-factored` (hmdn-cpu's
+# `factored::MAX_FACTOR_VOCAB`), and the others.
+FACTOR_VOCAB = 256
+SMALL = [j for j, v in enumerate(VOCABS) if v <= FACTOR_VOCAB]
+REST = [j for j, v in enumerate(VOCABS) if v > FACTOR_VOCAB]
+REST_COLS = torch.tensor([j * E + c for j in REST for c in range(E)])
+SMALL_BASE = torch.tensor([sum(VOCABS[k] for k in SMALL[:i]) for i in range(len(SMALL))])
 
 
 # ---- modules -----------------------------------------------------------------------------
@@ -131,12 +148,16 @@ class Codebook(nn.Module):
 
 
 class Model(nn.Module):
-    def __init__(self, kind, tasks, sparse, rq_distinct=False):
+    def __init__(self, kind, tasks, sparse, rq_distinct=False, factored=False):
         super().__init__()
         self.kind, self.tasks = kind, tasks
+        self.factored = factored
         self.rq_distinct = rq_distinct
+        # Factored MMoE reads the small fields' tables whole (dense gradients).
+        dense_small = factored and kind in ("mmoe", "hmdn-mmoe")
         self.embedding = nn.ModuleDict(
-            {n: nn.Embedding(v, E, sparse=sparse) for n, v in zip(FIELDS, VOCABS)}
+            {n: nn.Embedding(v, E, sparse=sparse and not (dense_small and j in SMALL))
+             for j, (n, v) in enumerate(zip(FIELDS, VOCABS))}
         )
         uses_dist = kind in ("mmoe", "pepnet", "hmdn-mmoe", "hmdn-pepnet")
         self.uses_rq = kind.startswith("hmdn-")
@@ -180,8 +201,8 @@ class Model(nn.Module):
             self.towers = nn.ModuleList(nn.Linear(d_h, 1) for _ in range(tasks))
 
     def table_params(self):
-        return [m.weight for m in self.modules() if isinstance(m, nn.Embedding)
-                and m is not getattr(getattr(self, "rq", None), "codebook", None)]
+        # The sparse tables (not the codebook, nor a factored model's small-field tables).
+        return [m.weight for m in self.modules() if isinstance(m, nn.Embedding) and m.sparse]
 
     def other_params(self):
         tables = {id(p) for p in self.table_params()}
@@ -232,10 +253,35 @@ class Model(nn.Module):
         g_u, loss = self.rq_forward(xb, weight=counts.to(xb.dtype) / key.numel())
         return g_u, inv, loss
 
+    def experts_factored(self, cat):
+        """The experts on x, their first layer factored by field (`dense-fused-factored`):
+        u = x_rest·W_restᵀ + b + Σ_f P_f[i_f] with P_f = E_f·W_fᵀ over all of field f's ids,
+        the three experts' first layers side by side. The same function as `e(x)`."""
+        w = torch.cat([e.layers[0].weight for e in self.experts], 0)  # [3·128, 368]
+        b = torch.cat([e.layers[0].bias for e in self.experts], 0)
+        x_rest = torch.cat([self.embedding[FIELDS[j]](cat[:, j]) for j in REST], 1)
+        u = F.linear(x_rest, w[:, REST_COLS], b)
+        # All small fields' terms in one table [Σ vocab, 384], summed per row by one
+        # embedding_bag over the rows' ids shifted to their field's block.
+        p = torch.cat([F.linear(self.embedding[FIELDS[j]].weight, w[:, j * E:(j + 1) * E])
+                       for j in SMALL], 0)
+        ids = (cat[:, SMALL] + SMALL_BASE).reshape(-1)
+        u = u + F.embedding_bag(ids, p, mode="sum",
+                                offsets=torch.arange(0, ids.numel(), len(SMALL)))
+        out = []
+        for i, e in enumerate(self.experts):
+            h = F.relu(u[:, i * HIDDEN[0]:(i + 1) * HIDDEN[0]])
+            for lin in e.layers[1:]:
+                h = F.relu(lin(h))
+            out.append(h)
+        return torch.stack(out, 1)
+
     def forward(self, cat):
         """Returns logits [B, T] and the RQ loss (0 without RQ)."""
-        x = torch.cat([self.embedding[n](cat[:, j]) for j, n in enumerate(FIELDS)], dim=1)
-        rq_loss = x.new_zeros(())
+        factored = self.factored and self.kind in ("mmoe", "hmdn-mmoe")
+        x = None if factored else torch.cat(
+            [self.embedding[n](cat[:, j]) for j, n in enumerate(FIELDS)], dim=1)
+        rq_loss = cat.new_zeros((), dtype=torch.float32)
         g_u = inv = None
         if self.uses_rq and self.rq_distinct:
             # As hmdn-cpu: MMoE's gate weights depend on g only, so they too are computed
@@ -249,7 +295,10 @@ class Model(nn.Module):
                 g, rq_loss = self.rq_forward(xb)
         k = self.kind
         if k in ("mmoe", "hmdn-mmoe"):
-            ex = torch.stack([e(x) for e in self.experts], dim=1)  # [B, n, 32]
+            if factored:
+                ex = self.experts_factored(cat)
+            else:
+                ex = torch.stack([e(x) for e in self.experts], dim=1)  # [B, n, 32]
             def gate(t):
                 if g_u is None:
                     return torch.softmax(self.gates[t](g), 1)
@@ -324,11 +373,12 @@ def make_batches(n, rows, tasks, gen):
 
 def make_optimisers(model, variant):
     if variant.startswith("dense"):
-        kw = {"foreach": variant == "dense-foreach", "fused": variant == "dense-fused"}
+        fused = variant.startswith("dense-fused")
+        kw = {"foreach": variant == "dense-foreach", "fused": fused}
         if not kw["fused"]:
             kw.pop("fused")
         return [torch.optim.Adam(model.parameters(), lr=LR, **kw)]
-    kw = {"fused": True} if variant == "sparse-fused" else {}
+    kw = {"fused": True} if variant.startswith("sparse-fused") else {}
     return [torch.optim.SparseAdam(model.table_params(), lr=LR),
             torch.optim.Adam(model.other_params(), lr=LR, **kw)]
 
@@ -361,7 +411,7 @@ def build(kind, variant, batch, args):
     (seed --seed + 1), plus the generator that made them."""
     torch.manual_seed(args.seed)
     model = Model(kind, args.tasks, sparse=variant.startswith("sparse"),
-                  rq_distinct=args.rq == "distinct")
+                  rq_distinct=args.rq == "distinct", factored=variant.endswith("-factored"))
     opts = make_optimisers(model, variant)
     gen = torch.Generator().manual_seed(args.seed + 1)
     batches = make_batches(args.n_batches, batch, args.tasks, gen)

@@ -33,7 +33,11 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # In every recorded run of torch_baseline.py (benches/records/torch-*.txt, 294 model × batch
 # results), the best variant was one of these three; dense and dense-foreach never were.
+# For mmoe and hmdn-mmoe also the two `-factored` variants, which run the experts the way
+# hmdn-cpu does (their first layer factored by field, `model::factored`), so that the ratio
+# is against PyTorch doing that work too when it is faster for PyTorch.
 DEFAULT_VARIANTS = ["dense-fused", "sparse", "sparse-fused"]
+MMOE_VARIANTS = DEFAULT_VARIANTS + ["dense-fused-factored", "sparse-fused-factored"]
 
 
 class Server:
@@ -132,7 +136,9 @@ def main():
                     help="hmdn-cpu steps per burst (default: about 0.4 s of them)")
     ap.add_argument("--torch-steps", type=int, default=0,
                     help="steps per burst of each PyTorch variant (default: about 0.4 s)")
-    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="PyTorch variants to time (default: dense-fused sparse sparse-fused, "
+                         "plus dense-fused-factored sparse-fused-factored for mmoe models)")
     ap.add_argument("--infer", action="store_true", help="time inference forwards instead")
     ap.add_argument("--pause", type=float, default=0.05,
                     help="seconds between bursts (lets the other side's threads go idle)")
@@ -142,6 +148,9 @@ def main():
                          "(no PyTorch)")
     args = ap.parse_args()
 
+    if args.variants is None:
+        mmoe = args.model in ("mmoe", "hmdn-mmoe")
+        args.variants = MMOE_VARIANTS if mmoe else DEFAULT_VARIANTS
     python = os.environ.get("PYTHON", "python3")
     def hmdn_cpu(threads):
         return [os.path.join(ROOT, "target", "release", "hmdn-cpu"), "bench", "--serve",
