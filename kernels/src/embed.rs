@@ -333,78 +333,93 @@ fn check_slot_rows(what: &str, len: usize, stride: usize, off: usize, w: usize, 
     );
 }
 
-/// `out[b, ..w] += table[slots[b]·stride + off ..][..w]` for every row `b` of `out` (rows of
-/// width `w`, as many as `slots` has): each row adds its slot's row of a table. The factored
-/// MMoE layer adds its per-id terms with it. Same IEEE additions as
-/// [`reference::add_slot_rows`] (bit-identical).
+/// `out[b, ..w] += Σ_j table[rows[b·per_row + j]·w ..][..w]` for every row `b` of `out` (rows
+/// of width `w`, as many as `rows` holds groups of `per_row`), the terms added in `j` order
+/// into the output value: each row adds several rows of one table (the factored MMoE layer
+/// adds all its fields' per-id terms at once). Same IEEE additions as
+/// [`reference::add_rows_indexed`] (bit-identical), and as `per_row` calls with one index per
+/// row, one per `j`.
 ///
 /// # Panics
-/// If `out` has fewer than `slots.len()` rows or a slot's row leaves `table`.
+/// If `out` or `rows` is too short for the other, or an index leaves `table`.
 #[track_caller]
-pub fn add_slot_rows<T: Real>(
+pub fn add_rows_indexed<T: Real>(
     out: &mut [T],
     w: usize,
     table: &[T],
-    stride: usize,
-    off: usize,
-    slots: &[u32],
+    rows: &[u32],
+    per_row: usize,
 ) {
-    assert!(
-        out.len() >= slots.len() * w,
-        "add_slot_rows: out is too short"
-    );
-    check_slot_rows("add_slot_rows", table.len(), stride, off, w, slots);
-    let out = &mut out[..slots.len() * w];
-    if !is_f32::<T>() {
-        return reference::add_slot_rows(out, w, table, stride, off, slots);
+    if w == 0 || per_row == 0 {
+        return;
     }
-    simd::add_slot_rows(
+    let n = rows.len() / per_row;
+    assert!(
+        rows.len() == n * per_row && out.len() >= n * w,
+        "add_rows_indexed: {} indices in groups of {per_row} for {} output values of rows of {w}",
+        rows.len(),
+        out.len()
+    );
+    check_slot_rows("add_rows_indexed", table.len(), w, 0, w, rows);
+    let out = &mut out[..n * w];
+    if !is_f32::<T>() {
+        return reference::add_rows_indexed(out, w, table, rows, per_row);
+    }
+    simd::add_rows_indexed(
         simd::simd_path(),
         f32s_mut(out),
         w,
         f32s(table),
-        stride,
-        off,
-        slots,
+        rows,
+        per_row,
     );
 }
 
-/// `table[slots[b]·stride ..][..w] += src[b·src_stride + src_off ..][..w]` for every
-/// `b < slots.len()`, in increasing `b` (so each table row sums its rows in batch order):
-/// rows summed per slot, the factored MMoE layer's per-id gradient sums. Same IEEE additions
-/// as [`reference::scatter_add_slot_rows`] (bit-identical).
+/// `table[rows[b·per_row + j]·w ..][..w] += src[b·src_stride + src_off ..][..w]` for every
+/// row `b` (as many as `rows` holds groups of `per_row`) and every `j`, in increasing `b` then
+/// `j`: each source row added to several rows of one table (the factored MMoE layer's per-id
+/// gradient sums, all fields at once), every table element summing its terms in batch order.
+/// Same IEEE additions as [`reference::scatter_add_rows_indexed`] (bit-identical).
 ///
 /// # Panics
-/// If `src` has too few rows or a slot's row leaves `table`.
+/// If `src` has too few rows or an index leaves `table`.
 #[track_caller]
-pub fn scatter_add_slot_rows<T: Real>(
+pub fn scatter_add_rows_indexed<T: Real>(
     table: &mut [T],
-    stride: usize,
+    w: usize,
     src: &[T],
     src_stride: usize,
     src_off: usize,
-    w: usize,
-    slots: &[u32],
+    rows: &[u32],
+    per_row: usize,
 ) {
-    if w == 0 || slots.is_empty() {
+    if w == 0 || per_row == 0 || rows.is_empty() {
         return;
     }
-    assert!(
-        src.len() >= (slots.len() - 1) * src_stride + src_off + w,
-        "scatter_add_slot_rows: src is too short"
+    let n = rows.len() / per_row;
+    assert_eq!(
+        rows.len(),
+        n * per_row,
+        "scatter_add_rows_indexed: ragged index groups"
     );
-    check_slot_rows("scatter_add_slot_rows", table.len(), stride, 0, w, slots);
+    assert!(
+        n == 0 || src.len() >= (n - 1) * src_stride + src_off + w,
+        "scatter_add_rows_indexed: src is too short"
+    );
+    check_slot_rows("scatter_add_rows_indexed", table.len(), w, 0, w, rows);
     if !is_f32::<T>() {
-        return reference::scatter_add_slot_rows(table, stride, src, src_stride, src_off, w, slots);
+        return reference::scatter_add_rows_indexed(
+            table, w, src, src_stride, src_off, rows, per_row,
+        );
     }
-    simd::scatter_add_slot_rows(
+    simd::scatter_add_rows_indexed(
         simd::simd_path(),
         f32s_mut(table),
-        stride,
+        w,
         f32s(src),
         src_stride,
         src_off,
-        w,
-        slots,
+        &rows[..n * per_row],
+        per_row,
     );
 }

@@ -392,40 +392,48 @@ pub(crate) fn auc_from_order(order: &[usize], scores: &[f32], labels: &[f32]) ->
     Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
 }
 
-/// Reference for [`crate::embed::add_slot_rows`].
-pub fn add_slot_rows<T: Real>(
+/// Reference for [`crate::embed::add_rows_indexed`]: each output element adds its `per_row`
+/// table values in index order.
+pub fn add_rows_indexed<T: Real>(
     out: &mut [T],
     w: usize,
     table: &[T],
-    stride: usize,
-    off: usize,
-    slots: &[u32],
+    rows: &[u32],
+    per_row: usize,
 ) {
     if w == 0 {
         return;
     }
-    for (row, &s) in out.chunks_exact_mut(w).zip(slots) {
-        let t = &table[s as usize * stride + off..][..w];
-        for (o, &v) in row.iter_mut().zip(t) {
-            *o += v;
+    for (b, orow) in out.chunks_exact_mut(w).enumerate() {
+        for &i in &rows[b * per_row..(b + 1) * per_row] {
+            let t = &table[i as usize * w..][..w];
+            for (o, &v) in orow.iter_mut().zip(t) {
+                *o += v;
+            }
         }
     }
 }
 
-/// Reference for [`crate::embed::scatter_add_slot_rows`].
-pub fn scatter_add_slot_rows<T: Real>(
+/// Reference for [`crate::embed::scatter_add_rows_indexed`]: rows `b` in order, then their
+/// `per_row` indices in order.
+pub fn scatter_add_rows_indexed<T: Real>(
     table: &mut [T],
-    stride: usize,
+    w: usize,
     src: &[T],
     src_stride: usize,
     src_off: usize,
-    w: usize,
-    slots: &[u32],
+    rows: &[u32],
+    per_row: usize,
 ) {
-    for (b, &s) in slots.iter().enumerate() {
-        let t = &mut table[s as usize * stride..][..w];
-        for (d, &v) in t.iter_mut().zip(&src[b * src_stride + src_off..][..w]) {
-            *d += v;
+    if w == 0 || per_row == 0 {
+        return;
+    }
+    for (b, idx) in rows.chunks_exact(per_row).enumerate() {
+        let s = &src[b * src_stride + src_off..][..w];
+        for &i in idx {
+            for (d, &v) in table[i as usize * w..][..w].iter_mut().zip(s) {
+                *d += v;
+            }
         }
     }
 }

@@ -1019,37 +1019,56 @@ fn gemm_packed_b_same_bits() {
 }
 
 #[test]
-fn slot_rows_add_and_scatter_exact() {
-    let mut rng = StdRng::seed_from_u64(41);
+fn add_rows_indexed_exact_and_equal_to_one_field_at_a_time() {
+    let mut rng = StdRng::seed_from_u64(43);
     for_paths(|path| {
         for &w in &SIZES {
-            for rows in [0usize, 1, 7, 17, 130] {
-                let (n_tab, stride, off) = (5usize, w + 3, 2usize);
-                let table = awkward(&mut rng, n_tab * stride, 1e3);
-                let slots: Vec<u32> = (0..rows).map(|_| rng.gen_range(0..n_tab as u32)).collect();
-                // add_slot_rows: out rows of width w (starting unaligned).
+            for (rows, per_row) in [(0usize, 3usize), (1, 1), (7, 12), (17, 5), (130, 2)] {
+                let n_tab = 9usize;
+                let table = awkward(&mut rng, n_tab * w, 1e3);
+                let idx: Vec<u32> = (0..rows * per_row)
+                    .map(|_| rng.gen_range(0..n_tab as u32))
+                    .collect();
                 let out0 = awkward(&mut rng, rows * w + 1, 1e3);
                 let mut fast = out0.clone();
-                embed::add_slot_rows(&mut fast[1..], w, &table, stride, off, &slots);
+                embed::add_rows_indexed(&mut fast[1..], w, &table, &idx, per_row);
                 let mut refr = out0.clone();
-                reference::add_slot_rows(&mut refr[1..], w, &table, stride, off, &slots);
-                assert_bits_eq(
-                    &fast,
-                    &refr,
-                    &format!("add_slot_rows {path:?} w={w} rows={rows}"),
-                );
-                // scatter_add_slot_rows: rows of a wider source into the table.
-                let (ss, so) = (w + 5, 4usize);
+                reference::add_rows_indexed(&mut refr[1..], w, &table, &idx, per_row);
+                let what = format!("add_rows_indexed {path:?} w={w} rows={rows} k={per_row}");
+                assert_bits_eq(&fast, &refr, &what);
+                // The same sums as adding one index column at a time.
+                let mut by_field = out0.clone();
+                for j in 0..per_row {
+                    let col: Vec<u32> = (0..rows).map(|b| idx[b * per_row + j]).collect();
+                    embed::add_rows_indexed(&mut by_field[1..], w, &table, &col, 1);
+                }
+                assert_bits_eq(&fast, &by_field, &format!("{what} vs one at a time"));
+            }
+        }
+    });
+}
+
+#[test]
+fn scatter_add_rows_indexed_exact() {
+    let mut rng = StdRng::seed_from_u64(44);
+    for_paths(|path| {
+        for &w in &SIZES {
+            for (rows, per_row) in [(0usize, 3usize), (1, 1), (7, 12), (17, 5), (130, 2)] {
+                // Distinct indices within a row (one table block per "field"), as the model
+                // uses it; blocks of 4 rows.
+                let n_tab = 4 * per_row;
+                let table = awkward(&mut rng, n_tab * w, 1e3);
+                let idx: Vec<u32> = (0..rows * per_row)
+                    .map(|k| (4 * (k % per_row) + rng.gen_range(0..4)) as u32)
+                    .collect();
+                let (ss, so) = (w + 3, 2usize);
                 let src = awkward(&mut rng, rows * ss + so + w, 1e3);
                 let mut fast = table.clone();
-                embed::scatter_add_slot_rows(&mut fast[off..], stride, &src, ss, so, w, &slots);
+                embed::scatter_add_rows_indexed(&mut fast, w, &src, ss, so, &idx, per_row);
                 let mut refr = table.clone();
-                reference::scatter_add_slot_rows(&mut refr[off..], stride, &src, ss, so, w, &slots);
-                assert_bits_eq(
-                    &fast,
-                    &refr,
-                    &format!("scatter_add_slot_rows {path:?} w={w} rows={rows}"),
-                );
+                reference::scatter_add_rows_indexed(&mut refr, w, &src, ss, so, &idx, per_row);
+                let what = format!("scatter_add_rows_indexed {path:?} w={w} rows={rows}");
+                assert_bits_eq(&fast, &refr, &what);
             }
         }
     });
@@ -1057,8 +1076,8 @@ fn slot_rows_add_and_scatter_exact() {
 
 #[test]
 #[should_panic(expected = "outside a table")]
-fn add_slot_rows_rejects_a_slot_outside_the_table() {
+fn add_rows_indexed_rejects_an_index_outside_the_table() {
     let table = vec![0.0f32; 8];
     let mut out = vec![0.0f32; 4];
-    embed::add_slot_rows(&mut out, 4, &table, 4, 0, &[2]);
+    embed::add_rows_indexed(&mut out, 4, &table, &[2], 1);
 }

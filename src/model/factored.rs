@@ -29,7 +29,7 @@ use super::embedding::{MultiEmbedding, RowGrad};
 use super::mlp::Mlp;
 use crate::params::{Grads, ParamStore};
 use hmdn_kernels::act::{bias_grad, bias_relu_forward};
-use hmdn_kernels::embed::{add_slot_rows, gather_fields, scatter_add_slot_rows};
+use hmdn_kernels::embed::{add_rows_indexed, gather_fields, scatter_add_rows_indexed};
 use hmdn_kernels::{gemm, Real, Trans};
 use rayon::prelude::*;
 
@@ -80,6 +80,8 @@ pub struct FieldFactoring<T> {
     slot_of: Vec<Vec<u32>>,
     ids: Vec<Vec<u32>>,
     slots: Vec<Vec<u32>>,
+    /// Each row's table row for every active field, `[B, active]` (`off[j] + slot`).
+    row_idx: Vec<u32>,
     /// First table row of each active field (prefix sums of the distinct counts; one more
     /// entry than `active`).
     off: Vec<usize>,
@@ -153,6 +155,7 @@ impl<T: Real> FieldFactoring<T> {
             ids: vec![Vec::new(); nf],
             slots: vec![Vec::new(); nf],
             off: Vec::with_capacity(nf + 1),
+            row_idx: Vec::new(),
             emb_rows: Vec::new(),
             proj: Vec::new(),
             gsum: Vec::new(),
@@ -182,6 +185,8 @@ impl<T: Real> FieldFactoring<T> {
         self.proj.resize(rows * w, T::ZERO);
         self.gsum.resize(rows * w, T::ZERO);
         self.tab_rows = rows;
+        let n_cand = self.candidate.iter().filter(|&&c| c).count();
+        self.row_idx.resize(bsz * n_cand, 0);
         self.cap = bsz;
     }
 
@@ -269,6 +274,15 @@ impl<T: Real> FieldFactoring<T> {
         for &f in &self.active {
             let last = *self.off.last().expect("pushed");
             self.off.push(last + self.ids[f].len());
+        }
+        // Every row's table rows, row-major (what the forward adds per row).
+        let na = self.active.len();
+        for (j, &f) in self.active.iter().enumerate() {
+            let base = self.off[j] as u32;
+            let dst = self.row_idx[..bsz * na].iter_mut().skip(j).step_by(na);
+            for (d, &s) in dst.zip(&self.slots[f][..bsz]) {
+                *d = base + s;
+            }
         }
         // E_f[ids_f], stacked.
         for (j, &f) in self.active.iter().enumerate() {
@@ -404,11 +418,10 @@ impl<T: Real> FieldFactoring<T> {
             T::ZERO,
             out,
         );
+        // + Σ_f P_f[slot_f], the fields in order, each row's sum kept in registers.
         let table = &self.proj[ei * self.tab_rows * d0..(ei + 1) * self.tab_rows * d0];
-        for (j, &f) in self.active.iter().enumerate() {
-            let tj = &table[self.off[j] * d0..self.off[j + 1] * d0];
-            add_slot_rows(out, d0, tj, d0, 0, &self.slots[f][r0..r0 + rows]);
-        }
+        let na = self.active.len();
+        add_rows_indexed(out, d0, table, &self.row_idx[r0 * na..(r0 + rows) * na], na);
         bias_relu_forward(out, ps.value(m.layers[0].b));
     }
 
@@ -496,14 +509,12 @@ impl<T: Real> FieldFactoring<T> {
         let rows_total = *self.off.last().unwrap_or(&0);
         // G, one table per expert (experts in parallel; each element sums its rows in batch
         // order).
-        let (active, off, slots) = (&self.active, &self.off, &self.slots);
+        let (active, off) = (&self.active, &self.off);
         let tab = self.tab_rows * d0;
+        let row_idx = &self.row_idx[..bsz * active.len()];
         let accumulate = |(ei, g): (usize, &mut [T])| {
             g[..rows_total * d0].fill(T::ZERO);
-            for (j, &f) in active.iter().enumerate() {
-                let gj = &mut g[off[j] * d0..off[j + 1] * d0];
-                scatter_add_slot_rows(gj, d0, du0, w, ei * d0, d0, &slots[f][..bsz]);
-            }
+            scatter_add_rows_indexed(g, d0, du0, w, ei * d0, row_idx, active.len());
         };
         let gsum = &mut self.gsum[..self.n_exp * tab];
         if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {

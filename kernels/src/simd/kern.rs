@@ -156,49 +156,82 @@ pub(crate) unsafe fn bias_relu<V: Vf>(y: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// `out[b, ..w] += table[slots[b]·stride + off ..][..w]` for every row `b` of `out` (rows of
-/// width `w`). The caller checks every slot's row lies inside `table`.
+/// `out[b, ..w] += table[rows[b·k]·w ..][..w] + … + table[rows[b·k + k − 1]·w ..][..w]` for
+/// every row `b` of `out` (`k = per_row`), added left to right into the output value as
+/// [`crate::reference::add_rows_indexed`] does, one vector of columns at a time held in a
+/// register across the `k` table rows. The caller checks every index.
 #[inline(always)]
-pub(crate) unsafe fn add_slot_rows<V: Vf>(
+pub(crate) unsafe fn add_rows_indexed<V: Vf>(
     out: &mut [f32],
     w: usize,
     table: &[f32],
-    stride: usize,
-    off: usize,
-    slots: &[u32],
+    rows: &[u32],
+    per_row: usize,
 ) {
     if w == 0 {
         return;
     }
-    for (row, &s) in out.chunks_exact_mut(w).zip(slots) {
-        let (op, tp) = (
-            row.as_mut_ptr(),
-            table.as_ptr().add(s as usize * stride + off),
-        );
-        ew!(w, [op], [tp], {
-            V::load(op).add(V::load(tp)).store(op);
-        });
+    let l = V::LANES;
+    let tp = table.as_ptr();
+    for (b, orow) in out.chunks_exact_mut(w).enumerate() {
+        let idx = &rows[b * per_row..(b + 1) * per_row];
+        let op = orow.as_mut_ptr();
+        let mut c = 0;
+        while c + l <= w {
+            let mut acc = V::load(op.add(c));
+            for &i in idx {
+                acc = acc.add(V::load(tp.add(i as usize * w + c)));
+            }
+            acc.store(op.add(c));
+            c += l;
+        }
+        for c in c..w {
+            let mut acc = *op.add(c);
+            for &i in idx {
+                acc += *tp.add(i as usize * w + c);
+            }
+            *op.add(c) = acc;
+        }
     }
 }
 
-/// `table[slots[b]·stride ..][..w] += src[b·src_stride + src_off ..][..w]` for every
-/// `b < slots.len()`, in increasing `b`. The caller checks the bounds.
+/// `table[rows[b·k + j]·w ..][..w] += src[b·src_stride + src_off ..][..w]` for every `b` and
+/// `j < k = per_row`, in increasing `b` then `j` (each table element receives its terms in
+/// that order, as [`crate::reference::scatter_add_rows_indexed`]); the source row's vectors
+/// are loaded once per `b`. The caller checks the bounds, and that a row's `k` indices are
+/// distinct (else the order per element would still be the reference's).
 #[inline(always)]
-pub(crate) unsafe fn scatter_add_slot_rows<V: Vf>(
+pub(crate) unsafe fn scatter_add_rows_indexed<V: Vf>(
     table: &mut [f32],
-    stride: usize,
+    w: usize,
     src: &[f32],
     src_stride: usize,
     src_off: usize,
-    w: usize,
-    slots: &[u32],
+    rows: &[u32],
+    per_row: usize,
 ) {
-    for (b, &s) in slots.iter().enumerate() {
-        let tp = table.as_mut_ptr().add(s as usize * stride);
+    if w == 0 || per_row == 0 {
+        return;
+    }
+    let l = V::LANES;
+    let tp = table.as_mut_ptr();
+    for (b, idx) in rows.chunks_exact(per_row).enumerate() {
         let sp = src.as_ptr().add(b * src_stride + src_off);
-        ew!(w, [tp], [sp], {
-            V::load(tp).add(V::load(sp)).store(tp);
-        });
+        let mut c = 0;
+        while c + l <= w {
+            let v = V::load(sp.add(c));
+            for &i in idx {
+                let t = tp.add(i as usize * w + c);
+                V::load(t).add(v).store(t);
+            }
+            c += l;
+        }
+        for c in c..w {
+            let v = *sp.add(c);
+            for &i in idx {
+                *tp.add(i as usize * w + c) += v;
+            }
+        }
     }
 }
 

@@ -281,8 +281,8 @@ use kern::{AdamConsts, GemmBlock};
 entries! {
     fn bias_relu(y: &mut [f32], bias: &[f32]);
     fn bias_add(y: &mut [f32], bias: &[f32]);
-    fn add_slot_rows(out: &mut [f32], w: usize, table: &[f32], stride: usize, off: usize, slots: &[u32]);
-    fn scatter_add_slot_rows(table: &mut [f32], stride: usize, src: &[f32], src_stride: usize, src_off: usize, w: usize, slots: &[u32]);
+    fn add_rows_indexed(out: &mut [f32], w: usize, table: &[f32], rows: &[u32], per_row: usize);
+    fn scatter_add_rows_indexed(table: &mut [f32], w: usize, src: &[f32], src_stride: usize, src_off: usize, rows: &[u32], per_row: usize);
     fn relu_backward(dpre: &mut [f32], dy: &[f32], y: &[f32]);
     fn scaled_sigmoid_forward(y: &mut [f32], x: &[f32], scale: f32);
     fn scaled_sigmoid_backward(dx: &mut [f32], dy: &[f32], y: &[f32], scale: f32);
