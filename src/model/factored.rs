@@ -30,6 +30,7 @@ use super::mlp::Mlp;
 use crate::params::{Grads, ParamStore};
 use hmdn_kernels::act::{bias_grad, bias_relu_forward};
 use hmdn_kernels::embed::{add_rows_indexed, gather_fields, scatter_add_rows_indexed};
+use hmdn_kernels::gemm::{gemm_packed_b, pack_b_for, packed_b_len};
 use hmdn_kernels::{gemm, Real, Trans};
 use rayon::prelude::*;
 
@@ -91,6 +92,16 @@ pub struct FieldFactoring<T> {
     w_fields: Vec<T>,
     /// Per expert, `W`'s rest columns `[d0, k_rest]`.
     w_rest: Vec<T>,
+    /// `W_rest` packed for the forward GEMMs (f32; one block of `w_rest_plen` per expert),
+    /// and the SIMD path it was packed for: packed once per forward instead of once per
+    /// chunk, as the other layers' weights are (`ParamStore::packed_weight`).
+    w_rest_packed: Vec<f32>,
+    w_rest_plen: usize,
+    /// `W_rest` packed as the B of the backward's `∂L/∂x_rest = dpre·W_rest` (one block of
+    /// `w_rest_plen_n` per expert; same path).
+    w_rest_packed_n: Vec<f32>,
+    w_rest_plen_n: usize,
+    w_rest_path: Option<hmdn_kernels::SimdPath>,
     /// Per-id terms `P` and per-id gradient sums `G`, one table `[tab_rows, d0]` per expert
     /// (rows `off[j]..off[j+1]` of each are field `j`'s): an expert's forward and backward
     /// touch only its own table.
@@ -139,6 +150,11 @@ impl<T: Real> FieldFactoring<T> {
             w_fields: vec![T::ZERO; wsz],
             dw_fields: vec![T::ZERO; wsz],
             w_rest: vec![T::ZERO; experts.len() * d0 * d_in],
+            w_rest_packed: Vec::new(),
+            w_rest_plen: 0,
+            w_rest_packed_n: Vec::new(),
+            w_rest_plen_n: 0,
+            w_rest_path: None,
             e: embedding.e,
             nf,
             nn,
@@ -316,6 +332,30 @@ impl<T: Real> FieldFactoring<T> {
                 dst[self.rest.len() * e..].copy_from_slice(&src[ne..]);
             }
         }
+        // W_rest packed for the forward GEMMs (f32 only; `gemm_packed_b` falls back otherwise).
+        self.w_rest_path = None;
+        if T::NAME == "f32" && kr > 0 && d0 > 0 {
+            let path = hmdn_kernels::simd_path();
+            let plen = packed_b_len(d0, kr, path);
+            if self.w_rest_packed.len() != self.n_exp * plen {
+                // Only on the first forward (or a change of SIMD path).
+                self.w_rest_packed.resize(self.n_exp * plen, 0.0);
+            }
+            let plen_n = packed_b_len(kr, d0, path);
+            if self.w_rest_packed_n.len() != self.n_exp * plen_n {
+                self.w_rest_packed_n.resize(self.n_exp * plen_n, 0.0);
+            }
+            for ei in 0..self.n_exp {
+                let src = &self.w_rest[ei * d0 * kr..(ei + 1) * d0 * kr];
+                let dst = &mut self.w_rest_packed[ei * plen..(ei + 1) * plen];
+                pack_b_for(dst, d0, kr, src, Trans::T, path);
+                let dst = &mut self.w_rest_packed_n[ei * plen_n..(ei + 1) * plen_n];
+                pack_b_for(dst, kr, d0, src, Trans::N, path);
+            }
+            self.w_rest_plen = plen;
+            self.w_rest_plen_n = plen_n;
+            self.w_rest_path = Some(path);
+        }
         // P_f = E_f[ids_f]·W_fᵀ `[n_f, d0]` for every expert; fields in parallel (each
         // writes its own rows of every expert's table).
         let (off, emb_rows, w_fields) = (&self.off, &self.emb_rows, &self.w_fields);
@@ -406,7 +446,11 @@ impl<T: Real> FieldFactoring<T> {
     ) {
         let (d0, kr) = (self.d0, self.k_rest());
         let out = &mut out[..rows * d0];
-        gemm(
+        let pl = self.w_rest_plen;
+        let packed = self
+            .w_rest_path
+            .map(|path| (&self.w_rest_packed[ei * pl..(ei + 1) * pl], path));
+        gemm_packed_b(
             rows,
             d0,
             kr,
@@ -415,6 +459,7 @@ impl<T: Real> FieldFactoring<T> {
             Trans::N,
             &self.w_rest[ei * d0 * kr..(ei + 1) * d0 * kr],
             Trans::T,
+            packed,
             T::ZERO,
             out,
         );
@@ -450,7 +495,11 @@ impl<T: Real> FieldFactoring<T> {
         let (wr, br) = (g.range(lin.w), g.range(lin.b));
         bias_grad(&mut g.grads[br], dpre);
         let w_rest = &self.w_rest[ei * d0 * kr..(ei + 1) * d0 * kr];
-        gemm(
+        let pl = self.w_rest_plen_n;
+        let packed = self
+            .w_rest_path
+            .map(|path| (&self.w_rest_packed_n[ei * pl..(ei + 1) * pl], path));
+        gemm_packed_b(
             rows,
             kr,
             d0,
@@ -459,6 +508,7 @@ impl<T: Real> FieldFactoring<T> {
             Trans::N,
             w_rest,
             Trans::N,
+            packed,
             if write { T::ZERO } else { T::ONE },
             &mut dx_rest[..rows * kr],
         );
