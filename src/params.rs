@@ -237,6 +237,24 @@ impl<T: Real> ParamStore<T> {
         self.t_path = None;
     }
 
+    /// Undoes [`ParamStore::mark_packed`] (a no-op for an unmarked weight): forwards stop
+    /// packing a copy of `W` (for a layer that stops reading it, such as MMoE's factored
+    /// first layer, `model::factored`).
+    pub fn unmark_packed(&mut self, id: ParamId) {
+        if let Some(p) = self.t_ids.iter().position(|&t| t == id) {
+            self.t_ids.remove(p);
+            if let Some(o) = self.t_offset.get_mut(id.0) {
+                *o = usize::MAX;
+            }
+            self.t_path = None;
+        }
+    }
+
+    /// Whether `id` is marked with [`ParamStore::mark_packed`].
+    pub fn is_marked_packed(&self, id: ParamId) -> bool {
+        self.t_ids.contains(&id)
+    }
+
     /// The packed `Wᵀ` of a marked weight and the SIMD path it was packed for, as of the last
     /// [`ParamStore::refresh_packed`] (the model refreshes at the start of every forward);
     /// `None` for unmarked weights and f64 stores. Pass it to

@@ -725,6 +725,12 @@ impl<T: Real> Model<T> {
             }
             _ => None,
         };
+        if factor.is_some() {
+            // Factored (the default): see `set_field_factoring`.
+            for m in &experts {
+                ps.unmark_packed(m.layers[0].w);
+            }
+        }
         let buf = Buffers {
             distinct,
             factor,
@@ -1022,6 +1028,18 @@ impl<T: Real> Model<T> {
     /// MMoE with shared distribution tables, never factor.
     pub fn set_field_factoring(&mut self, on: bool) {
         self.buf.factor_off = !on;
+        if self.buf.factor.is_some() {
+            // The factored layer reads its own packed copy of W's rest columns: the full W
+            // is packed per forward only for the unfactored layer.
+            for m in &self.experts {
+                let w = m.layers[0].w;
+                match (on, self.params.is_marked_packed(w)) {
+                    (true, true) => self.params.unmark_packed(w),
+                    (false, false) => self.params.mark_packed(w),
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Whether the last forward factored the experts' first layer (see
