@@ -31,7 +31,8 @@ use crate::params::{Grads, ParamStore};
 use hmdn_kernels::act::{bias_grad, bias_relu_forward};
 use hmdn_kernels::embed::{add_rows_indexed, gather_fields, scatter_add_rows_indexed};
 use hmdn_kernels::gemm::{gemm_packed_b, pack_b_for, packed_b_len};
-use hmdn_kernels::{gemm, Real, Trans};
+use hmdn_kernels::par::serial;
+use hmdn_kernels::{gemm, with_path, Real, Trans};
 use rayon::prelude::*;
 
 /// Fields with at most this many ids are factored. Such a field has at most this many
@@ -48,6 +49,9 @@ const PAR_MIN_ROWS: usize = 256;
 
 /// One field's id → slot table, distinct ids and row slots, as the per-field loop gets them.
 type FieldBufs<'a> = ((&'a mut Vec<u32>, &'a mut Vec<u32>), &'a mut Vec<u32>);
+
+/// One expert's blocks of `w_fields`, `w_rest` and the two packed copies of `W_rest`.
+type ExpertBufs<'a, T> = (((&'a mut [T], &'a mut [T]), &'a mut [f32]), &'a mut [f32]);
 
 /// Marks an id absent from the batch.
 const ABSENT: u32 = u32::MAX;
@@ -66,6 +70,8 @@ pub struct FieldFactoring<T> {
     d0: usize,
     /// Width of x.
     d_in: usize,
+    /// Number of factored fields.
+    n_cand: usize,
     /// Vocabulary of every field; `candidate[f]` says whether it may be factored.
     vocab: Vec<usize>,
     candidate: Vec<bool>,
@@ -148,6 +154,7 @@ impl<T: Real> FieldFactoring<T> {
         let d_in = nf * embedding.e + nn;
         FieldFactoring {
             w_fields: vec![T::ZERO; wsz],
+            n_cand,
             dw_fields: vec![T::ZERO; wsz],
             w_rest: vec![T::ZERO; experts.len() * d0 * d_in],
             w_rest_packed: Vec::new(),
@@ -293,11 +300,12 @@ impl<T: Real> FieldFactoring<T> {
         }
         // Every row's table rows, row-major (what the forward adds per row).
         let na = self.active.len();
-        for (j, &f) in self.active.iter().enumerate() {
-            let base = self.off[j] as u32;
-            let dst = self.row_idx[..bsz * na].iter_mut().skip(j).step_by(na);
-            for (d, &s) in dst.zip(&self.slots[f][..bsz]) {
-                *d = base + s;
+        {
+            let (active, off, slots) = (&self.active, &self.off, &self.slots);
+            for (b, dst) in self.row_idx[..bsz * na].chunks_exact_mut(na).enumerate() {
+                for ((d, &f), &o) in dst.iter_mut().zip(active).zip(off.iter()) {
+                    *d = o as u32 + slots[f][b];
+                }
             }
         }
         // E_f[ids_f], stacked.
@@ -309,60 +317,69 @@ impl<T: Real> FieldFactoring<T> {
                 row.copy_from_slice(&table[id * e..(id + 1) * e]);
             }
         }
-        // Every expert's W_f per active field, and W_rest per expert.
-        let (d0, d_in, w) = (self.d0, self.d_in, self.table_width());
+        // Per expert (in parallel; each writes its own blocks): its W_f for every active
+        // field, its W_rest, and W_rest packed for the forward and input-gradient GEMMs (f32
+        // only; `gemm_packed_b` falls back to plain `gemm` otherwise).
+        let (d0, d_in) = (self.d0, self.d_in);
         let kr = self.k_rest();
         let ne = self.nf * e;
-        for (ei, m) in experts.iter().enumerate() {
-            let wv = ps.value(m.layers[0].w);
-            for (j, &f) in self.active.iter().enumerate() {
-                let blk = &mut self.w_fields[j * w * e..(j + 1) * w * e];
-                for o in 0..d0 {
-                    let r = (ei * d0 + o) * e;
-                    blk[r..r + e].copy_from_slice(&wv[o * d_in + f * e..o * d_in + (f + 1) * e]);
-                }
-            }
-            let wr = &mut self.w_rest[ei * d0 * kr..(ei + 1) * d0 * kr];
-            for o in 0..d0 {
-                let src = &wv[o * d_in..(o + 1) * d_in];
-                let dst = &mut wr[o * kr..(o + 1) * kr];
-                for (p, &f) in self.rest.iter().enumerate() {
-                    dst[p * e..(p + 1) * e].copy_from_slice(&src[f * e..(f + 1) * e]);
-                }
-                dst[self.rest.len() * e..].copy_from_slice(&src[ne..]);
-            }
+        let path = hmdn_kernels::simd_path();
+        let packs = T::NAME == "f32" && kr > 0 && d0 > 0;
+        let (plen, plen_n) = if packs {
+            (packed_b_len(d0, kr, path), packed_b_len(kr, d0, path))
+        } else {
+            (0, 0)
+        };
+        // Blocks of at least one element, so that every expert gets one (f64: unused).
+        let (cp, cpn) = (plen.max(1), plen_n.max(1));
+        if self.w_rest_packed.len() != self.n_exp * cp {
+            // Only on the first forward (or a change of SIMD path).
+            self.w_rest_packed.resize(self.n_exp * cp, 0.0);
+            self.w_rest_packed_n.resize(self.n_exp * cpn, 0.0);
         }
-        // W_rest packed for the forward GEMMs (f32 only; `gemm_packed_b` falls back otherwise).
-        self.w_rest_path = None;
-        if T::NAME == "f32" && kr > 0 && d0 > 0 {
-            let path = hmdn_kernels::simd_path();
-            let plen = packed_b_len(d0, kr, path);
-            if self.w_rest_packed.len() != self.n_exp * plen {
-                // Only on the first forward (or a change of SIMD path).
-                self.w_rest_packed.resize(self.n_exp * plen, 0.0);
-            }
-            let plen_n = packed_b_len(kr, d0, path);
-            if self.w_rest_packed_n.len() != self.n_exp * plen_n {
-                self.w_rest_packed_n.resize(self.n_exp * plen_n, 0.0);
-            }
-            for ei in 0..self.n_exp {
-                let src = &self.w_rest[ei * d0 * kr..(ei + 1) * d0 * kr];
-                let dst = &mut self.w_rest_packed[ei * plen..(ei + 1) * plen];
-                pack_b_for(dst, d0, kr, src, Trans::T, path);
-                let dst = &mut self.w_rest_packed_n[ei * plen_n..(ei + 1) * plen_n];
-                pack_b_for(dst, kr, d0, src, Trans::N, path);
-            }
-            self.w_rest_plen = plen;
-            self.w_rest_plen_n = plen_n;
-            self.w_rest_path = Some(path);
-        }
+        self.w_rest_plen = plen;
+        self.w_rest_plen_n = plen_n;
+        self.w_rest_path = packs.then_some(path);
+        let wf_len = self.n_cand * d0 * e;
+        let (active, rest) = (&self.active, &self.rest);
+        let per_expert = |(ei, (((wf, wr), pk), pkn)): (usize, ExpertBufs<'_, T>)| {
+            hmdn_kernels::with_path(path, || {
+                let wv = ps.value(experts[ei].layers[0].w);
+                for (j, &f) in active.iter().enumerate() {
+                    let blk = &mut wf[j * d0 * e..(j + 1) * d0 * e];
+                    for (o, row) in blk.chunks_exact_mut(e.max(1)).enumerate() {
+                        row.copy_from_slice(&wv[o * d_in + f * e..o * d_in + (f + 1) * e]);
+                    }
+                }
+                for (o, dst) in wr.chunks_exact_mut(kr.max(1)).take(d0).enumerate() {
+                    let src = &wv[o * d_in..(o + 1) * d_in];
+                    for (p, &f) in rest.iter().enumerate() {
+                        dst[p * e..(p + 1) * e].copy_from_slice(&src[f * e..(f + 1) * e]);
+                    }
+                    dst[rest.len() * e..].copy_from_slice(&src[ne..]);
+                }
+                if packs {
+                    pack_b_for(&mut pk[..plen], d0, kr, wr, Trans::T, path);
+                    pack_b_for(&mut pkn[..plen_n], kr, d0, wr, Trans::N, path);
+                }
+            })
+        };
+        let n_exp = self.n_exp;
+        let blocks = self.w_fields[..n_exp * wf_len]
+            .par_chunks_mut(wf_len.max(1))
+            .zip(self.w_rest[..n_exp * d0 * kr].par_chunks_mut((d0 * kr).max(1)))
+            .zip(self.w_rest_packed.par_chunks_mut(cp))
+            .zip(self.w_rest_packed_n.par_chunks_mut(cpn));
+        // (On one thread rayon runs the tasks in place.)
+        blocks.enumerate().for_each(per_expert);
         // P_f = E_f[ids_f]·W_fᵀ `[n_f, d0]` for every expert; fields in parallel (each
         // writes its own rows of every expert's table).
         let (off, emb_rows, w_fields) = (&self.off, &self.emb_rows, &self.w_fields);
+        let n_cand = self.n_cand;
         let (tab, n_exp) = (self.tab_rows * d0, self.n_exp);
         assert!(self.proj.len() >= n_exp * tab && *off.last().expect("pushed") <= self.tab_rows);
         let proj = SendPtr(self.proj.as_mut_ptr());
-        let field_terms = |j: usize| {
+        let field_terms_one = |j: usize| {
             let (r0, r1) = (off[j], off[j + 1]);
             for ei in 0..n_exp {
                 let p = proj;
@@ -372,7 +389,7 @@ impl<T: Real> FieldFactoring<T> {
                 let pj = unsafe {
                     std::slice::from_raw_parts_mut(p.0.add(ei * tab + r0 * d0), (r1 - r0) * d0)
                 };
-                let wf = &w_fields[j * w * e + ei * d0 * e..][..d0 * e];
+                let wf = &w_fields[(ei * n_cand + j) * d0 * e..][..d0 * e];
                 let rows = &emb_rows[r0 * e..r1 * e];
                 gemm(
                     r1 - r0,
@@ -387,6 +404,10 @@ impl<T: Real> FieldFactoring<T> {
                     pj,
                 );
             }
+        };
+        // Each task's small GEMMs stay on its thread, on the caller's SIMD path.
+        let field_terms = |j: usize| {
+            with_path(path, || serial(|| field_terms_one(j)));
         };
         let na = self.active.len();
         if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
@@ -579,10 +600,12 @@ impl<T: Real> FieldFactoring<T> {
         // `dw_fields`).
         let gsum = &self.gsum[..self.n_exp * tab];
         let (emb_rows, w_fields, ids) = (&self.emb_rows, &self.w_fields, &self.ids);
+        let n_cand = self.n_cand;
         let (slot_in_active, n_exp) = (&self.slot_in_active, self.n_exp);
         assert!(self.dw_fields.len() >= active.len() * w * e);
         let dwf = SendPtr(self.dw_fields.as_mut_ptr());
-        let per_field = |(f, rg): (usize, &mut RowGrad<T>)| {
+        let path = hmdn_kernels::simd_path();
+        let per_field_one = |f: usize, rg: &mut RowGrad<T>| {
             let Some(j) = slot_in_active[f] else { return };
             let (r0, r1) = (off[j], off[j + 1]);
             let n = r1 - r0;
@@ -597,7 +620,7 @@ impl<T: Real> FieldFactoring<T> {
             let er = &emb_rows[r0 * e..r1 * e];
             for ei in 0..n_exp {
                 let g = &gsum[ei * tab + r0 * d0..ei * tab + r1 * d0];
-                let wf = &w_fields[j * w * e + ei * d0 * e..][..d0 * e];
+                let wf = &w_fields[(ei * n_cand + j) * d0 * e..][..d0 * e];
                 let beta = if ei == 0 { T::ZERO } else { T::ONE };
                 gemm(
                     n,
@@ -614,6 +637,10 @@ impl<T: Real> FieldFactoring<T> {
                 let bk = &mut blk[ei * d0 * e..(ei + 1) * d0 * e];
                 gemm(d0, e, n, T::ONE, g, Trans::T, er, Trans::N, T::ZERO, bk);
             }
+        };
+        // Each task's small GEMMs stay on its thread, on the caller's SIMD path.
+        let per_field = |(f, rg): (usize, &mut RowGrad<T>)| {
+            with_path(path, || serial(|| per_field_one(f, rg)));
         };
         if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
             row_grads.par_iter_mut().enumerate().for_each(per_field);
