@@ -93,8 +93,14 @@ impl SyntheticBatches {
 /// The quantizer's argmin counts `quantized_share` of a row per sample: the fraction of a
 /// batch's rows it actually ran on (1 when every row is quantized; the number of distinct
 /// distribution keys over the batch size when the model quantizes those only, see
-/// [`Model::quantized_rows`]), so that no work that was not done is counted.
-pub fn flops_per_sample(cfg: &ModelConfig, quantized_share: f64) -> (f64, f64) {
+/// [`Model::quantized_rows`]), so that no work that was not done is counted. For the same
+/// reason, MMoE's expert first layers count `factored` instead of their unfactored
+/// multiply-adds when the model ran them factored ([`Model::factored_flops_per_sample`]).
+pub fn flops_per_sample(
+    cfg: &ModelConfig,
+    quantized_share: f64,
+    factored: Option<(f64, f64)>,
+) -> (f64, f64) {
     let lin = |i: usize, o: usize| 2.0 * (i * o) as f64;
     let mlp = |mut d: usize| {
         let mut s = 0.0;
@@ -127,6 +133,11 @@ pub fn flops_per_sample(cfg: &ModelConfig, quantized_share: f64) -> (f64, f64) {
     if matches!(cfg.model, ModelKind::Pepnet | ModelKind::HmdnPepnet) {
         // GateNU inputs are [g, sg(x)]: no input gradient for their x columns.
         train -= (1 + cfg.hidden.len()) as f64 * lin(x, cfg.gatenu_hidden);
+    }
+    if let (Some((f_fwd, f_train)), ModelKind::Mmoe | ModelKind::HmdnMmoe) = (factored, cfg.model) {
+        let first = cfg.n_experts as f64 * lin(x, cfg.hidden[0]);
+        fwd += f_fwd - first;
+        train += f_train - 3.0 * first;
     }
     if cfg.model.uses_rq() {
         // argmin over K codes of width z at each of D levels (forward only).
@@ -336,6 +347,7 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
     }
     let (phases, step_time) = profile_steps(&mut m, &mut opt, &data, &mut k, per)?;
     let train_share = m.quantized_rows() as f64 / batch.max(1) as f64;
+    let train_factored = m.factored_flops_per_sample();
     let mut infer = Vec::new();
     for i in 0..warmup {
         m.infer(&data.get(i));
@@ -364,8 +376,8 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         .map(|(name, d)| (name.to_string(), d.as_secs_f64() / total))
         .collect();
     let infer_share = m.quantized_rows() as f64 / batch.max(1) as f64;
-    let ff = flops_per_sample(&cfg, infer_share).0;
-    let tf = flops_per_sample(&cfg, train_share).1;
+    let ff = flops_per_sample(&cfg, infer_share, m.factored_flops_per_sample()).0;
+    let tf = flops_per_sample(&cfg, train_share, train_factored).1;
     let samples = train.clone();
     let ts = median(&mut train);
     let is = median(&mut infer);

@@ -55,6 +55,23 @@ impl<T: Real> RowGrad<T> {
         self.order.reserve(2 * bsz);
     }
 
+    /// Refills this gradient from `dout[b, off..off + e]` (`[B, stride]`) for the rows `idx`
+    /// (`[B]`) looked up: the distinct rows in ascending order, each summing its batch rows in
+    /// batch order (`accumulate_row_grads`).
+    pub fn accumulate_from(&mut self, idx: &[u32], dout: &[T], stride: usize, off: usize) {
+        let bsz = idx.len();
+        accumulate_row_grads(
+            &mut self.rows,
+            &mut self.grad,
+            &mut self.order,
+            idx,
+            &dout[..bsz * stride],
+            stride,
+            off,
+            self.e,
+        );
+    }
+
     /// Empties the gradient (no rows touched).
     pub fn clear(&mut self) {
         self.rows.clear();
@@ -261,16 +278,7 @@ impl MultiEmbedding {
         let table = |(j, (g, &c)): (usize, (&mut RowGrad<T>, &usize))| {
             debug_assert_eq!(g.table, self.tables[j]);
             let Some(off) = col(j) else { return };
-            accumulate_row_grads(
-                &mut g.rows,
-                &mut g.grad,
-                &mut g.order,
-                &idx[c * bsz..(c + 1) * bsz],
-                &dout[..bsz * stride],
-                stride,
-                off,
-                self.e,
-            );
+            g.accumulate_from(&idx[c * bsz..(c + 1) * bsz], dout, stride, off);
         };
         if bsz >= 2 * GATHER_BLOCK_ROWS && hmdn_kernels::par::threads() > 1 {
             grads

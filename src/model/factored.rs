@@ -152,6 +152,17 @@ impl<T: Real> FieldFactoring<T> {
         let n_cand = candidate.iter().filter(|&&c| c).count();
         let wsz = n_cand * experts.len() * d0 * embedding.e;
         let d_in = nf * embedding.e + nn;
+        // The factored fields and the others are fixed per model (see the module docs).
+        let active: Vec<usize> = (0..nf).filter(|&f| candidate[f]).collect();
+        let rest: Vec<usize> = (0..nf).filter(|&f| !candidate[f]).collect();
+        let mut rest_col = vec![None; nf];
+        for (p, &f) in rest.iter().enumerate() {
+            rest_col[f] = Some(p * embedding.e);
+        }
+        let mut slot_in_active = vec![None; nf];
+        for (j, &f) in active.iter().enumerate() {
+            slot_in_active[f] = Some(j);
+        }
         FieldFactoring {
             w_fields: vec![T::ZERO; wsz],
             n_cand,
@@ -170,10 +181,10 @@ impl<T: Real> FieldFactoring<T> {
             d_in,
             vocab: vocab.to_vec(),
             candidate,
-            active: Vec::with_capacity(nf),
-            rest: Vec::with_capacity(nf),
-            rest_col: vec![None; nf],
-            slot_in_active: vec![None; nf],
+            active,
+            rest,
+            rest_col,
+            slot_in_active,
             slot_of,
             ids: vec![Vec::new(); nf],
             slots: vec![Vec::new(); nf],
@@ -243,83 +254,10 @@ impl<T: Real> FieldFactoring<T> {
     ) -> bool {
         self.ensure_batch(bsz);
         self.bsz = bsz;
-        self.active.clear();
-        self.rest.clear();
-        let e = self.e;
-        // Distinct ids per factored field (in parallel over fields; each field's result is
-        // its own).
-        let work = |(f, ((so, ids), slots)): (usize, FieldBufs<'_>)| {
-            if so.is_empty() {
-                return;
-            }
-            let c = embedding.cols[f];
-            distinct_ids(so, ids, &mut slots[..bsz], &idx[c * bsz..(c + 1) * bsz]);
-        };
-        if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
-            self.slot_of
-                .par_iter_mut()
-                .zip(self.ids.par_iter_mut())
-                .zip(self.slots.par_iter_mut())
-                .enumerate()
-                .for_each(work);
-        } else {
-            self.slot_of
-                .iter_mut()
-                .zip(self.ids.iter_mut())
-                .zip(self.slots.iter_mut())
-                .enumerate()
-                .for_each(work);
-        }
-        for f in 0..self.nf {
-            if self.candidate[f] {
-                self.active.push(f);
-            } else {
-                self.rest.push(f);
-            }
-        }
-        for c in self.rest_col.iter_mut() {
-            *c = None;
-        }
-        for (p, &f) in self.rest.iter().enumerate() {
-            self.rest_col[f] = Some(p * e);
-        }
-        for c in self.slot_in_active.iter_mut() {
-            *c = None;
-        }
-        for (j, &f) in self.active.iter().enumerate() {
-            self.slot_in_active[f] = Some(j);
-        }
         if self.active.is_empty() {
             return false;
         }
-        self.off.clear();
-        self.off.push(0);
-        for &f in &self.active {
-            let last = *self.off.last().expect("pushed");
-            self.off.push(last + self.ids[f].len());
-        }
-        // Every row's table rows, row-major (what the forward adds per row).
-        let na = self.active.len();
-        {
-            let (active, off, slots) = (&self.active, &self.off, &self.slots);
-            for (b, dst) in self.row_idx[..bsz * na].chunks_exact_mut(na).enumerate() {
-                for ((d, &f), &o) in dst.iter_mut().zip(active).zip(off.iter()) {
-                    *d = o as u32 + slots[f][b];
-                }
-            }
-        }
-        // E_f[ids_f], stacked.
-        for (j, &f) in self.active.iter().enumerate() {
-            let table = ps.value(embedding.tables[f]);
-            let dst = &mut self.emb_rows[self.off[j] * e..self.off[j + 1] * e];
-            for (row, &id) in dst.chunks_exact_mut(e.max(1)).zip(&self.ids[f]) {
-                let id = id as usize;
-                row.copy_from_slice(&table[id * e..(id + 1) * e]);
-            }
-        }
-        // Per expert (in parallel; each writes its own blocks): its W_f for every active
-        // field, its W_rest, and W_rest packed for the forward and input-gradient GEMMs (f32
-        // only; `gemm_packed_b` falls back to plain `gemm` otherwise).
+        let e = self.e;
         let (d0, d_in) = (self.d0, self.d_in);
         let kr = self.k_rest();
         let ne = self.nf * e;
@@ -340,38 +278,116 @@ impl<T: Real> FieldFactoring<T> {
         self.w_rest_plen = plen;
         self.w_rest_plen_n = plen_n;
         self.w_rest_path = packs.then_some(path);
-        let wf_len = self.n_cand * d0 * e;
-        let (active, rest) = (&self.active, &self.rest);
-        let per_expert = |(ei, (((wf, wr), pk), pkn)): (usize, ExpertBufs<'_, T>)| {
-            hmdn_kernels::with_path(path, || {
-                let wv = ps.value(experts[ei].layers[0].w);
-                for (j, &f) in active.iter().enumerate() {
-                    let blk = &mut wf[j * d0 * e..(j + 1) * d0 * e];
-                    for (o, row) in blk.chunks_exact_mut(e.max(1)).enumerate() {
-                        row.copy_from_slice(&wv[o * d_in + f * e..o * d_in + (f + 1) * e]);
-                    }
+        let (wf_len, n_exp) = (self.n_cand * d0 * e, self.n_exp);
+        let par = bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1;
+        let FieldFactoring {
+            slot_of,
+            ids,
+            slots,
+            off,
+            row_idx,
+            emb_rows,
+            w_fields,
+            w_rest,
+            w_rest_packed,
+            w_rest_packed_n,
+            active,
+            rest,
+            ..
+        } = self;
+        let (active, rest) = (&*active, &*rest);
+        // The batch's side: distinct ids per factored field, each row's table rows, and the
+        // ids' embeddings.
+        let mut batch_side = || {
+            // Fields in parallel (each field's result is its own).
+            let work = |(f, ((so, ids), slots)): (usize, FieldBufs<'_>)| {
+                if so.is_empty() {
+                    return;
                 }
-                for (o, dst) in wr.chunks_exact_mut(kr.max(1)).take(d0).enumerate() {
-                    let src = &wv[o * d_in..(o + 1) * d_in];
-                    for (p, &f) in rest.iter().enumerate() {
-                        dst[p * e..(p + 1) * e].copy_from_slice(&src[f * e..(f + 1) * e]);
-                    }
-                    dst[rest.len() * e..].copy_from_slice(&src[ne..]);
+                let c = embedding.cols[f];
+                distinct_ids(so, ids, &mut slots[..bsz], &idx[c * bsz..(c + 1) * bsz]);
+            };
+            if par {
+                slot_of
+                    .par_iter_mut()
+                    .zip(ids.par_iter_mut())
+                    .zip(slots.par_iter_mut())
+                    .enumerate()
+                    .for_each(work);
+            } else {
+                slot_of
+                    .iter_mut()
+                    .zip(ids.iter_mut())
+                    .zip(slots.iter_mut())
+                    .enumerate()
+                    .for_each(work);
+            }
+            off.clear();
+            off.push(0);
+            for &f in active {
+                let last = *off.last().expect("pushed");
+                off.push(last + ids[f].len());
+            }
+            // Every row's table rows, row-major (what the forward adds per row).
+            let na = active.len();
+            for (b, dst) in row_idx[..bsz * na].chunks_exact_mut(na).enumerate() {
+                for ((d, &f), &o) in dst.iter_mut().zip(active).zip(off.iter()) {
+                    *d = o as u32 + slots[f][b];
                 }
-                if packs {
-                    pack_b_for(&mut pk[..plen], d0, kr, wr, Trans::T, path);
-                    pack_b_for(&mut pkn[..plen_n], kr, d0, wr, Trans::N, path);
+            }
+            // E_f[ids_f], stacked.
+            for (j, &f) in active.iter().enumerate() {
+                let table = ps.value(embedding.tables[f]);
+                let dst = &mut emb_rows[off[j] * e..off[j + 1] * e];
+                for (row, &id) in dst.chunks_exact_mut(e.max(1)).zip(&ids[f]) {
+                    let id = id as usize;
+                    row.copy_from_slice(&table[id * e..(id + 1) * e]);
                 }
-            })
+            }
         };
-        let n_exp = self.n_exp;
-        let blocks = self.w_fields[..n_exp * wf_len]
-            .par_chunks_mut(wf_len.max(1))
-            .zip(self.w_rest[..n_exp * d0 * kr].par_chunks_mut((d0 * kr).max(1)))
-            .zip(self.w_rest_packed.par_chunks_mut(cp))
-            .zip(self.w_rest_packed_n.par_chunks_mut(cpn));
-        // (On one thread rayon runs the tasks in place.)
-        blocks.enumerate().for_each(per_expert);
+        // The weights' side, per expert (in parallel; each writes its own blocks): its W_f
+        // for every factored field, its W_rest, and W_rest packed for the forward and
+        // input-gradient GEMMs (f32 only; `gemm_packed_b` falls back to plain `gemm`
+        // otherwise).
+        let mut weight_side = || {
+            let per_expert = |(ei, (((wf, wr), pk), pkn)): (usize, ExpertBufs<'_, T>)| {
+                hmdn_kernels::with_path(path, || {
+                    let wv = ps.value(experts[ei].layers[0].w);
+                    for (j, &f) in active.iter().enumerate() {
+                        let blk = &mut wf[j * d0 * e..(j + 1) * d0 * e];
+                        for (o, row) in blk.chunks_exact_mut(e.max(1)).enumerate() {
+                            row.copy_from_slice(&wv[o * d_in + f * e..o * d_in + (f + 1) * e]);
+                        }
+                    }
+                    for (o, dst) in wr.chunks_exact_mut(kr.max(1)).take(d0).enumerate() {
+                        let src = &wv[o * d_in..(o + 1) * d_in];
+                        for (p, &f) in rest.iter().enumerate() {
+                            dst[p * e..(p + 1) * e].copy_from_slice(&src[f * e..(f + 1) * e]);
+                        }
+                        dst[rest.len() * e..].copy_from_slice(&src[ne..]);
+                    }
+                    if packs {
+                        pack_b_for(&mut pk[..plen], d0, kr, wr, Trans::T, path);
+                        pack_b_for(&mut pkn[..plen_n], kr, d0, wr, Trans::N, path);
+                    }
+                })
+            };
+            // (On one thread rayon runs the tasks in place.)
+            w_fields[..n_exp * wf_len]
+                .par_chunks_mut(wf_len.max(1))
+                .zip(w_rest[..n_exp * d0 * kr].par_chunks_mut((d0 * kr).max(1)))
+                .zip(w_rest_packed.par_chunks_mut(cp))
+                .zip(w_rest_packed_n.par_chunks_mut(cpn))
+                .enumerate()
+                .for_each(per_expert);
+        };
+        // The two sides are independent: side by side.
+        if par {
+            rayon::join(batch_side, weight_side);
+        } else {
+            batch_side();
+            weight_side();
+        }
         // P_f = E_f[ids_f]·W_fᵀ `[n_f, d0]` for every expert; fields in parallel (each
         // writes its own rows of every expert's table).
         let (off, emb_rows, w_fields) = (&self.off, &self.emb_rows, &self.w_fields);
@@ -564,15 +580,22 @@ impl<T: Real> FieldFactoring<T> {
         }
     }
 
-    /// The factored fields' share of the backward, after every chunk's
-    /// [`FieldFactoring::layer0_backward`]: `G` from the batch's layer-0 gradients `du0`
-    /// `[B, n_exp·d0]` (summed per id in batch order), then every expert's `dW_f += G_fᵀ·E_f[ids_f]`
-    /// into `ps`'s gradients and each factored field's embedding row gradients
-    /// (`row_grads[f]`: rows `ids_f`, gradients `G_f·W_f` summed over the experts).
+    /// The rest of the backward after every chunk's [`FieldFactoring::layer0_backward`]:
+    /// `G` from the batch's layer-0 gradients `du0` `[B, n_exp·d0]` (summed per id in batch
+    /// order), then every expert's `dW_f += G_fᵀ·E_f[ids_f]` into `ps`'s gradients and the
+    /// embedding row gradients of every field (`row_grads`, one per table of `embedding`): a
+    /// factored field's rows are `ids_f` with gradients `G_f·W_f` summed over the experts, the
+    /// other fields' come from `dx_rest` `[B, k_rest]` (the chunks' `∂L/∂x_rest`). All the
+    /// fields run in one parallel loop, so that the few large tables' sorts and the factored
+    /// fields' small GEMMs share the threads.
+    #[allow(clippy::too_many_arguments)]
     pub fn backward_fields(
         &mut self,
         experts: &[Mlp],
+        embedding: &MultiEmbedding,
         du0: &[T],
+        dx_rest: &[T],
+        idx: &[u32],
         ps: &mut ParamStore<T>,
         row_grads: &mut [RowGrad<T>],
     ) {
@@ -605,8 +628,15 @@ impl<T: Real> FieldFactoring<T> {
         assert!(self.dw_fields.len() >= active.len() * w * e);
         let dwf = SendPtr(self.dw_fields.as_mut_ptr());
         let path = hmdn_kernels::simd_path();
+        let (rest_col, kr) = (&self.rest_col, self.k_rest());
         let per_field_one = |f: usize, rg: &mut RowGrad<T>| {
-            let Some(j) = slot_in_active[f] else { return };
+            let Some(j) = slot_in_active[f] else {
+                if let Some(col) = rest_col[f] {
+                    let c = embedding.cols[f];
+                    rg.accumulate_from(&idx[c * bsz..(c + 1) * bsz], dx_rest, kr, col);
+                }
+                return;
+            };
             let (r0, r1) = (off[j], off[j + 1]);
             let n = r1 - r0;
             rg.rows.clear();
@@ -642,6 +672,7 @@ impl<T: Real> FieldFactoring<T> {
         let per_field = |(f, rg): (usize, &mut RowGrad<T>)| {
             with_path(path, || serial(|| per_field_one(f, rg)));
         };
+        assert_eq!(row_grads.len(), self.nf, "one RowGrad per field");
         if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
             row_grads.par_iter_mut().enumerate().for_each(per_field);
         } else {
@@ -664,6 +695,23 @@ impl<T: Real> FieldFactoring<T> {
                 }
             }
         }
+    }
+
+    /// Floating-point operations of every expert's first layer in the last prepared batch,
+    /// per sample, `(forward, training step)`: multiply-adds count 2, the per-row additions
+    /// of the terms (forward) and of the gradient sums (backward) 1. For the achieved-FLOP/s
+    /// figures, which count the work done, not the unfactored layer's.
+    pub fn flops_per_sample(&self) -> (f64, f64) {
+        let rows = self.bsz.max(1) as f64;
+        let (kr, d0, e) = (self.k_rest() as f64, self.d0 as f64, self.e as f64);
+        let ne = self.n_exp as f64;
+        let distinct = *self.off.last().unwrap_or(&0) as f64;
+        let na = self.active.len() as f64;
+        let gemm_rows = 2.0 * kr * d0 * ne; // per row: x_rest·W_restᵀ, dX_rest, dW_rest
+        let terms = 2.0 * distinct * e * d0 * ne / rows; // P, and R, dW_f in training
+        let adds = na * d0 * ne; // per row: the terms added / the gradients summed per id
+        let fwd = gemm_rows + terms + adds;
+        (fwd, fwd + 2.0 * gemm_rows + 2.0 * terms + adds)
     }
 
     /// Column of each unfactored field in `x_rest` (`None` for the factored ones), for the

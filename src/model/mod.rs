@@ -1042,6 +1042,15 @@ impl<T: Real> Model<T> {
         }
     }
 
+    /// `FieldFactoring::flops_per_sample` of the last forward, `None` unless it factored.
+    pub fn factored_flops_per_sample(&self) -> Option<(f64, f64)> {
+        self.buf
+            .factor
+            .as_ref()
+            .filter(|_| self.buf.factored)
+            .map(FieldFactoring::flops_per_sample)
+    }
+
     /// Whether the last forward factored the experts' first layer (see
     /// [`Model::set_field_factoring`]).
     pub fn factored_fields(&self) -> bool {
@@ -1620,17 +1629,9 @@ impl<T: Real> Model<T> {
                 // The factored fields' row gradients and W columns from the per-id sums,
                 // the other fields' row gradients from ∂L/∂x_rest.
                 let du0 = &b.du0[..bsz * ff.table_width()];
-                ff.backward_fields(experts, du0, ps, &mut row_grads[rg_emb.clone()]);
-                laps.lap(profile, Phase::Backbone);
-                let kr = ff.k_rest();
-                embedding.backward_columns(
-                    &mut row_grads[rg_emb.clone()],
-                    ff.rest_columns(),
-                    &b.dx[..bsz * kr],
-                    kr,
-                    idx,
-                    bsz,
-                );
+                let dx_rest = &b.dx[..bsz * ff.k_rest()];
+                let rg = &mut row_grads[rg_emb.clone()];
+                ff.backward_fields(experts, embedding, du0, dx_rest, idx, ps, rg);
             }
             None => embedding.backward(
                 &mut row_grads[rg_emb.clone()],
