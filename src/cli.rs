@@ -219,6 +219,11 @@ pub struct GradcheckArgs {
 
 /// Arguments of `bench`.
 #[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Environment: HMDN_NO_FIELD_FACTORING=1 runs MMoE's expert first \
+layers unfactored (the plain GEMM on all of x; for A/B comparisons of model::factored). \
+HMDN_SIMD=portable|avx2|avx512 picks the SIMD path."
+)]
 pub struct BenchArgs {
     /// Model name.
     #[arg(long, default_value = "hmdn-mmoe")]
