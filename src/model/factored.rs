@@ -3,13 +3,14 @@
 //! Every expert's first layer computes `u = x·Wᵀ + b` on `x = [E_1[i_1], …, E_F[i_F],
 //! numerics]`. Split by field, `x·Wᵀ = Σ_f E_f[i_f]·W_fᵀ`, `W_f` being `W`'s `e` columns of
 //! field `f`. A field whose ids take only `n_f` distinct values in the batch (gender, age
-//! bucket, city level… — the reference workload has sixteen fields of at most 1000 values)
+//! bucket, city level… — the reference workload has twelve fields of at most 256 values)
 //! contributes only `n_f` different terms. They are computed once each,
 //! `P_f = E_f[ids_f]·W_fᵀ` (`n_f·e·d` multiply-adds instead of `B·e·d`), and each row adds its
 //! id's term. The backward does the same in reverse: with `G_f[s] = Σ_{b: i_f(b) = ids_f[s]}
 //! ∂L/∂u_b` (the rows' pre-activation gradients summed per id first), `dW_f += G_fᵀ·E_f[ids_f]`
 //! and the gradient of embedding row `ids_f[s]` is `G_f[s]·W_f`: `n_f` rows instead of `B`.
-//! All experts share the ids, so the terms of every expert sit side by side in one table row.
+//! All experts share the ids (and the distinct-id bookkeeping); each expert has its own
+//! table of terms and of gradient sums, so that its forward and backward touch only its own.
 //!
 //! The other fields (and the numeric features) go through the ordinary GEMM on a compact
 //! `x_rest` `[B, k_rest]` with the matching columns of `W` copied out (`W_rest`).
@@ -35,13 +36,12 @@ use hmdn_kernels::par::serial;
 use hmdn_kernels::{gemm, with_path, Real, Trans};
 use rayon::prelude::*;
 
-/// Fields with at most this many ids are factored. Such a field has at most this many
-/// distinct ids in a batch, so from batches of about this size up its per-id terms cost at
-/// most the GEMM rows they replace, and well below it at the reference workload's batches
-/// for the many fields of tens to a thousand ids; the per-row additions (one `d`-wide row
-/// per field and row, from a table that stays in cache) are cheap next to the `e·d`
-/// multiply-adds they replace. Its id → slot table is one `u32` per id, rebuilt per batch by
-/// a scan over the vocabulary.
+/// Fields with at most this many ids are factored. Their per-id terms cost at most this many
+/// rows of `e·d` multiply-adds per batch, and their term tables (one `d`-wide row per id and
+/// expert) stay in L2, so that each row's additions hit the cache. With the 1000-id fields
+/// too, the tables outgrow L2 and the gain at batch 1024 vanished (`benches/RESULTS.md`,
+/// seventh session: limits of 100 to 5000 ids compared). Its id → slot table is one `u32`
+/// per id, rebuilt per batch by a scan over the vocabulary.
 pub const MAX_FACTOR_VOCAB: usize = 256;
 
 /// Batches from this many rows run the per-field work in parallel.
@@ -75,7 +75,7 @@ pub struct FieldFactoring<T> {
     /// Vocabulary of every field; `candidate[f]` says whether it may be factored.
     vocab: Vec<usize>,
     candidate: Vec<bool>,
-    /// Fields factored in the last prepared batch (ascending) and the others (ascending).
+    /// The factored fields (ascending) and the others (ascending), fixed per model.
     active: Vec<usize>,
     rest: Vec<usize>,
     /// Column of each rest field in `x_rest`, `None` for factored fields (per field).
@@ -94,7 +94,8 @@ pub struct FieldFactoring<T> {
     off: Vec<usize>,
     /// `E_f[ids_f]` of every active field, stacked `[Σn, e]`.
     emb_rows: Vec<T>,
-    /// Per active field, every expert's `W_f` stacked: `[n_exp·d0, e]` each.
+    /// Every expert's `W_f` for every factored field, expert-major: `[d0, e]` blocks at
+    /// `(expert · n_cand + field position) · d0 · e`.
     w_fields: Vec<T>,
     /// Per expert, `W`'s rest columns `[d0, k_rest]`.
     w_rest: Vec<T>,
@@ -224,8 +225,8 @@ impl<T: Real> FieldFactoring<T> {
         self.cap = bsz;
     }
 
-    /// Whether the last prepared batch factored at least one field (else the experts run
-    /// unfactored on the whole x).
+    /// Whether the model has a field to factor (else the experts run unfactored on the
+    /// whole x).
     pub fn is_active(&self) -> bool {
         !self.active.is_empty()
     }
@@ -235,15 +236,15 @@ impl<T: Real> FieldFactoring<T> {
         self.rest.len() * self.e + self.nn
     }
 
-    /// Width of a row of per-id terms or gradients, and of the layer-0 gradient rows
-    /// [`FieldFactoring::layer0_backward`] hands back: every expert's `d0` columns.
+    /// Width of the layer-0 gradient rows [`FieldFactoring::layer0_backward`] hands back
+    /// (`du0`): every expert's `d0` columns side by side.
     pub fn table_width(&self) -> usize {
         self.n_exp * self.d0
     }
 
-    /// Decides which fields the batch (`idx`, field-major `[F, B]` with `embedding`'s
-    /// columns) factors and, when any, computes the per-id terms of every expert from the
-    /// current weights. Returns [`FieldFactoring::is_active`].
+    /// For the batch `idx` (field-major `[F, B]` with `embedding`'s columns): the factored
+    /// fields' distinct ids and each row's, and every expert's per-id terms from the current
+    /// weights (with `W_rest` copied and packed). Returns [`FieldFactoring::is_active`].
     pub fn prepare(
         &mut self,
         embedding: &MultiEmbedding,
