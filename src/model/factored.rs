@@ -126,20 +126,11 @@ pub struct FieldFactoring<T> {
 
 impl<T: Real> FieldFactoring<T> {
     /// For `experts` (all of the same shape) on `x` made of `embedding`'s fields (vocabularies
-    /// `vocab`) and `nn` numeric features. `excluded` fields are never factored (fields whose
-    /// gradient also arrives from elsewhere through x's columns).
-    pub fn new(
-        embedding: &MultiEmbedding,
-        vocab: &[usize],
-        nn: usize,
-        experts: &[Mlp],
-        excluded: &[bool],
-    ) -> Self {
+    /// `vocab`) and `nn` numeric features.
+    pub fn new(embedding: &MultiEmbedding, vocab: &[usize], nn: usize, experts: &[Mlp]) -> Self {
         let nf = embedding.n_fields();
         let d0 = experts.first().map_or(0, |m| m.layers[0].d_out);
-        let candidate: Vec<bool> = (0..nf)
-            .map(|f| vocab[f] <= MAX_FACTOR_VOCAB && !excluded.get(f).copied().unwrap_or(false))
-            .collect();
+        let candidate: Vec<bool> = (0..nf).map(|f| vocab[f] <= MAX_FACTOR_VOCAB).collect();
         let slot_of = (0..nf)
             .map(|f| {
                 if candidate[f] {

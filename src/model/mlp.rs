@@ -166,11 +166,8 @@ impl Mlp {
         bsz: usize,
     ) {
         cache.ensure_batch(bsz);
-        for l in 0..self.layers.len() {
-            let (below, here) = cache.h.split_at_mut(l);
-            let x = if l == 0 { inp } else { &below[l - 1][..] };
-            self.layer_forward(l, &mut here[0], x, ps, bsz);
-        }
+        self.layer_forward(0, &mut cache.h[0], inp, ps, bsz);
+        self.forward_above_first(cache, ps, bsz);
     }
 
     /// Layers `1..` on the output of layer 0 already in `cache.h[0]` (written by the caller,
@@ -224,21 +221,10 @@ impl Mlp {
         inp: &[T],
         bsz: usize,
     ) {
-        let nl = self.layers.len();
+        self.backward_above_first(cache, ps, dout, bsz);
         let MlpCache { h, dh, dpre, .. } = cache;
-        let mut dinp = dinp;
-        for l in (0..nl).rev() {
-            // Gradient arriving at this layer's output: the caller's for the top layer,
-            // else what layer l+1 wrote into dh[l].
-            let (dh_below, dh_here) = dh.split_at_mut(l);
-            let dout_l: &[T] = if l + 1 == nl { dout } else { &dh_here[0] };
-            if l == 0 {
-                self.layer_backward(0, dinp.take(), dpre, ps, dout_l, &h[0], inp, bsz);
-            } else {
-                let d_below = &mut dh_below[l - 1][..bsz * self.layers[l - 1].d_out];
-                let d_below = InputGrad::Write(d_below);
-                self.layer_backward(l, d_below, dpre, ps, dout_l, &h[l], &h[l - 1], bsz);
-            }
-        }
+        // ∂L/∂h[0]: what layer 1 wrote, or the caller's for a one-layer MLP.
+        let dout0: &[T] = if self.layers.len() == 1 { dout } else { &dh[0] };
+        self.layer_backward(0, dinp, dpre, ps, dout0, &h[0], inp, bsz);
     }
 }

@@ -720,7 +720,6 @@ impl<T: Real> Model<T> {
                     &vocab,
                     cfg.numeric.len(),
                     &experts,
-                    &[],
                 ))
             }
             _ => None,
