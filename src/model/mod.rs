@@ -1021,8 +1021,8 @@ impl<T: Real> Model<T> {
     }
 
     /// Whether MMoE's experts may factor their first layer over the batch's distinct ids of
-    /// low-cardinality fields ([`factored`]; on by default, used for a field when the batch
-    /// has at most half as many distinct ids as rows), or must run it on every row's whole x
+    /// low-cardinality fields ([`factored`]; on by default, for every field of at most
+    /// [`factored::MAX_FACTOR_VOCAB`] ids, in every batch), or must run it on every row's whole x
     /// (`false`: the reference the tests compare the factored pass with). Other models, and
     /// MMoE with shared distribution tables, never factor.
     pub fn set_field_factoring(&mut self, on: bool) {
