@@ -114,6 +114,113 @@ pub fn scaled_sigmoid_backward<T: Real>(dx: &mut [T], dy: &[T], y: &[T], scale: 
     }
 }
 
+/// A GateNU's output layer in one pass: `delta[b, j] = scale · sigmoid(u[b, j] + bias[j])` over
+/// rows of width `n = bias.len()`, and, with `scaled = Some((y, x))`, also `y = delta ⊙ x`
+/// (the input the gate scales). `u` is only read.
+///
+/// The same values as [`bias_add`], [`scaled_sigmoid_forward`] and a product, one pass over
+/// the rows instead of three.
+pub fn bias_scaled_sigmoid_forward<T: Real>(
+    delta: &mut [T],
+    u: &[T],
+    bias: &[T],
+    scale: T,
+    scaled: Option<(&mut [T], &[T])>,
+) {
+    let n = bias.len();
+    if n == 0 {
+        return;
+    }
+    let rows = delta.len().min(u.len()) / n;
+    let len = rows * n;
+    if !is_f32::<T>() {
+        let scaled = scaled.map(|(y, x)| (&mut y[..len], &x[..len]));
+        return reference::bias_scaled_sigmoid_forward(
+            &mut delta[..len],
+            &u[..len],
+            bias,
+            scale,
+            scaled,
+        );
+    }
+    let (d, u, b, s) = (
+        &mut f32s_mut(delta)[..len],
+        &f32s(u)[..len],
+        f32s(bias),
+        f32v(scale),
+    );
+    let path = simd::simd_path();
+    let step = rows_per_task(n) * n;
+    match scaled {
+        None if worth(len) => d
+            .par_chunks_mut(step)
+            .zip(u.par_chunks(step))
+            .for_each(|(d, u)| simd::bias_scaled_sigmoid(path, d, u, b, s)),
+        None => simd::bias_scaled_sigmoid(path, d, u, b, s),
+        Some((y, x)) => {
+            let (y, x) = (&mut f32s_mut(y)[..len], &f32s(x)[..len]);
+            if worth(len) {
+                d.par_chunks_mut(step)
+                    .zip(y.par_chunks_mut(step))
+                    .zip(u.par_chunks(step).zip(x.par_chunks(step)))
+                    .for_each(|((d, y), (u, x))| {
+                        simd::bias_scaled_sigmoid_mul(path, d, y, u, b, x, s)
+                    });
+            } else {
+                simd::bias_scaled_sigmoid_mul(path, d, y, u, b, x, s);
+            }
+        }
+    }
+}
+
+/// Backward of `y = delta ⊙ x` with `delta = scale·sigmoid(u)`, both outputs written:
+/// `du[i] = dy[i]·x[i] · delta[i]·(1 − delta[i]/scale)` (through the product, then the
+/// sigmoid as in [`scaled_sigmoid_backward`]) and `dx[i] = dy[i]·delta[i]`.
+///
+/// The values [`scaled_sigmoid_backward`] gives from `∂L/∂delta = dy ⊙ x`, without that
+/// intermediate array or zero-filled outputs.
+pub fn scaled_sigmoid_mul_backward<T: Real>(
+    du: &mut [T],
+    dx: &mut [T],
+    dy: &[T],
+    x: &[T],
+    delta: &[T],
+    scale: T,
+) {
+    let len = du
+        .len()
+        .min(dx.len())
+        .min(dy.len())
+        .min(x.len())
+        .min(delta.len());
+    let (du, dx, dy, x, delta) = (
+        &mut du[..len],
+        &mut dx[..len],
+        &dy[..len],
+        &x[..len],
+        &delta[..len],
+    );
+    if !is_f32::<T>() {
+        return reference::scaled_sigmoid_mul_backward(du, dx, dy, x, delta, scale);
+    }
+    let (u, o) = (f32s_mut(du), f32s_mut(dx));
+    let (g, v, d, s) = (f32s(dy), f32s(x), f32s(delta), f32v(scale));
+    let path = simd::simd_path();
+    if worth(len) {
+        u.par_chunks_mut(CHUNK)
+            .zip(o.par_chunks_mut(CHUNK))
+            .zip(
+                g.par_chunks(CHUNK)
+                    .zip(v.par_chunks(CHUNK).zip(d.par_chunks(CHUNK))),
+            )
+            .for_each(|((u, o), (g, (v, d)))| {
+                simd::scaled_sigmoid_mul_backward(path, u, o, g, v, d, s)
+            });
+    } else {
+        simd::scaled_sigmoid_mul_backward(path, u, o, g, v, d, s);
+    }
+}
+
 /// Columns of `db` per rayon task in [`bias_grad`] (one cache line of f32).
 const BIAS_GRAD_COLS: usize = 16;
 

@@ -103,6 +103,47 @@ pub fn scaled_sigmoid_backward<T: Real>(dx: &mut [T], dy: &[T], y: &[T], scale: 
     }
 }
 
+/// Reference for [`crate::act::bias_scaled_sigmoid_forward`].
+pub fn bias_scaled_sigmoid_forward<T: Real>(
+    delta: &mut [T],
+    u: &[T],
+    bias: &[T],
+    scale: T,
+    scaled: Option<(&mut [T], &[T])>,
+) {
+    let n = bias.len();
+    if n == 0 {
+        return;
+    }
+    for (drow, urow) in delta.chunks_exact_mut(n).zip(u.chunks_exact(n)) {
+        for ((d, &v), &b) in drow.iter_mut().zip(urow).zip(bias) {
+            *d = scale * sigmoid(v + b);
+        }
+    }
+    if let Some((y, x)) = scaled {
+        for ((o, &d), &v) in y.iter_mut().zip(delta.iter()).zip(x) {
+            *o = d * v;
+        }
+    }
+}
+
+/// Reference for [`crate::act::scaled_sigmoid_mul_backward`].
+pub fn scaled_sigmoid_mul_backward<T: Real>(
+    du: &mut [T],
+    dx: &mut [T],
+    dy: &[T],
+    x: &[T],
+    delta: &[T],
+    scale: T,
+) {
+    for (((u, &g), &v), &d) in du.iter_mut().zip(dy).zip(x).zip(delta) {
+        *u = g * v * d * (T::ONE - d / scale);
+    }
+    for ((o, &g), &d) in dx.iter_mut().zip(dy).zip(delta) {
+        *o = g * d;
+    }
+}
+
 /// Reference for [`crate::act::bias_grad`]: each column summed in row order.
 pub fn bias_grad<T: Real>(db: &mut [T], dy: &[T]) {
     let n = db.len();

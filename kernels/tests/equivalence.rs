@@ -165,6 +165,79 @@ fn scaled_sigmoid_backward_exact() {
 }
 
 #[test]
+fn scaled_sigmoid_mul_backward_exact() {
+    let mut rng = StdRng::seed_from_u64(31);
+    for_paths(|p| {
+        for &n in SIZES.iter().chain(&[40_000]) {
+            let dy = awkward(&mut rng, n, 100.0);
+            let x = awkward(&mut rng, n, 100.0);
+            let d: Vec<f32> = (0..n).map(|_| rng.gen_range(0.0f32..2.0)).collect();
+            let (mut fu, mut fx) = (unaligned(&vec![f32::NAN; n]), vec![f32::NAN; n]);
+            let (xb, db) = (unaligned(&x), unaligned(&d));
+            act::scaled_sigmoid_mul_backward(&mut fu[1..], &mut fx, &dy, &xb[1..], &db[1..], 2.0);
+            let (mut ru, mut rx) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            reference::scaled_sigmoid_mul_backward(&mut ru, &mut rx, &dy, &x, &d, 2.0);
+            assert_bits_eq(
+                &fu[1..],
+                &ru,
+                &format!("{p:?} sigmoid_mul_backward du n={n}"),
+            );
+            assert_bits_eq(&fx, &rx, &format!("{p:?} sigmoid_mul_backward dx n={n}"));
+            // The unfused chain it replaces: ∂L/∂delta = dy ⊙ x, then the sigmoid backward
+            // into zeros. Equal up to the sign of zero (0 + −0 = +0).
+            let dd: Vec<f32> = dy.iter().zip(&x).map(|(g, v)| g * v).collect();
+            let mut chain = vec![0.0f32; n];
+            act::scaled_sigmoid_backward(&mut chain, &dd, &d, 2.0);
+            for (i, (a, b)) in fu[1..].iter().zip(&chain).enumerate() {
+                assert!(a == b, "{p:?} fused vs chain [{i}]: {a:e} vs {b:e}");
+            }
+        }
+    });
+}
+
+#[test]
+fn bias_scaled_sigmoid_forward_within_ulps_and_equal_to_the_chain() {
+    let mut rng = StdRng::seed_from_u64(32);
+    for_paths(|p| {
+        for &n in &SIZES {
+            for rows in [0usize, 1, 3, 70] {
+                let bias = awkward(&mut rng, n, 60.0);
+                let u = awkward(&mut rng, rows * n, 60.0);
+                let x = awkward(&mut rng, rows * n, 100.0);
+                let (ub, bb, xb) = (unaligned(&u), unaligned(&bias), unaligned(&x));
+                for scale in [1.0f32, 2.0] {
+                    let mut fd = unaligned(&vec![f32::NAN; rows * n]);
+                    act::bias_scaled_sigmoid_forward(&mut fd[1..], &ub[1..], &bb[1..], scale, None);
+                    let (mut gd, mut gy) = (vec![f32::NAN; rows * n], vec![f32::NAN; rows * n]);
+                    let sc = Some((&mut gy[..], &xb[1..]));
+                    act::bias_scaled_sigmoid_forward(&mut gd, &ub[1..], &bb[1..], scale, sc);
+                    let (mut rd, mut ry) = (vec![f32::NAN; rows * n], vec![f32::NAN; rows * n]);
+                    let sc = Some((&mut ry[..], &x[..]));
+                    reference::bias_scaled_sigmoid_forward(&mut rd, &u, &bias, scale, sc);
+                    let what = format!("{p:?} n={n} rows={rows} scale={scale}");
+                    // Both fused forms give the same delta bits.
+                    assert_bits_eq(&fd[1..], &gd, &what);
+                    for i in 0..rows * n {
+                        // sigmoid within 4 ulp (see scaled_sigmoid_forward_within_ulps); the
+                        // product adds one rounding.
+                        assert!(ulps(gd[i], rd[i]) <= 4, "{what} delta [{i}]");
+                        assert!(ulps(gy[i], ry[i]) <= 5 || gy[i] == ry[i], "{what} y [{i}]");
+                        assert_eq!(gy[i].to_bits(), (gd[i] * x[i]).to_bits(), "{what} y=δ·x");
+                    }
+                    // The unfused chain it replaces (bias add, then the sigmoid kernel): the
+                    // same bits on this path.
+                    let mut pre = u.clone();
+                    act::bias_add(&mut pre, &bias);
+                    let mut chain = vec![0.0f32; rows * n];
+                    act::scaled_sigmoid_forward(&mut chain, &pre, scale);
+                    assert_bits_eq(&gd, &chain, &format!("{what} vs chain"));
+                }
+            }
+        }
+    });
+}
+
+#[test]
 fn adam_exact() {
     let mut rng = StdRng::seed_from_u64(4);
     let h = AdamParams::default();

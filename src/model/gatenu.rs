@@ -4,7 +4,7 @@
 
 use crate::model::linear::{InputGrad, Linear};
 use crate::params::{Grads, ParamStore};
-use hmdn_kernels::act::{bias_add, bias_grad, scaled_sigmoid_forward};
+use hmdn_kernels::act::{bias_grad, bias_scaled_sigmoid_forward};
 use hmdn_kernels::act::{bias_relu_forward, relu_backward, scaled_sigmoid_backward};
 use hmdn_kernels::gemm::{gemm_packed_b, pack_b_for, packed_b_len};
 use hmdn_kernels::{gemm, Real, SimdPath, Trans};
@@ -127,6 +127,18 @@ impl GateNu {
         ps: &ParamStore<T>,
         bsz: usize,
     ) {
+        self.second_layer_forward_scaled(cache, ps, None, bsz);
+    }
+
+    /// [`Self::second_layer_forward`], with `scaled = Some((y, x))` also `y = δ ⊙ x` in the
+    /// same pass (EPNet's `x' = δ ⊙ x`).
+    fn second_layer_forward_scaled<T: Real>(
+        &self,
+        cache: &mut GateNuCache<T>,
+        ps: &ParamStore<T>,
+        scaled: Option<(&mut [T], &[T])>,
+        bsz: usize,
+    ) {
         let f2 = &self.fc2;
         let a1 = &cache.a1[..bsz * self.fc1.d_out];
         let u2 = &mut cache.u2[..bsz * f2.d_out];
@@ -143,11 +155,13 @@ impl GateNu {
             T::ZERO,
             u2,
         );
-        bias_add(u2, ps.value(f2.b));
-        scaled_sigmoid_forward(
+        // u2 keeps the product without b2 (scratch until backward); δ = γ·σ(u2 + b2).
+        bias_scaled_sigmoid_forward(
             &mut cache.delta[..bsz * f2.d_out],
             u2,
+            ps.value(f2.b),
             T::from_f64(self.gamma),
+            scaled,
         );
     }
 
@@ -159,7 +173,7 @@ impl GateNu {
         ps: &mut Grads<'_, T>,
         bsz: usize,
     ) {
-        let (nh, nd) = (bsz * self.fc1.d_out, bsz * self.fc2.d_out);
+        let nd = bsz * self.fc2.d_out;
         let du2 = &mut cache.u2[..nd];
         du2.fill(T::ZERO);
         scaled_sigmoid_backward(
@@ -168,6 +182,19 @@ impl GateNu {
             &cache.delta[..nd],
             T::from_f64(self.gamma),
         );
+        self.backward_du2_to_u1(cache, ps, bsz);
+    }
+
+    /// Backward from `cache.u2 = ∂L/∂u2` (the fc2 pre-activation) to `cache.du1`, fc2's
+    /// parameter gradients accumulated on the way.
+    fn backward_du2_to_u1<T: Real>(
+        &self,
+        cache: &mut GateNuCache<T>,
+        ps: &mut Grads<'_, T>,
+        bsz: usize,
+    ) {
+        let (nh, nd) = (bsz * self.fc1.d_out, bsz * self.fc2.d_out);
+        let du2 = &cache.u2[..nd];
         let da1 = &mut cache.da1[..nh];
         self.fc2
             .backward(InputGrad::Write(&mut *da1), ps, du2, &cache.a1[..nh], bsz);
@@ -308,6 +335,23 @@ impl GateNu {
         ps: &ParamStore<T>,
         bsz: usize,
     ) {
+        self.forward_split_scaled(cache, split, g, x, ps, None, bsz);
+    }
+
+    /// [`GateNu::forward_split`] that, with `scaled = Some((y, s))`, also writes `y = δ ⊙ s`
+    /// (`[B, d_out]`) in the pass that computes δ: EPNet's `x' = δ ⊙ x`, the same values as
+    /// [`scale_forward`] afterwards.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_split_scaled<T: Real>(
+        &self,
+        cache: &mut GateNuCache<T>,
+        split: &SplitW1<T>,
+        g: GTerm<'_, T>,
+        x: &[T],
+        ps: &ParamStore<T>,
+        scaled: Option<(&mut [T], &[T])>,
+        bsz: usize,
+    ) {
         cache.ensure_batch(self, bsz);
         let f1 = &self.fc1;
         let (h, gz) = (f1.d_out, split.gz);
@@ -358,7 +402,7 @@ impl GateNu {
             }
         }
         bias_relu_forward(a1, ps.value(f1.b));
-        self.second_layer_forward(cache, ps, bsz);
+        self.second_layer_forward_scaled(cache, ps, scaled, bsz);
     }
 
     /// [`GateNu::backward`] after [`GateNu::forward_split`], with `dv_cols = gz`: the
@@ -375,11 +419,45 @@ impl GateNu {
         x: &[T],
         bsz: usize,
     ) {
+        self.backward_to_u1(cache, ps, bsz);
+        self.backward_split_from_u1(dg, cache, split, ps, g, x, bsz);
+    }
+
+    /// [`GateNu::backward_split`] from `cache.u2` holding `∂L/∂u2`, the gradient at fc2's
+    /// pre-activation (instead of `cache.ddelta = ∂L/∂δ`): for callers that compute it in
+    /// the pass that also differentiates what δ scales
+    /// ([`hmdn_kernels::act::scaled_sigmoid_mul_backward`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_split_from_du2<T: Real>(
+        &self,
+        dg: &mut [T],
+        cache: &mut GateNuCache<T>,
+        split: &SplitW1<T>,
+        ps: &mut Grads<'_, T>,
+        g: &[T],
+        x: &[T],
+        bsz: usize,
+    ) {
+        self.backward_du2_to_u1(cache, ps, bsz);
+        self.backward_split_from_u1(dg, cache, split, ps, g, x, bsz);
+    }
+
+    /// The first layer's part of [`GateNu::backward_split`], from `cache.du1`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_split_from_u1<T: Real>(
+        &self,
+        dg: &mut [T],
+        cache: &mut GateNuCache<T>,
+        split: &SplitW1<T>,
+        ps: &mut Grads<'_, T>,
+        g: &[T],
+        x: &[T],
+        bsz: usize,
+    ) {
         let f1 = &self.fc1;
         let (h, din, gz) = (f1.d_out, f1.d_in, split.gz);
         let dx = din - gz;
         let nh = bsz * h;
-        self.backward_to_u1(cache, ps, bsz);
         let du1 = &cache.du1[..nh];
         // ∂L/∂g = (∂L/∂u1)·W1_g.
         gemm(

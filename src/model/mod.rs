@@ -23,12 +23,12 @@ use distinct::{DistinctKeys, Gathered};
 use embedding::{MultiEmbedding, RowGrad};
 use factored::FieldFactoring;
 use gate::{mixture_accumulate, mixture_backward, Gate, GateCache};
-use gatenu::{scale_backward, scale_forward, GTerm, GateNu, GateNuCache, SplitW1};
+use gatenu::{scale_forward, GTerm, GateNu, GateNuCache, SplitW1};
 use head::{
     task_loss_backward, task_loss_backward_rows, task_loss_forward, DomainTowers, TowerCache,
     Towers,
 };
-use hmdn_kernels::act::relu_backward;
+use hmdn_kernels::act::{relu_backward, scaled_sigmoid_mul_backward};
 use hmdn_kernels::Real;
 use linear::InputGrad;
 use mlp::{Mlp, MlpCache};
@@ -1979,8 +1979,8 @@ fn chunk_forward<T: Real>(
             };
             // EPNet: x' = δ_ep([g, sg(x)]) ⊙ x. Frozen: sg(x) is the copy set_frozen took.
             let sg_x = if b.sg_frozen { &b.sg_x[..bsz * dx] } else { x };
-            ep.forward_split(&mut b.ep, &splits[0], g_term(0), sg_x, ps, bsz);
-            scale_forward(&mut b.xp[..bsz * dx], &b.ep.delta[..bsz * dx], x);
+            let xp = Some((&mut b.xp[..bsz * dx], x));
+            ep.forward_split_scaled(&mut b.ep, &splits[0], g_term(0), sg_x, ps, xp, bsz);
             // PPNet gates on [g, sg(x')], one per hidden layer.
             let sg_xp = if b.sg_frozen { &b.sg_xp } else { &b.xp };
             for (i, (pn, pc)) in net.ppnet.iter().zip(b.pp.iter_mut()).enumerate() {
@@ -2073,10 +2073,13 @@ fn chunk_backward<T: Real>(
         grads: GradSlice::new(net.dense_base, grads),
     };
     let ps = &mut gv;
-    dxv.fill(T::ZERO);
+    let cfg = net.cfg;
+    // PEPNet writes ∂L/∂x whole (below); the other backbones accumulate into it.
+    if !matches!(cfg.model, ModelKind::Pepnet | ModelKind::HmdnPepnet) {
+        dxv.fill(T::ZERO);
+    }
     dg.fill(T::ZERO);
     laps.lap(profile, Phase::Other);
-    let cfg = net.cfg;
     let (nt, dx) = (cfg.tasks.len(), cfg.x_dim());
     let h = *cfg.hidden.last().expect("validated");
     match cfg.model {
@@ -2192,17 +2195,13 @@ fn chunk_backward<T: Real>(
                 // h_l = δ_l ⊙ a_l: ∂L/∂δ_l = ∂L/∂h_l ⊙ a_l, ∂L/∂a_l = ∂L/∂h_l ⊙ δ_l.
                 let (dhs_below, dhs_rest) = b.dhs.split_at_mut(l);
                 let dh_l = &dhs_rest[0][..n];
+                // Both written, ∂L/∂δ_l taken on through the sigmoid to fc2's pre-activation
+                // in the same pass (into pc.u2, what backward_split_from_du2 reads).
                 let pc = &mut b.pp[l];
-                pc.zero_ddelta(bsz, m.layers[l].d_out);
                 let da = &mut b.da[..n];
-                da.fill(T::ZERO);
-                scale_backward(
-                    &mut pc.ddelta[..n],
-                    Some(da),
-                    dh_l,
-                    &pc.delta[..n],
-                    &b.a[l][..n],
-                );
+                let gamma = T::from_f64(net.ppnet[l].gamma);
+                let (du2, delta) = (&mut pc.u2[..n], &pc.delta[..n]);
+                scaled_sigmoid_mul_backward(du2, da, dh_l, &b.a[l][..n], delta, gamma);
                 laps.lap(profile, Phase::Gates);
                 // Layer l (ReLU ∘ Linear) back to its input h_{l-1} (or x').
                 let (inp, dinp): (&[T], &mut [T]) = if l == 0 {
@@ -2217,21 +2216,17 @@ fn chunk_backward<T: Real>(
                 // δ_l = GateNU_l([g, sg(x')]): only the g columns pass gradient on.
                 let sg_xp = if b.sg_frozen { &b.sg_xp } else { &b.xp };
                 let (pn, sp) = (&net.ppnet[l], &splits[l + 1]);
-                pn.backward_split(dg, pc, sp, ps, g, &sg_xp[..bsz * dx], bsz);
+                pn.backward_split_from_du2(dg, pc, sp, ps, g, &sg_xp[..bsz * dx], bsz);
                 laps.lap(profile, Phase::Gates);
             }
-            // x' = δ_ep ⊙ x.
+            // x' = δ_ep ⊙ x: ∂L/∂x (written: the gate reads sg(x), so this is x's only
+            // gradient) and ∂L/∂δ_ep, taken on to fc2's pre-activation in the same pass.
             let dxp = &b.dxp[..bsz * dx];
-            b.ep.zero_ddelta(bsz, dx);
-            scale_backward(
-                &mut b.ep.ddelta[..bsz * dx],
-                Some(&mut *dxv),
-                dxp,
-                &b.ep.delta[..bsz * dx],
-                x,
-            );
+            let gamma = T::from_f64(ep.gamma);
+            let (du2, delta) = (&mut b.ep.u2[..bsz * dx], &b.ep.delta[..bsz * dx]);
+            scaled_sigmoid_mul_backward(du2, &mut dxv[..bsz * dx], dxp, x, delta, gamma);
             let sg_x = if b.sg_frozen { &b.sg_x[..bsz * dx] } else { x };
-            ep.backward_split(dg, &mut b.ep, &splits[0], ps, g, sg_x, bsz);
+            ep.backward_split_from_du2(dg, &mut b.ep, &splits[0], ps, g, sg_x, bsz);
             laps.lap(profile, Phase::Gates);
         }
     }

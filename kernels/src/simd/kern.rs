@@ -267,6 +267,70 @@ pub(crate) unsafe fn scaled_sigmoid_forward<V: Vf>(y: &mut [f32], x: &[f32], sca
     });
 }
 
+/// `delta[b, j] = scale · sigmoid(u[b, j] + bias[j])` over whole rows of width `bias.len()`:
+/// a GateNU's output layer (the bias add and the sigmoid in one pass).
+#[inline(always)]
+pub(crate) unsafe fn bias_scaled_sigmoid<V: Vf>(
+    delta: &mut [f32],
+    u: &[f32],
+    bias: &[f32],
+    scale: f32,
+) {
+    let (n, s) = (bias.len(), V::splat(scale));
+    for (drow, urow) in delta.chunks_exact_mut(n).zip(u.chunks_exact(n)) {
+        let (dp, up, bp) = (drow.as_mut_ptr(), urow.as_ptr(), bias.as_ptr());
+        ew!(n, [dp], [up, bp], {
+            s.mul(sigmoid(V::load(up).add(V::load(bp)))).store(dp);
+        });
+    }
+}
+
+/// [`bias_scaled_sigmoid`] that also writes `y = delta ⊙ x` (PEPNet's EPNet: the gate and the
+/// input it scales in one pass).
+#[inline(always)]
+pub(crate) unsafe fn bias_scaled_sigmoid_mul<V: Vf>(
+    delta: &mut [f32],
+    y: &mut [f32],
+    u: &[f32],
+    bias: &[f32],
+    x: &[f32],
+    scale: f32,
+) {
+    let (n, s) = (bias.len(), V::splat(scale));
+    let rows = delta.chunks_exact_mut(n).zip(y.chunks_exact_mut(n));
+    for ((drow, yrow), (urow, xrow)) in rows.zip(u.chunks_exact(n).zip(x.chunks_exact(n))) {
+        let (dp, yp) = (drow.as_mut_ptr(), yrow.as_mut_ptr());
+        let (up, bp, xp) = (urow.as_ptr(), bias.as_ptr(), xrow.as_ptr());
+        ew!(n, [dp, yp], [up, bp, xp], {
+            let d = s.mul(sigmoid(V::load(up).add(V::load(bp))));
+            d.store(dp);
+            d.mul(V::load(xp)).store(yp);
+        });
+    }
+}
+
+/// Backward of `y = delta ⊙ x` with `delta = scale·sigmoid(u)`, both written:
+/// `du[i] = dy[i]·x[i] · delta[i] · (1 − delta[i]/scale)` and `dx[i] = dy[i]·delta[i]`, in the
+/// reference's operation order; equal lengths.
+#[inline(always)]
+pub(crate) unsafe fn scaled_sigmoid_mul_backward<V: Vf>(
+    du: &mut [f32],
+    dx: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    delta: &[f32],
+    scale: f32,
+) {
+    let (one, s) = (V::splat(1.0), V::splat(scale));
+    let (up, dxp) = (du.as_mut_ptr(), dx.as_mut_ptr());
+    let (gp, xp, yp) = (dy.as_ptr(), x.as_ptr(), delta.as_ptr());
+    ew!(du.len(), [up, dxp], [gp, xp, yp], {
+        let (g, d) = (V::load(gp), V::load(yp));
+        g.mul(V::load(xp)).mul(d).mul(one.sub(d.div(s))).store(up);
+        g.mul(d).store(dxp);
+    });
+}
+
 /// `dx[i] += dy[i] · y[i] · (1 − y[i]/scale)`, in the reference's operation order; equal lengths.
 #[inline(always)]
 pub(crate) unsafe fn scaled_sigmoid_backward<V: Vf>(

@@ -286,6 +286,9 @@ entries! {
     fn relu_backward(dpre: &mut [f32], dy: &[f32], y: &[f32]);
     fn scaled_sigmoid_forward(y: &mut [f32], x: &[f32], scale: f32);
     fn scaled_sigmoid_backward(dx: &mut [f32], dy: &[f32], y: &[f32], scale: f32);
+    fn bias_scaled_sigmoid(delta: &mut [f32], u: &[f32], bias: &[f32], scale: f32);
+    fn bias_scaled_sigmoid_mul(delta: &mut [f32], y: &mut [f32], u: &[f32], bias: &[f32], x: &[f32], scale: f32);
+    fn scaled_sigmoid_mul_backward(du: &mut [f32], dx: &mut [f32], dy: &[f32], x: &[f32], delta: &[f32], scale: f32);
     fn bias_grad_cols(db: &mut [f32], dy: &[f32], n: usize, c0: usize);
     fn softmax_forward(y: &mut [f32], x: &[f32], n: usize);
     fn softmax_backward(dx: &mut [f32], dy: &[f32], y: &[f32], n: usize);
