@@ -828,17 +828,50 @@ unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize>(t: &GemmBlock
             let rh = (t.rows - pa * MR).min(MR);
             let cp = t.c.add(pa * MR * t.ldc + q * nr);
             let ap = t.ap.add(pa * t.a_pan);
-            if t.a_pmajor {
-                tile::<V, MR, NV>(t, ap, 1, t.a_ps, bq, cp, rh, cw);
-            } else if t.a_ps == A_STRIDE {
-                // Packed: the constant stride lets the compiler fold the row offsets.
-                tile::<V, MR, NV>(t, ap, A_STRIDE, 1, bq, cp, rh, cw);
+            // A partial panel (the last rows of C, or its last columns) runs on a smaller
+            // register tile, so that no multiply-adds are spent on rows or vectors outside C
+            // (e.g. C with 64 rows: 5 full 12-row panels and one of 4). Every element's FMA
+            // chain over k is the same whatever the tile, so the results are too.
+            let rows = if rh <= 4 && MR > 4 {
+                4
+            } else if rh <= 8 && MR > 8 {
+                8
             } else {
-                tile::<V, MR, NV>(t, ap, t.a_ps, 1, bq, cp, rh, cw);
+                MR
+            };
+            match (rows, cw <= V::LANES && NV > 1) {
+                (4, false) => panel::<V, 4, NV>(t, ap, bq, cp, rh, cw),
+                (4, true) => panel::<V, 4, 1>(t, ap, bq, cp, rh, cw),
+                (8, false) => panel::<V, 8, NV>(t, ap, bq, cp, rh, cw),
+                (8, true) => panel::<V, 8, 1>(t, ap, bq, cp, rh, cw),
+                (_, false) => panel::<V, MR, NV>(t, ap, bq, cp, rh, cw),
+                (_, true) => panel::<V, MR, 1>(t, ap, bq, cp, rh, cw),
             }
             pa += 1;
         }
         q += 1;
+    }
+}
+
+/// One panel of C (`rows <= MR`, `cols <= NV·LANES`) on an `MR × NV·LANES` register tile, A
+/// read in the block's layout.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel<V: Vf, const MR: usize, const NV: usize>(
+    t: &GemmBlock,
+    ap: *const f32,
+    bq: *const f32,
+    cp: *mut f32,
+    rh: usize,
+    cw: usize,
+) {
+    if t.a_pmajor {
+        tile::<V, MR, NV>(t, ap, 1, t.a_ps, bq, cp, rh, cw);
+    } else if t.a_ps == A_STRIDE {
+        // Packed: the constant stride lets the compiler fold the row offsets.
+        tile::<V, MR, NV>(t, ap, A_STRIDE, 1, bq, cp, rh, cw);
+    } else {
+        tile::<V, MR, NV>(t, ap, t.a_ps, 1, bq, cp, rh, cw);
     }
 }
 
