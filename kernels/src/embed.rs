@@ -375,6 +375,52 @@ pub fn add_rows_indexed<T: Real>(
     );
 }
 
+/// [`add_rows_indexed`] followed by a bias and ReLU on the sums,
+/// `out[b, j] = max(out[b, j] + Σ_i table[rows[b·per_row + i], j] + bias[j], 0)` with
+/// `w = bias.len()`, in one pass over `out` (the factored MMoE layer's pre-activation, its
+/// bias and ReLU). The same IEEE operations as [`add_rows_indexed`] then
+/// [`crate::act::bias_relu_forward`] (bit-identical).
+///
+/// # Panics
+/// As [`add_rows_indexed`].
+#[track_caller]
+pub fn add_rows_indexed_bias_relu<T: Real>(
+    out: &mut [T],
+    table: &[T],
+    rows: &[u32],
+    per_row: usize,
+    bias: &[T],
+) {
+    let w = bias.len();
+    if w == 0 {
+        return;
+    }
+    if per_row == 0 {
+        return crate::act::bias_relu_forward(out, bias);
+    }
+    let n = rows.len() / per_row;
+    assert!(
+        rows.len() == n * per_row && out.len() >= n * w,
+        "add_rows_indexed_bias_relu: {} indices in groups of {per_row} for {} output values of rows of {w}",
+        rows.len(),
+        out.len()
+    );
+    check_slot_rows("add_rows_indexed_bias_relu", table.len(), w, 0, w, rows);
+    let out = &mut out[..n * w];
+    if !is_f32::<T>() {
+        return reference::add_rows_indexed_bias_relu(out, w, table, rows, per_row, bias);
+    }
+    simd::add_rows_indexed_bias_relu(
+        simd::simd_path(),
+        f32s_mut(out),
+        w,
+        f32s(table),
+        rows,
+        per_row,
+        f32s(bias),
+    );
+}
+
 /// `table[rows[b·per_row + j]·w ..][..w] += src[b·src_stride + src_off ..][..w]` for every
 /// row `b` (as many as `rows` holds groups of `per_row`) and every `j`, in increasing `b` then
 /// `j`: each source row added to several rows of one table (the factored MMoE layer's per-id

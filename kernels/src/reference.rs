@@ -455,6 +455,20 @@ pub fn add_rows_indexed<T: Real>(
     }
 }
 
+/// Reference for [`crate::embed::add_rows_indexed_bias_relu`]: [`add_rows_indexed`], then
+/// [`bias_relu_forward`].
+pub fn add_rows_indexed_bias_relu<T: Real>(
+    out: &mut [T],
+    w: usize,
+    table: &[T],
+    rows: &[u32],
+    per_row: usize,
+    bias: &[T],
+) {
+    add_rows_indexed(out, w, table, rows, per_row);
+    bias_relu_forward(out, bias);
+}
+
 /// Reference for [`crate::embed::scatter_add_rows_indexed`]: rows `b` in order, then their
 /// `per_row` indices in order.
 pub fn scatter_add_rows_indexed<T: Real>(

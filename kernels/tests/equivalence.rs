@@ -155,11 +155,16 @@ fn scaled_sigmoid_backward_exact() {
             let dy = awkward(&mut rng, n, 100.0);
             let y: Vec<f32> = (0..n).map(|_| rng.gen_range(0.0f32..2.0)).collect();
             let dx0 = awkward(&mut rng, n, 1.0);
-            let mut f = unaligned(&dx0);
-            act::scaled_sigmoid_backward(&mut f[1..], &dy, &unaligned(&y)[1..], 2.0);
-            let mut r = dx0.clone();
-            reference::scaled_sigmoid_backward(&mut r, &dy, &y, 2.0);
-            assert_bits_eq(&f[1..], &r, &format!("{p:?} sigmoid_backward n={n}"));
+            // 2 and 0.25: the divide done as a multiply by the exact reciprocal; 3 and 1e-39
+            // (subnormal): a true divide.
+            for scale in [2.0f32, 0.25, 3.0, 1e-39] {
+                let mut f = unaligned(&dx0);
+                act::scaled_sigmoid_backward(&mut f[1..], &dy, &unaligned(&y)[1..], scale);
+                let mut r = dx0.clone();
+                reference::scaled_sigmoid_backward(&mut r, &dy, &y, scale);
+                let what = format!("{p:?} sigmoid_backward n={n} scale={scale}");
+                assert_bits_eq(&f[1..], &r, &what);
+            }
         }
     });
 }
@@ -172,17 +177,19 @@ fn scaled_sigmoid_mul_backward_exact() {
             let dy = awkward(&mut rng, n, 100.0);
             let x = awkward(&mut rng, n, 100.0);
             let d: Vec<f32> = (0..n).map(|_| rng.gen_range(0.0f32..2.0)).collect();
-            let (mut fu, mut fx) = (unaligned(&vec![f32::NAN; n]), vec![f32::NAN; n]);
             let (xb, db) = (unaligned(&x), unaligned(&d));
+            for scale in [2.0f32, 3.0] {
+                let (mut fu, mut fx) = (unaligned(&vec![f32::NAN; n]), vec![f32::NAN; n]);
+                let (u, v) = (&mut fu[1..], &mut fx[..]);
+                act::scaled_sigmoid_mul_backward(u, v, &dy, &xb[1..], &db[1..], scale);
+                let (mut ru, mut rx) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                reference::scaled_sigmoid_mul_backward(&mut ru, &mut rx, &dy, &x, &d, scale);
+                let what = format!("{p:?} sigmoid_mul_backward n={n} scale={scale}");
+                assert_bits_eq(&fu[1..], &ru, &format!("{what} du"));
+                assert_bits_eq(&fx, &rx, &format!("{what} dx"));
+            }
+            let (mut fu, mut fx) = (unaligned(&vec![f32::NAN; n]), vec![f32::NAN; n]);
             act::scaled_sigmoid_mul_backward(&mut fu[1..], &mut fx, &dy, &xb[1..], &db[1..], 2.0);
-            let (mut ru, mut rx) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-            reference::scaled_sigmoid_mul_backward(&mut ru, &mut rx, &dy, &x, &d, 2.0);
-            assert_bits_eq(
-                &fu[1..],
-                &ru,
-                &format!("{p:?} sigmoid_mul_backward du n={n}"),
-            );
-            assert_bits_eq(&fx, &rx, &format!("{p:?} sigmoid_mul_backward dx n={n}"));
             // The unfused chain it replaces: ∂L/∂delta = dy ⊙ x, then the sigmoid backward
             // into zeros. Equal up to the sign of zero (0 + −0 = +0).
             let dd: Vec<f32> = dy.iter().zip(&x).map(|(g, v)| g * v).collect();
@@ -1116,6 +1123,21 @@ fn add_rows_indexed_exact_and_equal_to_one_field_at_a_time() {
                     embed::add_rows_indexed(&mut by_field[1..], w, &table, &col, 1);
                 }
                 assert_bits_eq(&fast, &by_field, &format!("{what} vs one at a time"));
+                // With the bias + ReLU epilogue: the reference, and the two-pass form.
+                let bias = awkward(&mut rng, w, 1e3);
+                let mut fused = out0.clone();
+                embed::add_rows_indexed_bias_relu(&mut fused[1..], &table, &idx, per_row, &bias);
+                let mut refr = out0.clone();
+                let r = &mut refr[1..];
+                reference::add_rows_indexed_bias_relu(r, w, &table, &idx, per_row, &bias);
+                assert_bits_eq(&fused, &refr, &format!("{what} bias_relu"));
+                let mut two_pass = fast.clone();
+                act::bias_relu_forward(&mut two_pass[1..rows * w + 1], &bias);
+                assert_bits_eq(
+                    &fused,
+                    &two_pass,
+                    &format!("{what} bias_relu vs two passes"),
+                );
             }
         }
     });

@@ -29,8 +29,8 @@
 use super::embedding::{MultiEmbedding, RowGrad};
 use super::mlp::Mlp;
 use crate::params::{Grads, ParamStore};
-use hmdn_kernels::act::{bias_grad, bias_relu_forward};
-use hmdn_kernels::embed::{add_rows_indexed, gather_fields, scatter_add_rows_indexed};
+use hmdn_kernels::act::bias_grad;
+use hmdn_kernels::embed::{add_rows_indexed_bias_relu, gather_fields, scatter_add_rows_indexed};
 use hmdn_kernels::gemm::{gemm_packed_b, pack_b_for, packed_b_len};
 use hmdn_kernels::par::serial;
 use hmdn_kernels::{gemm, with_path, Real, Trans};
@@ -495,8 +495,8 @@ impl<T: Real> FieldFactoring<T> {
         // + Σ_f P_f[slot_f], the fields in order, each row's sum kept in registers.
         let table = &self.proj[ei * self.tab_rows * d0..(ei + 1) * self.tab_rows * d0];
         let na = self.active.len();
-        add_rows_indexed(out, d0, table, &self.row_idx[r0 * na..(r0 + rows) * na], na);
-        bias_relu_forward(out, ps.value(m.layers[0].b));
+        let idx = &self.row_idx[r0 * na..(r0 + rows) * na];
+        add_rows_indexed_bias_relu(out, table, idx, na, ps.value(m.layers[0].b));
     }
 
     /// Expert `ei`'s first layer backward on one chunk's rows from `dpre = ∂L/∂u` `[rows, d0]`

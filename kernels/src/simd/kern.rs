@@ -168,11 +168,37 @@ pub(crate) unsafe fn add_rows_indexed<V: Vf>(
     rows: &[u32],
     per_row: usize,
 ) {
+    add_rows_indexed_impl::<V, false>(out, w, table, rows, per_row, &[]);
+}
+
+/// [`add_rows_indexed`], then `max(· + bias[j], 0)` on each sum before it is stored (as
+/// [`bias_relu`] would do afterwards; one pass over `out` instead of two).
+#[inline(always)]
+pub(crate) unsafe fn add_rows_indexed_bias_relu<V: Vf>(
+    out: &mut [f32],
+    w: usize,
+    table: &[f32],
+    rows: &[u32],
+    per_row: usize,
+    bias: &[f32],
+) {
+    add_rows_indexed_impl::<V, true>(out, w, table, rows, per_row, bias);
+}
+
+#[inline(always)]
+unsafe fn add_rows_indexed_impl<V: Vf, const BIAS_RELU: bool>(
+    out: &mut [f32],
+    w: usize,
+    table: &[f32],
+    rows: &[u32],
+    per_row: usize,
+    bias: &[f32],
+) {
     if w == 0 {
         return;
     }
     let l = V::LANES;
-    let tp = table.as_ptr();
+    let (tp, bp, zero) = (table.as_ptr(), bias.as_ptr(), V::splat(0.0));
     for (b, orow) in out.chunks_exact_mut(w).enumerate() {
         let idx = &rows[b * per_row..(b + 1) * per_row];
         let op = orow.as_mut_ptr();
@@ -182,6 +208,10 @@ pub(crate) unsafe fn add_rows_indexed<V: Vf>(
             for &i in idx {
                 acc = acc.add(V::load(tp.add(i as usize * w + c)));
             }
+            if BIAS_RELU {
+                let s = acc.add(V::load(bp.add(c)));
+                acc = V::select_gt(s, zero, s, zero);
+            }
             acc.store(op.add(c));
             c += l;
         }
@@ -189,6 +219,10 @@ pub(crate) unsafe fn add_rows_indexed<V: Vf>(
             let mut acc = *op.add(c);
             for &i in idx {
                 acc += *tp.add(i as usize * w + c);
+            }
+            if BIAS_RELU {
+                let s = acc + *bp.add(c);
+                acc = if s > 0.0 { s } else { 0.0 };
             }
             *op.add(c) = acc;
         }
@@ -309,6 +343,26 @@ pub(crate) unsafe fn bias_scaled_sigmoid_mul<V: Vf>(
     }
 }
 
+/// `Some(1/s)` when dividing by `s` is exactly multiplying by `1/s`: `s` a power of two whose
+/// reciprocal is a normal number (both then give the correctly rounded `x/s`, subnormal
+/// results included). GateNU's γ = 2 is one; a multiply is several times cheaper than a divide.
+#[inline(always)]
+fn exact_reciprocal(s: f32) -> Option<f32> {
+    let r = 1.0 / s;
+    let pow2 = |v: f32| v.is_normal() && v.to_bits() & 0x007f_ffff == 0;
+    (pow2(s) && pow2(r)).then_some(r)
+}
+
+/// `v / s`, as a multiply by `recip = 1/s` when [`exact_reciprocal`] found one (`RECIP`).
+#[inline(always)]
+unsafe fn div_by<V: Vf, const RECIP: bool>(v: V, s: V, recip: V) -> V {
+    if RECIP {
+        v.mul(recip)
+    } else {
+        v.div(s)
+    }
+}
+
 /// Backward of `y = delta ⊙ x` with `delta = scale·sigmoid(u)`, both written:
 /// `du[i] = dy[i]·x[i] · delta[i] · (1 − delta[i]/scale)` and `dx[i] = dy[i]·delta[i]`, in the
 /// reference's operation order; equal lengths.
@@ -321,12 +375,29 @@ pub(crate) unsafe fn scaled_sigmoid_mul_backward<V: Vf>(
     delta: &[f32],
     scale: f32,
 ) {
-    let (one, s) = (V::splat(1.0), V::splat(scale));
+    match exact_reciprocal(scale) {
+        Some(r) => sigmoid_mul_backward_impl::<V, true>(du, dx, dy, x, delta, scale, r),
+        None => sigmoid_mul_backward_impl::<V, false>(du, dx, dy, x, delta, scale, 0.0),
+    }
+}
+
+#[inline(always)]
+unsafe fn sigmoid_mul_backward_impl<V: Vf, const RECIP: bool>(
+    du: &mut [f32],
+    dx: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    delta: &[f32],
+    scale: f32,
+    recip: f32,
+) {
+    let (one, s, r) = (V::splat(1.0), V::splat(scale), V::splat(recip));
     let (up, dxp) = (du.as_mut_ptr(), dx.as_mut_ptr());
     let (gp, xp, yp) = (dy.as_ptr(), x.as_ptr(), delta.as_ptr());
     ew!(du.len(), [up, dxp], [gp, xp, yp], {
         let (g, d) = (V::load(gp), V::load(yp));
-        g.mul(V::load(xp)).mul(d).mul(one.sub(d.div(s))).store(up);
+        let q = div_by::<V, RECIP>(d, s, r);
+        g.mul(V::load(xp)).mul(d).mul(one.sub(q)).store(up);
         g.mul(d).store(dxp);
     });
 }
@@ -339,11 +410,25 @@ pub(crate) unsafe fn scaled_sigmoid_backward<V: Vf>(
     y: &[f32],
     scale: f32,
 ) {
-    let (one, s) = (V::splat(1.0), V::splat(scale));
+    match exact_reciprocal(scale) {
+        Some(r) => sigmoid_backward_impl::<V, true>(dx, dy, y, scale, r),
+        None => sigmoid_backward_impl::<V, false>(dx, dy, y, scale, 0.0),
+    }
+}
+
+#[inline(always)]
+unsafe fn sigmoid_backward_impl<V: Vf, const RECIP: bool>(
+    dx: &mut [f32],
+    dy: &[f32],
+    y: &[f32],
+    scale: f32,
+    recip: f32,
+) {
+    let (one, s, r) = (V::splat(1.0), V::splat(scale), V::splat(recip));
     let (dp, gp, yp) = (dx.as_mut_ptr(), dy.as_ptr(), y.as_ptr());
     ew!(dx.len(), [dp], [gp, yp], {
         let v = V::load(yp);
-        let t = V::load(gp).mul(v).mul(one.sub(v.div(s)));
+        let t = V::load(gp).mul(v).mul(one.sub(div_by::<V, RECIP>(v, s, r)));
         V::load(dp).add(t).store(dp);
     });
 }

@@ -282,6 +282,7 @@ entries! {
     fn bias_relu(y: &mut [f32], bias: &[f32]);
     fn bias_add(y: &mut [f32], bias: &[f32]);
     fn add_rows_indexed(out: &mut [f32], w: usize, table: &[f32], rows: &[u32], per_row: usize);
+    fn add_rows_indexed_bias_relu(out: &mut [f32], w: usize, table: &[f32], rows: &[u32], per_row: usize, bias: &[f32]);
     fn scatter_add_rows_indexed(table: &mut [f32], w: usize, src: &[f32], src_stride: usize, src_off: usize, rows: &[u32], per_row: usize);
     fn relu_backward(dpre: &mut [f32], dy: &[f32], y: &[f32]);
     fn scaled_sigmoid_forward(y: &mut [f32], x: &[f32], scale: f32);
