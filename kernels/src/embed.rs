@@ -350,29 +350,7 @@ pub fn add_rows_indexed<T: Real>(
     rows: &[u32],
     per_row: usize,
 ) {
-    if w == 0 || per_row == 0 {
-        return;
-    }
-    let n = rows.len() / per_row;
-    assert!(
-        rows.len() == n * per_row && out.len() >= n * w,
-        "add_rows_indexed: {} indices in groups of {per_row} for {} output values of rows of {w}",
-        rows.len(),
-        out.len()
-    );
-    check_slot_rows("add_rows_indexed", table.len(), w, 0, w, rows);
-    let out = &mut out[..n * w];
-    if !is_f32::<T>() {
-        return reference::add_rows_indexed(out, w, table, rows, per_row);
-    }
-    simd::add_rows_indexed(
-        simd::simd_path(),
-        f32s_mut(out),
-        w,
-        f32s(table),
-        rows,
-        per_row,
-    );
+    add_rows_indexed_checked("add_rows_indexed", out, w, table, rows, per_row, None);
 }
 
 /// [`add_rows_indexed`] followed by a bias and ReLU on the sums,
@@ -391,34 +369,56 @@ pub fn add_rows_indexed_bias_relu<T: Real>(
     per_row: usize,
     bias: &[T],
 ) {
-    let w = bias.len();
+    let (name, w) = ("add_rows_indexed_bias_relu", bias.len());
+    add_rows_indexed_checked(name, out, w, table, rows, per_row, Some(bias));
+}
+
+/// The checks and dispatch of [`add_rows_indexed`] and, with `bias`,
+/// [`add_rows_indexed_bias_relu`].
+#[track_caller]
+fn add_rows_indexed_checked<T: Real>(
+    name: &str,
+    out: &mut [T],
+    w: usize,
+    table: &[T],
+    rows: &[u32],
+    per_row: usize,
+    bias: Option<&[T]>,
+) {
     if w == 0 {
         return;
     }
     if per_row == 0 {
-        return crate::act::bias_relu_forward(out, bias);
+        // No terms: only the epilogue, if any.
+        if let Some(b) = bias {
+            crate::act::bias_relu_forward(out, b);
+        }
+        return;
     }
     let n = rows.len() / per_row;
     assert!(
         rows.len() == n * per_row && out.len() >= n * w,
-        "add_rows_indexed_bias_relu: {} indices in groups of {per_row} for {} output values of rows of {w}",
+        "{name}: {} indices in groups of {per_row} for {} output values of rows of {w}",
         rows.len(),
         out.len()
     );
-    check_slot_rows("add_rows_indexed_bias_relu", table.len(), w, 0, w, rows);
+    check_slot_rows(name, table.len(), w, 0, w, rows);
     let out = &mut out[..n * w];
-    if !is_f32::<T>() {
-        return reference::add_rows_indexed_bias_relu(out, w, table, rows, per_row, bias);
+    let path = simd::simd_path();
+    match bias {
+        None if !is_f32::<T>() => reference::add_rows_indexed(out, w, table, rows, per_row),
+        Some(b) if !is_f32::<T>() => {
+            reference::add_rows_indexed_bias_relu(out, w, table, rows, per_row, b)
+        }
+        None => {
+            let (o, t) = (f32s_mut(out), f32s(table));
+            simd::add_rows_indexed(path, o, w, t, rows, per_row)
+        }
+        Some(b) => {
+            let (o, t) = (f32s_mut(out), f32s(table));
+            simd::add_rows_indexed_bias_relu(path, o, w, t, rows, per_row, f32s(b))
+        }
     }
-    simd::add_rows_indexed_bias_relu(
-        simd::simd_path(),
-        f32s_mut(out),
-        w,
-        f32s(table),
-        rows,
-        per_row,
-        f32s(bias),
-    );
 }
 
 /// `table[rows[b·per_row + j]·w ..][..w] += src[b·src_stride + src_off ..][..w]` for every
