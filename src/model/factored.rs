@@ -602,13 +602,36 @@ impl<T: Real> FieldFactoring<T> {
             g[..rows_total * d0].fill(T::ZERO);
             scatter_add_rows_indexed(g, d0, du0, w, ei * d0, row_idx, active.len());
         };
+        // Alongside G: the row gradients of the fields that are not factored (from
+        // ∂L/∂x_rest; they do not need G), so that the three experts' sums and the large
+        // tables' sorts share the threads.
+        let path = hmdn_kernels::simd_path();
+        let kr = self.k_rest();
+        let (rest_col, slot_in_active) = (&self.rest_col, &self.slot_in_active);
+        let rest_field = |(f, rg): (usize, &mut RowGrad<T>)| {
+            if let (None, Some(col)) = (slot_in_active[f], rest_col[f]) {
+                let c = embedding.cols[f];
+                let ids = &idx[c * bsz..(c + 1) * bsz];
+                with_path(path, || {
+                    serial(|| rg.accumulate_from(ids, dx_rest, kr, col))
+                });
+            }
+        };
+        assert_eq!(row_grads.len(), self.nf, "one RowGrad per field");
+        let par = bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1;
         let gsum = &mut self.gsum[..self.n_exp * tab];
-        if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
-            gsum.par_chunks_mut(tab.max(1))
-                .enumerate()
-                .for_each(accumulate);
+        if par {
+            rayon::join(
+                || {
+                    gsum.par_chunks_mut(tab.max(1))
+                        .enumerate()
+                        .for_each(accumulate)
+                },
+                || row_grads.par_iter_mut().enumerate().for_each(rest_field),
+            );
         } else {
             gsum.chunks_mut(tab.max(1)).enumerate().for_each(accumulate);
+            row_grads.iter_mut().enumerate().for_each(rest_field);
         }
         // Per active field: row gradients Σ_experts G_f·W_f and dW_f = G_fᵀ·E_f[ids_f]
         // (fields in parallel, each writing its own row gradient and its own block of
@@ -619,15 +642,9 @@ impl<T: Real> FieldFactoring<T> {
         let (slot_in_active, n_exp) = (&self.slot_in_active, self.n_exp);
         assert!(self.dw_fields.len() >= active.len() * w * e);
         let dwf = SendPtr(self.dw_fields.as_mut_ptr());
-        let path = hmdn_kernels::simd_path();
-        let (rest_col, kr) = (&self.rest_col, self.k_rest());
         let per_field_one = |f: usize, rg: &mut RowGrad<T>| {
             let Some(j) = slot_in_active[f] else {
-                if let Some(col) = rest_col[f] {
-                    let c = embedding.cols[f];
-                    rg.accumulate_from(&idx[c * bsz..(c + 1) * bsz], dx_rest, kr, col);
-                }
-                return;
+                return; // done above
             };
             let (r0, r1) = (off[j], off[j + 1]);
             let n = r1 - r0;
@@ -664,8 +681,7 @@ impl<T: Real> FieldFactoring<T> {
         let per_field = |(f, rg): (usize, &mut RowGrad<T>)| {
             with_path(path, || serial(|| per_field_one(f, rg)));
         };
-        assert_eq!(row_grads.len(), self.nf, "one RowGrad per field");
-        if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
+        if par {
             row_grads.par_iter_mut().enumerate().for_each(per_field);
         } else {
             row_grads.iter_mut().enumerate().for_each(per_field);
