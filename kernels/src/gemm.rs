@@ -3,6 +3,8 @@
 //! - `f32` runs our own packed GEMM: operands are packed into buffers from two global pools
 //!   (see "Packing buffers" below), and a register-tiled micro-kernel per SIMD path
 //!   (AVX-512 12×32, AVX2 6×16, portable 4×8; see `simd/kern.rs`) does the multiply-adds.
+//!   A partial panel at C's edge (e.g. the last 4 of 64 rows) runs on a smaller tile (4 or 8
+//!   rows, one vector of columns), so no multiply-adds go to rows or columns outside C.
 //!   `matrixmultiply` 0.3 is not used for f32 because it allocates its packing buffer on every
 //!   call (`gemm_loop` → `make_packing_buffer` → `Alloc::new`), and the workspace builds it
 //!   without its `avx512` feature.
