@@ -94,8 +94,9 @@ impl SyntheticBatches {
 /// batch's rows it actually ran on (1 when every row is quantized; the number of distinct
 /// distribution keys over the batch size when the model quantizes those only, see
 /// [`Model::quantized_rows`]), so that no work that was not done is counted. For the same
-/// reason, MMoE's expert first layers count `factored` instead of their unfactored
-/// multiply-adds when the model ran them factored ([`Model::factored_flops_per_sample`]).
+/// reason, MMoE's expert first layers (PEPNet: EPNet's first layer, its `x` part) count
+/// `factored` instead of their unfactored multiply-adds when the model ran them factored
+/// ([`Model::factored_flops_per_sample`]).
 pub fn flops_per_sample(
     cfg: &ModelConfig,
     quantized_share: f64,
@@ -134,10 +135,19 @@ pub fn flops_per_sample(
         // GateNU inputs are [g, sg(x)]: no input gradient for their x columns.
         train -= (1 + cfg.hidden.len()) as f64 * lin(x, cfg.gatenu_hidden);
     }
-    if let (Some((f_fwd, f_train)), ModelKind::Mmoe | ModelKind::HmdnMmoe) = (factored, cfg.model) {
-        let first = cfg.n_experts as f64 * lin(x, cfg.hidden[0]);
-        fwd += f_fwd - first;
-        train += f_train - 3.0 * first;
+    match (factored, cfg.model) {
+        (Some((f_fwd, f_train)), ModelKind::Mmoe | ModelKind::HmdnMmoe) => {
+            let first = cfg.n_experts as f64 * lin(x, cfg.hidden[0]);
+            fwd += f_fwd - first;
+            train += f_train - 3.0 * first;
+        }
+        (Some((f_fwd, f_train)), ModelKind::Pepnet | ModelKind::HmdnPepnet) => {
+            // EPNet's first layer, x part: forward and dW (no input gradient).
+            let xpart = lin(x, cfg.gatenu_hidden);
+            fwd += f_fwd - xpart;
+            train += f_train - 2.0 * xpart;
+        }
+        _ => {}
     }
     if cfg.model.uses_rq() {
         // argmin over K codes of width z at each of D levels (forward only).

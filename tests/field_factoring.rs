@@ -1,5 +1,6 @@
 //! MMoE's experts with their first layer factored over the batch's distinct ids
-//! (`model::factored`) against the same model run unfactored: the same function, summed in
+//! (`model::factored`), and PEPNet's EPNet gate with its first layer factored by field
+//! (`gatenu::FieldSplit`), against the same models run unfactored: the same function, summed in
 //! another order, so equal up to rounding (checked in f64 to 1e-12 relative) — loss, logits,
 //! every dense gradient and every embedding row gradient; and, because which fields are
 //! factored is fixed per model, a row's logits do not depend on the batch it comes in.
@@ -43,7 +44,13 @@ fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
 
 fn configs() -> Vec<(String, ModelConfig)> {
     let mut out = Vec::new();
-    for kind in [ModelKind::Mmoe, ModelKind::HmdnMmoe] {
+    let kinds = [
+        ModelKind::Mmoe,
+        ModelKind::HmdnMmoe,
+        ModelKind::Pepnet,
+        ModelKind::HmdnPepnet,
+    ];
+    for kind in kinds {
         out.push((format!("{kind} tiny"), tiny_config(kind)));
         let mut c = aliccp_shape_config(kind);
         for f in &mut c.fields {

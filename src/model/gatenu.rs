@@ -6,6 +6,7 @@ use crate::model::linear::{InputGrad, Linear};
 use crate::params::{Grads, ParamStore};
 use hmdn_kernels::act::{bias_grad, bias_scaled_sigmoid_forward};
 use hmdn_kernels::act::{bias_relu_forward, relu_backward, scaled_sigmoid_backward};
+use hmdn_kernels::embed::{add_rows_indexed, scatter_add_rows_indexed};
 use hmdn_kernels::gemm::{gemm_packed_b, pack_b_for, packed_b_len};
 use hmdn_kernels::{gemm, Real, SimdPath, Trans};
 use rand::Rng;
@@ -41,6 +42,11 @@ pub struct GateNuCache<T> {
     /// of `∂L/∂v` are wanted ([`GateNu::backward`]); one block of `dW1`'s columns in
     /// [`GateNu::backward_split`].
     pub w1_cols: Vec<T>,
+    /// With a [`FieldSplit`]: the rows' rest columns of `x` `[B, k_rest]`, and the per-id
+    /// sums of `∂L/∂u1` `[proj_rows, hidden]`.
+    pub x_rest: Vec<T>,
+    /// See `x_rest`.
+    pub id_sums: Vec<T>,
 }
 
 impl<T: Real> GateNuCache<T> {
@@ -259,6 +265,190 @@ pub struct SplitW1<T> {
     /// packed for.
     w1x_packed: Vec<f32>,
     path: Option<SimdPath>,
+    /// EPNet: `W1_x` split further by field ([`FieldSplit`]), when set up.
+    pub fields: Option<FieldSplit<T>>,
+}
+
+/// EPNet's first layer factored by field (the GateNU reads `sg(x)`, and `x` is the fields'
+/// embedding rows): for every field of at most [`crate::model::factored::MAX_FACTOR_VOCAB`]
+/// ids, each id's term `E_f[id]·W1_fᵀ` is computed once per forward for the whole
+/// vocabulary (`proj`), and a row adds its ids' terms to a GEMM over the other columns
+/// (`x_rest`). The backward sums `∂L/∂u1` per id (`scatter_add_rows_indexed`) and gets
+/// `dW1_f = Gᵀ·E_f` from the sums. The same function, summed in another order.
+#[derive(Clone, Debug, Default)]
+pub struct FieldSplit<T> {
+    /// Per factored field: its first column in `x`, its vocabulary, its table, and its first
+    /// row in `proj`.
+    fac: Vec<(usize, usize, crate::params::ParamId, usize)>,
+    /// Column runs of `x` that stay in the GEMM: (first column in x, width).
+    rest: Vec<(usize, usize)>,
+    /// Columns of `x_rest` (Σ of the runs' widths).
+    pub k_rest: usize,
+    /// Embedding width.
+    e: usize,
+    /// Rows of `proj` (Σ of the factored vocabularies).
+    pub proj_rows: usize,
+    /// `W1_x`'s rest columns `[hidden, k_rest]`, and packed for the GEMM.
+    w1_rest: Vec<T>,
+    w1_rest_packed: Vec<f32>,
+    path: Option<SimdPath>,
+    /// `proj[off_f + id] = E_f[id]·W1_fᵀ` `[proj_rows, hidden]`.
+    proj: Vec<T>,
+    /// Scratch: one field's columns of `W1_x` `[hidden, e]`.
+    wf: Vec<T>,
+    /// Each batch row's `proj` rows, fields in order `[B, fac.len()]`.
+    row_idx: Vec<u32>,
+}
+
+impl<T: Real> FieldSplit<T> {
+    /// The split for `x = [E_1[i_1], …, E_F[i_F], numerics]` (`d_x` columns) of `emb`, or
+    /// `None` when no field has at most `max_vocab` ids.
+    pub fn new(
+        emb: &crate::model::embedding::MultiEmbedding,
+        vocab: &[usize],
+        d_x: usize,
+        max_vocab: usize,
+    ) -> Option<Self> {
+        let e = emb.e;
+        let (mut fac, mut rest, mut off) = (Vec::new(), Vec::new(), 0);
+        let mut run: Option<(usize, usize)> = None;
+        for (f, (&t, &v)) in emb.tables.iter().zip(vocab).enumerate() {
+            if v <= max_vocab {
+                fac.push((f * e, v, t, off));
+                off += v;
+                rest.extend(run.take());
+            } else {
+                run = Some(match run {
+                    Some((c, w)) => (c, w + e),
+                    None => (f * e, e),
+                });
+            }
+        }
+        let tail = emb.tables.len() * e;
+        if d_x > tail {
+            run = Some(match run {
+                Some((c, w)) => (c, w + d_x - tail),
+                None => (tail, d_x - tail),
+            });
+        }
+        rest.extend(run);
+        if fac.is_empty() {
+            return None;
+        }
+        let k_rest = rest.iter().map(|r| r.1).sum();
+        Some(FieldSplit {
+            fac,
+            rest,
+            k_rest,
+            e,
+            proj_rows: off,
+            ..Default::default()
+        })
+    }
+
+    /// Number of factored fields.
+    pub fn n_fields(&self) -> usize {
+        self.fac.len()
+    }
+
+    /// Floating-point operations per sample of the `x` part of the first layer (`hidden`
+    /// outputs), factored, for batches of `bsz` rows: `(forward, training step)`. The
+    /// training step adds `dW1_x` (no input gradient: the gate reads `sg(x)`).
+    /// Multiply-adds count 2, the per-row additions of the terms and per-id sums 1, the
+    /// per-forward `proj` and per-chunk `dW1_f` GEMMs are shared out over the rows.
+    pub fn flops_per_sample(&self, hidden: usize, bsz: usize) -> (f64, f64) {
+        let (kr, h, e) = (self.k_rest as f64, hidden as f64, self.e as f64);
+        let rows = bsz.max(1) as f64;
+        let per_vocab = 2.0 * self.proj_rows as f64 * e * h / rows;
+        let adds = self.fac.len() as f64 * h;
+        let fwd = 2.0 * kr * h + adds + per_vocab;
+        (fwd, fwd + 2.0 * kr * h + adds + per_vocab)
+    }
+
+    /// Copies `W1_x`'s rest columns (and packs them) and computes `proj` from the current
+    /// tables; `w1x` is `[hidden, d_x]`.
+    fn refresh(&mut self, w1x: &[T], h: usize, ps: &ParamStore<T>) {
+        let (kr, e) = (self.k_rest, self.e);
+        let dx = w1x.len() / h.max(1);
+        self.w1_rest.resize(h * kr, T::ZERO);
+        for (dst, src) in self
+            .w1_rest
+            .chunks_exact_mut(kr.max(1))
+            .zip(w1x.chunks_exact(dx))
+        {
+            let mut p = 0;
+            for &(c, w) in &self.rest {
+                dst[p..p + w].copy_from_slice(&src[c..c + w]);
+                p += w;
+            }
+        }
+        if T::NAME == "f32" {
+            let path = hmdn_kernels::simd_path();
+            self.w1_rest_packed.resize(packed_b_len(h, kr, path), 0.0);
+            pack_b_for(
+                &mut self.w1_rest_packed,
+                h,
+                kr,
+                &self.w1_rest,
+                Trans::T,
+                path,
+            );
+            self.path = Some(path);
+        }
+        self.proj.resize(self.proj_rows * h, T::ZERO);
+        self.wf.resize(h * e, T::ZERO);
+        for &(c, v, t, off) in &self.fac {
+            for (dst, src) in self.wf.chunks_exact_mut(e).zip(w1x.chunks_exact(dx)) {
+                dst.copy_from_slice(&src[c..c + e]);
+            }
+            let out = &mut self.proj[off * h..(off + v) * h];
+            gemm(
+                v,
+                h,
+                e,
+                T::ONE,
+                ps.value(t),
+                Trans::N,
+                &self.wf,
+                Trans::T,
+                T::ZERO,
+                out,
+            );
+        }
+    }
+
+    /// The batch's `row_idx` from the field-major index matrix `idx` (`[F_all, B]`, field
+    /// `f` in column `cols[f]`).
+    pub fn prepare_rows(&mut self, idx: &[u32], cols: &[usize], bsz: usize) {
+        let nfac = self.fac.len();
+        self.row_idx.resize(bsz * nfac, 0);
+        for (j, &(c, _, _, off)) in self.fac.iter().enumerate() {
+            let col = &idx[cols[c / self.e] * bsz..][..bsz];
+            for (r, &id) in col.iter().enumerate() {
+                self.row_idx[r * nfac + j] = (off + id as usize) as u32;
+            }
+        }
+    }
+
+    fn packed(&self) -> Option<(&[f32], SimdPath)> {
+        self.path.map(|p| (&self.w1_rest_packed[..], p))
+    }
+
+    /// `x_rest` rows of the chunk: the rest column runs of `x` `[rows, d_x]`.
+    fn copy_rest(&self, x_rest: &mut [T], x: &[T], rows: usize) {
+        let kr = self.k_rest;
+        let dx = x.len() / rows.max(1);
+        for (dst, src) in x_rest[..rows * kr]
+            .chunks_exact_mut(kr.max(1))
+            .zip(x.chunks_exact(dx.max(1)))
+        {
+            let mut p = 0;
+            for &(c, w) in &self.rest {
+                dst[p..p + w].copy_from_slice(&src[c..c + w]);
+                p += w;
+            }
+        }
+    }
 }
 
 impl<T: Real> SplitW1<T> {
@@ -283,6 +473,9 @@ impl<T: Real> SplitW1<T> {
             self.w1x_packed.resize(packed_b_len(h, dx, path), 0.0);
             pack_b_for(&mut self.w1x_packed, h, dx, &self.w1x, Trans::T, path);
             self.path = Some(path);
+        }
+        if let Some(fs) = self.fields.as_mut() {
+            fs.refresh(&self.w1x, h, ps);
         }
     }
 
@@ -335,12 +528,16 @@ impl GateNu {
         ps: &ParamStore<T>,
         bsz: usize,
     ) {
-        self.forward_split_scaled(cache, split, g, x, ps, None, bsz);
+        self.forward_split_scaled(cache, split, g, x, ps, None, None, bsz);
     }
 
     /// [`GateNu::forward_split`] that, with `scaled = Some((y, s))`, also writes `y = δ ⊙ s`
     /// (`[B, d_out]`) in the pass that computes δ: EPNet's `x' = δ ⊙ x`, the same values as
     /// [`scale_forward`] afterwards.
+    #[allow(clippy::too_many_arguments)]
+    ///
+    /// `fac_r0 = Some(r0)` (the chunk's first row in the batch) runs the `x` part factored by
+    /// field ([`FieldSplit`], which must be set up, refreshed and prepared for this batch).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_split_scaled<T: Real>(
         &self,
@@ -350,27 +547,61 @@ impl GateNu {
         x: &[T],
         ps: &ParamStore<T>,
         scaled: Option<(&mut [T], &[T])>,
+        fac_r0: Option<usize>,
         bsz: usize,
     ) {
         cache.ensure_batch(self, bsz);
         let f1 = &self.fc1;
         let (h, gz) = (f1.d_out, split.gz);
         let dx = f1.d_in - gz;
+        match (split.fields.as_ref(), fac_r0) {
+            (Some(fs), Some(r0)) => {
+                let (kr, nfac) = (fs.k_rest, fs.fac.len());
+                if cache.x_rest.len() < bsz * kr || cache.id_sums.len() < fs.proj_rows * h {
+                    cache.x_rest.resize(bsz * kr, T::ZERO);
+                    cache.id_sums.resize(fs.proj_rows * h, T::ZERO);
+                }
+                fs.copy_rest(&mut cache.x_rest, &x[..bsz * dx], bsz);
+                let a1 = &mut cache.a1[..bsz * h];
+                let xr = &cache.x_rest[..bsz * kr];
+                let (w, pk) = (&fs.w1_rest, fs.packed());
+                gemm_packed_b(
+                    bsz,
+                    h,
+                    kr,
+                    T::ONE,
+                    xr,
+                    Trans::N,
+                    w,
+                    Trans::T,
+                    pk,
+                    T::ZERO,
+                    a1,
+                );
+                // + Σ_f proj[id_f], the fields in order, each row's sum kept in registers.
+                let idx = &fs.row_idx[r0 * nfac..(r0 + bsz) * nfac];
+                add_rows_indexed(a1, h, &fs.proj, idx, nfac);
+            }
+            _ => {
+                let a1 = &mut cache.a1[..bsz * h];
+                let xw = &split.w1x;
+                let pk = split.packed();
+                gemm_packed_b(
+                    bsz,
+                    h,
+                    dx,
+                    T::ONE,
+                    x,
+                    Trans::N,
+                    xw,
+                    Trans::T,
+                    pk,
+                    T::ZERO,
+                    a1,
+                );
+            }
+        }
         let a1 = &mut cache.a1[..bsz * h];
-        let xw = &split.w1x;
-        gemm_packed_b(
-            bsz,
-            h,
-            dx,
-            T::ONE,
-            x,
-            Trans::N,
-            xw,
-            Trans::T,
-            split.packed(),
-            T::ZERO,
-            a1,
-        );
         match g {
             GTerm::Rows(g) => {
                 // The g term apart (du1 is free until backward), then added: the same
@@ -420,13 +651,16 @@ impl GateNu {
         bsz: usize,
     ) {
         self.backward_to_u1(cache, ps, bsz);
-        self.backward_split_from_u1(dg, cache, split, ps, g, x, bsz);
+        self.backward_split_from_u1(dg, cache, split, ps, g, x, None, bsz);
     }
 
     /// [`GateNu::backward_split`] from `cache.u2` holding `∂L/∂u2`, the gradient at fc2's
     /// pre-activation (instead of `cache.ddelta = ∂L/∂δ`): for callers that compute it in
     /// the pass that also differentiates what δ scales
     /// ([`hmdn_kernels::act::scaled_sigmoid_mul_backward`]).
+    #[allow(clippy::too_many_arguments)]
+    ///
+    /// `fac_r0`: as in [`GateNu::forward_split_scaled`], and the same as in its forward.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_split_from_du2<T: Real>(
         &self,
@@ -436,10 +670,11 @@ impl GateNu {
         ps: &mut Grads<'_, T>,
         g: &[T],
         x: &[T],
+        fac_r0: Option<usize>,
         bsz: usize,
     ) {
         self.backward_du2_to_u1(cache, ps, bsz);
-        self.backward_split_from_u1(dg, cache, split, ps, g, x, bsz);
+        self.backward_split_from_u1(dg, cache, split, ps, g, x, fac_r0, bsz);
     }
 
     /// The first layer's part of [`GateNu::backward_split`], from `cache.du1`.
@@ -452,6 +687,7 @@ impl GateNu {
         ps: &mut Grads<'_, T>,
         g: &[T],
         x: &[T],
+        fac_r0: Option<usize>,
         bsz: usize,
     ) {
         let f1 = &self.fc1;
@@ -475,7 +711,12 @@ impl GateNu {
         // dW1 = (∂L/∂u1)ᵀ·[g, x], each part into scratch, then added into its columns.
         let (wr, br) = (ps.range(f1.w), ps.range(f1.b));
         let scratch = &mut cache.w1_cols[..h * dx.max(gz)];
-        for (cols, inp, off) in [(gz, g, 0), (dx, x, gz)] {
+        let fac = split.fields.as_ref().zip(fac_r0);
+        let parts: &[(usize, &[T], usize)] = match fac {
+            Some(_) => &[(gz, g, 0)],
+            None => &[(gz, g, 0), (dx, x, gz)],
+        };
+        for &(cols, inp, off) in parts {
             let s = &mut scratch[..h * cols];
             gemm(
                 h,
@@ -493,6 +734,50 @@ impl GateNu {
             for (drow, srow) in dw.chunks_exact_mut(din).zip(s.chunks_exact(cols.max(1))) {
                 for (d, &v) in drow[off..off + cols].iter_mut().zip(srow) {
                     *d += v;
+                }
+            }
+        }
+        if let Some((fs, r0)) = fac {
+            // The x part by field: the rest columns from x_rest; a factored field's from the
+            // per-id sums of ∂L/∂u1 (rows in order) times its table, `dW1_f = Gᵀ·E_f`.
+            let (kr, nfac, e) = (fs.k_rest, fs.fac.len(), fs.e);
+            let xr = &cache.x_rest[..bsz * kr];
+            let s = &mut scratch[..h * kr];
+            gemm(h, kr, bsz, T::ONE, du1, Trans::T, xr, Trans::N, T::ZERO, s);
+            let dw = &mut ps.grads[wr.clone()];
+            for (drow, srow) in dw.chunks_exact_mut(din).zip(s.chunks_exact(kr.max(1))) {
+                let mut p = 0;
+                for &(c, w) in &fs.rest {
+                    for (d, &v) in drow[gz + c..gz + c + w].iter_mut().zip(&srow[p..p + w]) {
+                        *d += v;
+                    }
+                    p += w;
+                }
+            }
+            let sums = &mut cache.id_sums[..fs.proj_rows * h];
+            sums.fill(T::ZERO);
+            let idx = &fs.row_idx[r0 * nfac..(r0 + bsz) * nfac];
+            scatter_add_rows_indexed(sums, h, du1, h, 0, idx, nfac);
+            for &(c, v, t, off) in &fs.fac {
+                let s = &mut scratch[..h * e];
+                let gsum = &sums[off * h..(off + v) * h];
+                gemm(
+                    h,
+                    e,
+                    v,
+                    T::ONE,
+                    gsum,
+                    Trans::T,
+                    ps.value(t),
+                    Trans::N,
+                    T::ZERO,
+                    s,
+                );
+                let dw = &mut ps.grads[wr.clone()];
+                for (drow, srow) in dw.chunks_exact_mut(din).zip(s.chunks_exact(e)) {
+                    for (d, &v) in drow[gz + c..gz + c + e].iter_mut().zip(srow) {
+                        *d += v;
+                    }
                 }
             }
         }

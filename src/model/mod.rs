@@ -21,9 +21,9 @@ use crate::Batch;
 use cross::{Cross, CrossCache};
 use distinct::{DistinctKeys, Gathered};
 use embedding::{MultiEmbedding, RowGrad};
-use factored::FieldFactoring;
+use factored::{FieldFactoring, MAX_FACTOR_VOCAB};
 use gate::{mixture_accumulate, mixture_backward, Gate, GateCache};
-use gatenu::{scale_forward, GTerm, GateNu, GateNuCache, SplitW1};
+use gatenu::{scale_forward, FieldSplit, GTerm, GateNu, GateNuCache, SplitW1};
 use head::{
     task_loss_backward, task_loss_backward_rows, task_loss_forward, DomainTowers, TowerCache,
     Towers,
@@ -1023,8 +1023,10 @@ impl<T: Real> Model<T> {
     /// Whether MMoE's experts may factor their first layer over the batch's distinct ids of
     /// low-cardinality fields ([`factored`]; on by default, for every field of at most
     /// [`factored::MAX_FACTOR_VOCAB`] ids, in every batch), or must run it on every row's whole x
-    /// (`false`: the reference the tests compare the factored pass with). Other models, and
-    /// MMoE with shared distribution tables, never factor.
+    /// (`false`: the reference the tests compare the factored pass with). The same switch
+    /// covers PEPNet's EPNet first layer (`gatenu::FieldSplit`: the same fields, each id's
+    /// term computed for the whole vocabulary), except in a gradient check's frozen pass.
+    /// Other models, and MMoE with shared distribution tables, never factor.
     pub fn set_field_factoring(&mut self, on: bool) {
         self.buf.factor_off = !on;
         if self.buf.factor.is_some() {
@@ -1041,16 +1043,21 @@ impl<T: Real> Model<T> {
         }
     }
 
-    /// `FieldFactoring::flops_per_sample` of the last forward, `None` unless it factored.
+    /// `FieldFactoring::flops_per_sample` (PEPNet: `FieldSplit::flops_per_sample` of EPNet's
+    /// first layer) of the last forward, `None` unless it factored.
     pub fn factored_flops_per_sample(&self) -> Option<(f64, f64)> {
-        self.buf
-            .factor
-            .as_ref()
-            .filter(|_| self.buf.factored)
-            .map(FieldFactoring::flops_per_sample)
+        if !self.buf.factored {
+            return None;
+        }
+        if let Some(ff) = self.buf.factor.as_ref() {
+            return Some(ff.flops_per_sample());
+        }
+        // PEPNet: EPNet's first layer, its x part.
+        let fs = self.buf.gatenu_w1.first()?.fields.as_ref()?;
+        Some(fs.flops_per_sample(self.cfg.gatenu_hidden, self.buf.bsz))
     }
 
-    /// Whether the last forward factored the experts' first layer (see
+    /// Whether the last forward factored MMoE's experts' (PEPNet: EPNet's) first layer (see
     /// [`Model::set_field_factoring`]).
     pub fn factored_fields(&self) -> bool {
         self.buf.factored
@@ -1291,8 +1298,14 @@ impl<T: Real> Model<T> {
         if let Some(ep) = &self.epnet {
             let gz = self.gate_dim;
             let b = &mut self.buf;
-            b.gatenu_w1
-                .resize_with(1 + self.ppnet.len(), SplitW1::default);
+            if b.gatenu_w1.is_empty() {
+                b.gatenu_w1
+                    .resize_with(1 + self.ppnet.len(), SplitW1::default);
+                // EPNet reads sg(x): its first layer can be factored by field.
+                let vocab: Vec<usize> = self.cfg.fields.iter().map(|f| f.vocab_size).collect();
+                let (emb, dx) = (&self.embedding, self.cfg.x_dim());
+                b.gatenu_w1[0].fields = FieldSplit::new(emb, &vocab, dx, MAX_FACTOR_VOCAB);
+            }
             for (sp, gate) in b
                 .gatenu_w1
                 .iter_mut()
@@ -1358,7 +1371,16 @@ impl<T: Real> Model<T> {
             }
             _ => None,
         };
-        b.factored = fac.is_some();
+        // EPNet's first layer by field (not in a gradient check's frozen pass: its sg(x) is a
+        // copy there, while the factored terms read the tables).
+        let epnet_fields = match b.gatenu_w1.first_mut().and_then(|s| s.fields.as_mut()) {
+            Some(fs) if !b.factor_off && !*frozen => {
+                fs.prepare_rows(idx, &embedding.cols, bsz);
+                true
+            }
+            _ => false,
+        };
+        b.factored = fac.is_some() || epnet_fields;
         let xw = fac.map_or(dx, |f| f.k_rest());
         let duw = match fac {
             Some(f) if fused => f.table_width(),
@@ -1479,6 +1501,7 @@ impl<T: Real> Model<T> {
                 let mode = ForwardMode {
                     losses,
                     keep: !lanes,
+                    epnet_r0: epnet_fields.then_some(r0),
                 };
                 let fr = fac.map(|f| (f, r0));
                 chunk_forward(
@@ -1512,6 +1535,7 @@ impl<T: Real> Model<T> {
                     splits,
                     fac: fr,
                     du0: du0r,
+                    epnet_r0: epnet_fields.then_some(r0),
                 };
                 chunk_backward(&net, psr, c, io, dl, rows, bsz, alpha);
             });
@@ -1713,6 +1737,8 @@ impl<T: Real> Model<T> {
         let (chunk_rows, n_chunks) = (b.chunk_rows, b.n_chunks);
         let idx = &b.idx[..nf * bsz];
         let fac = b.factor.as_ref().filter(|_| b.factored);
+        // PEPNet: the forward ran EPNet's first layer by field.
+        let epnet_fields = b.factored && b.gatenu_w1.first().is_some_and(|s| s.fields.is_some());
         let xw = fac.map_or(dx, |f| f.k_rest());
         let duw = fac.map_or(0, |f| f.table_width());
         let x = &b.x[..bsz * xw];
@@ -1781,6 +1807,7 @@ impl<T: Real> Model<T> {
                         splits,
                         fac: fac.map(|f| (f, r0)),
                         du0: du0r,
+                        epnet_r0: epnet_fields.then_some(r0),
                     };
                     chunk_backward(&net, psr, c, bufs, dl, rows, bsz, alpha);
                 });
@@ -1848,6 +1875,8 @@ struct ForwardMode {
     losses: bool,
     /// Leave the chunk's caches complete (not a prediction whose chunk state is dropped).
     keep: bool,
+    /// EPNet's first layer factored by field ([`gatenu::FieldSplit`]): the chunk's first row.
+    epnet_r0: Option<usize>,
 }
 
 /// One chunk (`rows.rows` rows of a batch of `rows.batch_rows`): the quantizer (x_b → g,
@@ -1874,7 +1903,11 @@ fn chunk_forward<T: Real>(
         rows: bsz,
         batch_rows,
     } = rows;
-    let ForwardMode { losses, keep } = mode;
+    let ForwardMode {
+        losses,
+        keep,
+        epnet_r0,
+    } = mode;
     let Chunk { profile, b, .. } = c;
     let mut laps = Laps::start(profile);
     let g: &[T] = match (net.rq, b.rq.as_mut()) {
@@ -1980,7 +2013,8 @@ fn chunk_forward<T: Real>(
             // EPNet: x' = δ_ep([g, sg(x)]) ⊙ x. Frozen: sg(x) is the copy set_frozen took.
             let sg_x = if b.sg_frozen { &b.sg_x[..bsz * dx] } else { x };
             let xp = Some((&mut b.xp[..bsz * dx], x));
-            ep.forward_split_scaled(&mut b.ep, &splits[0], g_term(0), sg_x, ps, xp, bsz);
+            let (sp, gt) = (&splits[0], g_term(0));
+            ep.forward_split_scaled(&mut b.ep, sp, gt, sg_x, ps, xp, epnet_r0, bsz);
             // PPNet gates on [g, sg(x')], one per hidden layer.
             let sg_xp = if b.sg_frozen { &b.sg_xp } else { &b.xp };
             for (i, (pn, pc)) in net.ppnet.iter().zip(b.pp.iter_mut()).enumerate() {
@@ -2026,6 +2060,8 @@ struct ChunkIo<'a, T> {
     /// its gradient, and `du0` receives the experts' layer-0 gradients `[rows, n_exp·d0]`.
     fac: Option<(&'a FieldFactoring<T>, usize)>,
     du0: &'a mut [T],
+    /// As [`ForwardMode::epnet_r0`], the same as in the chunk's forward.
+    epnet_r0: Option<usize>,
 }
 
 /// Backward of [`chunk_forward`] from this chunk's `dlogits`: writes its rows of `∂L/∂x`,
@@ -2053,6 +2089,7 @@ fn chunk_backward<T: Real>(
         splits,
         fac,
         du0,
+        epnet_r0,
     } = io;
     let Chunk {
         profile,
@@ -2216,7 +2253,7 @@ fn chunk_backward<T: Real>(
                 // δ_l = GateNU_l([g, sg(x')]): only the g columns pass gradient on.
                 let sg_xp = if b.sg_frozen { &b.sg_xp } else { &b.xp };
                 let (pn, sp) = (&net.ppnet[l], &splits[l + 1]);
-                pn.backward_split_from_du2(dg, pc, sp, ps, g, &sg_xp[..bsz * dx], bsz);
+                pn.backward_split_from_du2(dg, pc, sp, ps, g, &sg_xp[..bsz * dx], None, bsz);
                 laps.lap(profile, Phase::Gates);
             }
             // x' = δ_ep ⊙ x: ∂L/∂x (written: the gate reads sg(x), so this is x's only
@@ -2226,7 +2263,8 @@ fn chunk_backward<T: Real>(
             let (du2, delta) = (&mut b.ep.u2[..bsz * dx], &b.ep.delta[..bsz * dx]);
             scaled_sigmoid_mul_backward(du2, &mut dxv[..bsz * dx], dxp, x, delta, gamma);
             let sg_x = if b.sg_frozen { &b.sg_x[..bsz * dx] } else { x };
-            ep.backward_split_from_du2(dg, &mut b.ep, &splits[0], ps, g, sg_x, bsz);
+            let sp = &splits[0];
+            ep.backward_split_from_du2(dg, &mut b.ep, sp, ps, g, sg_x, epnet_r0, bsz);
             laps.lap(profile, Phase::Gates);
         }
     }
