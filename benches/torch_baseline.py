@@ -23,9 +23,12 @@ Variants (--variant, or `all`):
                  field as hmdn-cpu runs it (its `model::factored`): for every field of at
                  most 256 ids, the terms E_f·W_fᵀ of all its ids (all three experts at once)
                  summed per row by one embedding_bag and added to the GEMM on the other
-                 fields' columns; the same function (other models: plain dense-fused)
+                 fields' columns; the same function. hmdn-pepnet (with --rq distinct):
+                 EPNet's first layer factored the same way, as hmdn-cpu's
+                 `gatenu::FieldSplit` (on sg(x), so no table gradient through it). Other
+                 models: plain dense-fused
   sparse-fused-factored
-                 sparse-fused, factored the same way; the small fields' tables are then
+                 sparse-fused, factored the same way; mmoe's small fields' tables are then
                  dense (their rows feed F.linear whole) and go to the fused Adam
 
 The quantizer (hmdn-*), --rq:
@@ -276,6 +279,22 @@ class Model(nn.Module):
             out.append(h)
         return torch.stack(out, 1)
 
+    def epnet_factored(self, g_u, inv, x, cat):
+        """EPNet's δ on [g, sg(x)] with the x part of its first layer factored by field
+        (`-factored` variants of pepnet models): u1 = sg(x_rest)·W_restᵀ + b + g-term +
+        Σ_f P_f[i_f], P_f = sg(E_f)·W_fᵀ over all of field f's ids. The same function as
+        `epnet.forward_split(g_u, inv, x.detach())`."""
+        fc1 = self.epnet.fc1
+        wx = fc1.weight[:, Z:]
+        u1 = F.linear(x.detach()[:, REST_COLS], wx[:, REST_COLS], fc1.bias)
+        u1 = u1 + F.linear(g_u, fc1.weight[:, :Z])[inv]
+        p = torch.cat([F.linear(self.embedding[FIELDS[j]].weight.detach(),
+                                wx[:, j * E:(j + 1) * E]) for j in SMALL], 0)
+        ids = (cat[:, SMALL] + SMALL_BASE).reshape(-1)
+        u1 = u1 + F.embedding_bag(ids, p, mode="sum",
+                                  offsets=torch.arange(0, ids.numel(), len(SMALL)))
+        return GATENU_GAMMA * torch.sigmoid(self.epnet.fc2(F.relu(u1)))
+
     def forward(self, cat):
         """Returns logits [B, T] and the RQ loss (0 without RQ)."""
         factored = self.factored and self.kind in ("mmoe", "hmdn-mmoe")
@@ -312,6 +331,11 @@ class Model(nn.Module):
                 xp = self.epnet(torch.cat([g, x.detach()], 1)) * x
                 pp_in = torch.cat([g, xp.detach()], 1)
                 deltas = [gate(pp_in) for gate in self.ppnet]
+            elif self.factored:
+                # As hmdn-cpu's `gatenu::FieldSplit`: EPNet's first layer by field.
+                xp = self.epnet_factored(g_u, inv, x, cat) * x
+                xp_sg = xp.detach()
+                deltas = [gate.forward_split(g_u, inv, xp_sg) for gate in self.ppnet]
             else:
                 # As hmdn-cpu: each GateNU's g term per distinct key, no [g, sg(x)] copies.
                 xp = self.epnet.forward_split(g_u, inv, x.detach()) * x

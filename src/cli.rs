@@ -221,7 +221,8 @@ pub struct GradcheckArgs {
 #[derive(Args, Debug, Clone)]
 #[command(
     after_help = "Environment: HMDN_NO_FIELD_FACTORING=1 runs MMoE's expert first \
-layers unfactored (the plain GEMM on all of x; for A/B comparisons of model::factored). \
+layers and PEPNet's EPNet first layer unfactored (the plain GEMM on all of x; for A/B \
+comparisons of model::factored and gatenu::FieldSplit). \
 HMDN_SIMD=portable|avx2|avx512 picks the SIMD path."
 )]
 pub struct BenchArgs {

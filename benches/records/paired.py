@@ -35,9 +35,10 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # results), the best variant was one of these three; dense and dense-foreach never were.
 # For mmoe and hmdn-mmoe also the two `-factored` variants, which run the experts the way
 # hmdn-cpu does (their first layer factored by field, `model::factored`), so that the ratio
-# is against PyTorch doing that work too when it is faster for PyTorch.
+# is against PyTorch doing that work too when it is faster for PyTorch; for hmdn-pepnet the
+# same variants factor EPNet's first layer (hmdn-cpu's `gatenu::FieldSplit`).
 DEFAULT_VARIANTS = ["dense-fused", "sparse", "sparse-fused"]
-MMOE_VARIANTS = DEFAULT_VARIANTS + ["dense-fused-factored", "sparse-fused-factored"]
+FACTORED_VARIANTS = DEFAULT_VARIANTS + ["dense-fused-factored", "sparse-fused-factored"]
 
 
 class Server:
@@ -149,8 +150,8 @@ def main():
     args = ap.parse_args()
 
     if args.variants is None:
-        mmoe = args.model in ("mmoe", "hmdn-mmoe")
-        args.variants = MMOE_VARIANTS if mmoe else DEFAULT_VARIANTS
+        factored = args.model in ("mmoe", "hmdn-mmoe", "hmdn-pepnet")
+        args.variants = FACTORED_VARIANTS if factored else DEFAULT_VARIANTS
     python = os.environ.get("PYTHON", "python3")
     def hmdn_cpu(threads):
         return [os.path.join(ROOT, "target", "release", "hmdn-cpu"), "bench", "--serve",
