@@ -346,11 +346,6 @@ impl<T: Real> FieldSplit<T> {
         })
     }
 
-    /// Number of factored fields.
-    pub fn n_fields(&self) -> usize {
-        self.fac.len()
-    }
-
     /// Floating-point operations per sample of the `x` part of the first layer (`hidden`
     /// outputs), factored, for batches of `bsz` rows: `(forward, training step)`. The
     /// training step adds `dW1_x` (no input gradient: the gate reads `sg(x)`).
@@ -371,17 +366,7 @@ impl<T: Real> FieldSplit<T> {
         let (kr, e) = (self.k_rest, self.e);
         let dx = w1x.len() / h.max(1);
         self.w1_rest.resize(h * kr, T::ZERO);
-        for (dst, src) in self
-            .w1_rest
-            .chunks_exact_mut(kr.max(1))
-            .zip(w1x.chunks_exact(dx))
-        {
-            let mut p = 0;
-            for &(c, w) in &self.rest {
-                dst[p..p + w].copy_from_slice(&src[c..c + w]);
-                p += w;
-            }
-        }
+        copy_runs(&mut self.w1_rest, kr, w1x, dx, &self.rest);
         if T::NAME == "f32" {
             let path = hmdn_kernels::simd_path();
             self.w1_rest_packed.resize(packed_b_len(h, kr, path), 0.0);
@@ -438,15 +423,27 @@ impl<T: Real> FieldSplit<T> {
     fn copy_rest(&self, x_rest: &mut [T], x: &[T], rows: usize) {
         let kr = self.k_rest;
         let dx = x.len() / rows.max(1);
-        for (dst, src) in x_rest[..rows * kr]
-            .chunks_exact_mut(kr.max(1))
-            .zip(x.chunks_exact(dx.max(1)))
-        {
-            let mut p = 0;
-            for &(c, w) in &self.rest {
-                dst[p..p + w].copy_from_slice(&src[c..c + w]);
-                p += w;
-            }
+        copy_runs(&mut x_rest[..rows * kr], kr, x, dx, &self.rest);
+    }
+}
+
+/// Row by row, the column runs `(first column, width)` of `src` (rows of `src_w`) side by side
+/// into `dst` (rows of `dst_w`, the runs' total width).
+fn copy_runs<T: Copy>(
+    dst: &mut [T],
+    dst_w: usize,
+    src: &[T],
+    src_w: usize,
+    runs: &[(usize, usize)],
+) {
+    for (d, s) in dst
+        .chunks_exact_mut(dst_w.max(1))
+        .zip(src.chunks_exact(src_w.max(1)))
+    {
+        let mut p = 0;
+        for &(c, w) in runs {
+            d[p..p + w].copy_from_slice(&s[c..c + w]);
+            p += w;
         }
     }
 }
@@ -534,7 +531,6 @@ impl GateNu {
     /// [`GateNu::forward_split`] that, with `scaled = Some((y, s))`, also writes `y = δ ⊙ s`
     /// (`[B, d_out]`) in the pass that computes δ: EPNet's `x' = δ ⊙ x`, the same values as
     /// [`scale_forward`] afterwards.
-    #[allow(clippy::too_many_arguments)]
     ///
     /// `fac_r0 = Some(r0)` (the chunk's first row in the batch) runs the `x` part factored by
     /// field ([`FieldSplit`], which must be set up, refreshed and prepared for this batch).
