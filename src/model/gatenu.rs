@@ -550,52 +550,39 @@ impl GateNu {
         let f1 = &self.fc1;
         let (h, gz) = (f1.d_out, split.gz);
         let dx = f1.d_in - gz;
-        match (split.fields.as_ref(), fac_r0) {
-            (Some(fs), Some(r0)) => {
-                let (kr, nfac) = (fs.k_rest, fs.fac.len());
+        // x·W1_xᵀ: whole, or (by field) its rest columns, then the rows' per-id terms.
+        let fac = split.fields.as_ref().zip(fac_r0);
+        let (xin, k, w, pk) = match fac {
+            Some((fs, _)) => {
+                let kr = fs.k_rest;
                 if cache.x_rest.len() < bsz * kr || cache.id_sums.len() < fs.proj_rows * h {
                     cache.x_rest.resize(bsz * kr, T::ZERO);
                     cache.id_sums.resize(fs.proj_rows * h, T::ZERO);
                 }
                 fs.copy_rest(&mut cache.x_rest, &x[..bsz * dx], bsz);
-                let a1 = &mut cache.a1[..bsz * h];
-                let xr = &cache.x_rest[..bsz * kr];
-                let (w, pk) = (&fs.w1_rest, fs.packed());
-                gemm_packed_b(
-                    bsz,
-                    h,
-                    kr,
-                    T::ONE,
-                    xr,
-                    Trans::N,
-                    w,
-                    Trans::T,
-                    pk,
-                    T::ZERO,
-                    a1,
-                );
-                // + Σ_f proj[id_f], the fields in order, each row's sum kept in registers.
-                let idx = &fs.row_idx[r0 * nfac..(r0 + bsz) * nfac];
-                add_rows_indexed(a1, h, &fs.proj, idx, nfac);
+                (&cache.x_rest[..bsz * kr], kr, &fs.w1_rest, fs.packed())
             }
-            _ => {
-                let a1 = &mut cache.a1[..bsz * h];
-                let xw = &split.w1x;
-                let pk = split.packed();
-                gemm_packed_b(
-                    bsz,
-                    h,
-                    dx,
-                    T::ONE,
-                    x,
-                    Trans::N,
-                    xw,
-                    Trans::T,
-                    pk,
-                    T::ZERO,
-                    a1,
-                );
-            }
+            None => (x, dx, &split.w1x, split.packed()),
+        };
+        let a1 = &mut cache.a1[..bsz * h];
+        gemm_packed_b(
+            bsz,
+            h,
+            k,
+            T::ONE,
+            xin,
+            Trans::N,
+            w,
+            Trans::T,
+            pk,
+            T::ZERO,
+            a1,
+        );
+        if let Some((fs, r0)) = fac {
+            // + Σ_f proj[id_f], the fields in order, each row's sum kept in registers.
+            let nfac = fs.fac.len();
+            let idx = &fs.row_idx[r0 * nfac..(r0 + bsz) * nfac];
+            add_rows_indexed(a1, h, &fs.proj, idx, nfac);
         }
         let a1 = &mut cache.a1[..bsz * h];
         match g {
@@ -654,7 +641,6 @@ impl GateNu {
     /// pre-activation (instead of `cache.ddelta = ∂L/∂δ`): for callers that compute it in
     /// the pass that also differentiates what δ scales
     /// ([`hmdn_kernels::act::scaled_sigmoid_mul_backward`]).
-    #[allow(clippy::too_many_arguments)]
     ///
     /// `fac_r0`: as in [`GateNu::forward_split_scaled`], and the same as in its forward.
     #[allow(clippy::too_many_arguments)]
