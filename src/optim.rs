@@ -224,8 +224,9 @@ fn written_zeros<T: Real>(n: usize) -> Vec<T> {
 }
 
 /// Lazy Adam on every table of `sparse` (ascending, disjoint arena ranges), in parallel:
-/// `arenas` are (values, m, v) from arena element `base` on; halves of the table list run
-/// under `rayon::join` on the two sides of a split of the arenas.
+/// `arenas` are (values, m, v) from arena element `base` on; the table list is cut where the
+/// two parts have about as many rows to update, and they run under `rayon::join` on the
+/// two sides of a split of the arenas.
 #[allow(clippy::too_many_arguments)]
 fn lazy_tables<T: Real, R: Sync>(
     specs: &[crate::params::ParamSpec],
@@ -248,7 +249,15 @@ fn lazy_tables<T: Real, R: Sync>(
             lazy_adam_rows(vals, m, v, spec.shape[1], s.rows, s.grad, h, t, l2);
         }
         _ => {
-            let mid = sparse.len() / 2;
+            // Split where the two sides have about the same number of rows to update (the
+            // tables' row counts differ by hundreds of times), at least one table each.
+            let total: usize = sparse.iter().map(|s| view(s).rows.len()).sum();
+            let mut mid = 1;
+            let mut left = view(&sparse[0]).rows.len();
+            while mid + 1 < sparse.len() && 2 * (left + view(&sparse[mid]).rows.len()) <= total {
+                left += view(&sparse[mid]).rows.len();
+                mid += 1;
+            }
             let cut = specs[view(&sparse[mid]).table.0].offset - base;
             let (vl, vr) = values.split_at_mut(cut);
             let (ml, mr) = m.split_at_mut(cut);

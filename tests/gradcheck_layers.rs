@@ -518,7 +518,7 @@ fn gatenu_split() {
     let x = input("x", &[B, dx], &mut rng).v;
     let inputs = vec![input("g", &[B, gz], &mut rng)];
     let mut run = |ps: &mut ParamStore<f64>, inp: &[Input], dout: Option<&[f64]>| {
-        split.refresh(&g, gz, ps);
+        split.refresh(&g, gz, ps, true);
         g.forward_split(&mut cache, &split, GTerm::Rows(&inp[0].v), &x, ps, B);
         let out = cache.delta[..B * dout_w].to_vec();
         let mut dg = vec![0.0; B * gz];
@@ -544,7 +544,7 @@ fn gatenu_split_matches_concatenated_and_gathered_matches_rows() {
     let gate = GateNu::new(&mut ps, "epnet", gz + dx, hid, dout_w, 2.0, &mut rng);
     let mut cache = GateNuCache::default();
     let mut split = SplitW1::default();
-    split.refresh(&gate, gz, &ps);
+    split.refresh(&gate, gz, &ps, true);
     // 3 distinct g rows, each row picks one.
     let g_u = randn(3 * gz, &mut rng);
     let slots: Vec<u32> = (0..B as u32).map(|r| (r * 2 + 1) % 3).collect();
@@ -566,7 +566,7 @@ fn gatenu_split_matches_concatenated_and_gathered_matches_rows() {
         if split {
             let sp = {
                 let mut s = SplitW1::default();
-                s.refresh(&gate, gz, ps);
+                s.refresh(&gate, gz, ps, true);
                 s
             };
             gate.backward_split(&mut dg, cache, &sp, &mut ps.grads_view(), &g, &x, B);

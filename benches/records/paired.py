@@ -17,6 +17,10 @@ Usage (after `cargo build --release`; PyTorch in a virtualenv, see fixtures/gen_
     PYTHON=../venv-torch/bin/python python3 benches/records/paired.py \\
         --model hmdn-mmoe --batch 1024 --rounds 15 --out benches/records/new/paired.jsonl
 
+With --versus-binary PATH, the baseline is another build of hmdn-cpu (e.g. the previous
+commit's `target/release/hmdn-cpu`, copied aside) on the same threads: an A/B of two
+engines, paired the same way, no PyTorch. A round's ratio is then new over old.
+
 It prints one line per round and a summary; with --out it appends one JSON object per round
 and one summary object to that file. `benches/records/run-paired.sh` runs the README's set;
 `paired.py --summarize FILE...` prints the table over every round in the files.
@@ -147,14 +151,19 @@ def main():
     ap.add_argument("--versus-threads", type=int, default=0, metavar="N",
                     help="thread scaling instead: the baseline is hmdn-cpu itself on N threads "
                          "(no PyTorch)")
+    ap.add_argument("--versus-binary", metavar="PATH", default=None,
+                    help="A/B instead: the baseline is the hmdn-cpu binary at PATH on the same "
+                         "threads (no PyTorch)")
     args = ap.parse_args()
+    if args.versus_threads and args.versus_binary:
+        ap.error("--versus-threads and --versus-binary exclude each other")
 
     if args.variants is None:
         factored = args.model in ("mmoe", "hmdn-mmoe", "hmdn-pepnet")
         args.variants = FACTORED_VARIANTS if factored else DEFAULT_VARIANTS
     python = os.environ.get("PYTHON", "python3")
-    def hmdn_cpu(threads):
-        return [os.path.join(ROOT, "target", "release", "hmdn-cpu"), "bench", "--serve",
+    def hmdn_cpu(threads, binary=os.path.join(ROOT, "target", "release", "hmdn-cpu")):
+        return [binary, "bench", "--serve",
                 "--model", args.model, "--batch", str(args.batch), "--threads", str(threads)]
 
     ours = Server("hmdn-cpu", hmdn_cpu(args.threads))
@@ -162,6 +171,10 @@ def main():
         baseline = f"hmdn-cpu-{args.versus_threads}t"
         args.variants = [baseline]
         torch = Server(baseline, hmdn_cpu(args.versus_threads))
+    elif args.versus_binary:
+        baseline = "hmdn-cpu-baseline"
+        args.variants = [baseline]
+        torch = Server(baseline, hmdn_cpu(args.threads, os.path.abspath(args.versus_binary)))
     else:
         baseline = "pytorch"
         torch = Server("pytorch", [python, os.path.join(ROOT, "benches", "torch_baseline.py"),
@@ -170,7 +183,8 @@ def main():
     op = "infer" if args.infer else "train"
 
     def ask_baseline(v, n):
-        return torch.ask(f"{op} {n}" if args.versus_threads else f"{op} {v} {n}")
+        own = args.versus_threads or args.versus_binary
+        return torch.ask(f"{op} {n}" if own else f"{op} {v} {n}")
 
     # Burst lengths: about 0.4 s per burst from one probe step each (at least 5 steps).
     def steps_for(seconds_per_step):

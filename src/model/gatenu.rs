@@ -449,8 +449,9 @@ fn copy_runs<T: Copy>(
 }
 
 impl<T: Real> SplitW1<T> {
-    /// Copies (and packs) `gate`'s `W1` from `ps`, its first `gz` input columns apart.
-    pub fn refresh(&mut self, gate: &GateNu, gz: usize, ps: &ParamStore<T>) {
+    /// Copies (and packs) `gate`'s `W1` from `ps`, its first `gz` input columns apart; with
+    /// `fields`, also refreshes the [`FieldSplit`] (if any) for a factored forward.
+    pub fn refresh(&mut self, gate: &GateNu, gz: usize, ps: &ParamStore<T>, fields: bool) {
         let (h, din) = (gate.fc1.d_out, gate.fc1.d_in);
         let dx = din - gz;
         self.gz = gz;
@@ -471,7 +472,7 @@ impl<T: Real> SplitW1<T> {
             pack_b_for(&mut self.w1x_packed, h, dx, &self.w1x, Trans::T, path);
             self.path = Some(path);
         }
-        if let Some(fs) = self.fields.as_mut() {
+        if let Some(fs) = self.fields.as_mut().filter(|_| fields) {
             fs.refresh(&self.w1x, h, ps);
         }
     }
@@ -814,7 +815,7 @@ mod tests {
         let mut full = GateNuCache::default();
         gate.forward(&mut full, &v, &ps, 3);
         let mut split = SplitW1::default();
-        split.refresh(&gate, 5, &ps);
+        split.refresh(&gate, 5, &ps, true);
         let (g, x): (Vec<f32>, Vec<f32>) = (
             v.chunks(20).flat_map(|r| r[..5].to_vec()).collect(),
             v.chunks(20).flat_map(|r| r[5..].to_vec()).collect(),
