@@ -1607,7 +1607,8 @@ impl<T: Real> Model<T> {
     /// The backward after its chunk section (shared by [`Model::backward`] and
     /// [`Model::forward_backward`]): the chunk arenas summed into `params.grads` in chunk
     /// order, then the wide part and the embedding tables' row gradients, which need the
-    /// whole batch's `∂L/∂logits`, `∂L/∂x` and `∂L/∂x_b`.
+    /// whole batch's `∂L/∂logits`, `∂L/∂x` and `∂L/∂x_b` (the main tables' alongside the sum
+    /// when nothing is factored).
     fn backward_tail(&mut self, bsz: usize) {
         let mut laps = Laps::start(&self.profile);
         let dense_base = self.params.dense_tail();
@@ -1632,8 +1633,26 @@ impl<T: Real> Model<T> {
         } = self;
         let (nf, e, dx) = (cfg.fields.len(), cfg.embed_dim, cfg.x_dim());
         let xbd = *xb_dim;
-        sum_chunk_grads(&mut ps.grads[dense_base..], &mut b.chunks[..b.n_chunks]);
-        laps.lap(profile, Phase::Other);
+        // Without MMoE's factored layer (whose backward adds into the dense gradients) and
+        // without x_b sharing the field tables (its gradient is added into ∂L/∂x below), the
+        // tables' row gradients read only ∂L/∂x and the indices: they run alongside the sum
+        // of the chunk arenas, which is short and memory-bound.
+        let factored = b.factor.is_some() && b.factored;
+        let shared_xb = dist_embedding.is_some() && cfg.share_dist_embeddings;
+        let emb_alongside = !factored && !shared_xb && hmdn_kernels::par::threads() > 1;
+        if emb_alongside {
+            let rg = &mut row_grads[rg_emb.clone()];
+            let (dxs, idx) = (&b.dx[..bsz * dx], &b.idx[..nf * bsz]);
+            let chunks = &mut b.chunks[..b.n_chunks];
+            rayon::join(
+                || sum_chunk_grads(&mut ps.grads[dense_base..], chunks),
+                || embedding.backward(rg, dxs, dx, 0, idx, bsz),
+            );
+            laps.lap(profile, Phase::Embeddings);
+        } else {
+            sum_chunk_grads(&mut ps.grads[dense_base..], &mut b.chunks[..b.n_chunks]);
+            laps.lap(profile, Phase::Other);
+        }
         let idx = &b.idx[..nf * bsz];
         let dlogits = &b.dlogits[..bsz * nt];
 
@@ -1684,6 +1703,7 @@ impl<T: Real> Model<T> {
                 let rg = &mut row_grads[rg_emb.clone()];
                 ff.backward_fields(experts, embedding, du0, dx_rest, idx, ps, rg);
             }
+            None if emb_alongside => {}
             None => embedding.backward(
                 &mut row_grads[rg_emb.clone()],
                 &b.dx[..bsz * dx],
