@@ -16,6 +16,9 @@ use hmdn_kernels::Real;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+mod model_common;
+use model_common::{bits, grad_bits};
+
 /// Rows per batch: 3 chunks, against at most 3 · 5 · 4 = 60 distinct keys in the tiny
 /// configuration.
 const B: usize = 1040;
@@ -46,22 +49,6 @@ fn variants(base: impl Fn(ModelKind) -> ModelConfig) -> Vec<(String, ModelConfig
         out.push((format!("{kind} shared tables"), c));
     }
     out
-}
-
-/// Dense gradients and every table's row gradients, as bits.
-fn grad_bits<T: Real>(m: &mut Model<T>) -> Vec<u64> {
-    let (ps, rgs) = m.params_and_row_grads();
-    let mut g: Vec<u64> = ps.grads.iter().map(|v| v.to_f64().to_bits()).collect();
-    for rg in rgs {
-        let mut dense = vec![T::ZERO; ps.range(rg.table).len()];
-        rg.add_to_dense(&mut dense);
-        g.extend(dense.iter().map(|v| v.to_f64().to_bits()));
-    }
-    g
-}
-
-fn bits<T: Real>(v: &[T]) -> Vec<u64> {
-    v.iter().map(|x| x.to_f64().to_bits()).collect()
 }
 
 /// Every chunk's codes, in chunk order.

@@ -67,6 +67,17 @@ impl<T: Real> GateNuCache<T> {
         }
     }
 
+    /// Sizes `x_rest` and `id_sums` for a forward factored by `fs` on `bsz` rows of a gate
+    /// with `hidden` units (reallocates only to grow).
+    pub fn ensure_split(&mut self, fs: &FieldSplit<T>, hidden: usize, bsz: usize) {
+        if self.x_rest.len() < bsz * fs.k_rest {
+            self.x_rest.resize(bsz * fs.k_rest, T::ZERO);
+        }
+        if self.id_sums.len() < fs.proj_rows * hidden {
+            self.id_sums.resize(fs.proj_rows * hidden, T::ZERO);
+        }
+    }
+
     /// Sets `ddelta[..B·d_out]` to zero.
     pub fn zero_ddelta(&mut self, bsz: usize, d_out: usize) {
         self.ddelta[..bsz * d_out].fill(T::ZERO);
@@ -556,10 +567,7 @@ impl GateNu {
         let (xin, k, w, pk) = match fac {
             Some((fs, _)) => {
                 let kr = fs.k_rest;
-                if cache.x_rest.len() < bsz * kr || cache.id_sums.len() < fs.proj_rows * h {
-                    cache.x_rest.resize(bsz * kr, T::ZERO);
-                    cache.id_sums.resize(fs.proj_rows * h, T::ZERO);
-                }
+                cache.ensure_split(fs, h, bsz);
                 fs.copy_rest(&mut cache.x_rest, &x[..bsz * dx], bsz);
                 (&cache.x_rest[..bsz * kr], kr, &fs.w1_rest, fs.packed())
             }

@@ -119,6 +119,16 @@ struct Buffers<T> {
     factored: bool,
     /// The experts' layer-0 pre-activation gradients `[B, n_exp·d0]` of a factored backward.
     du0: Vec<T>,
+    /// Activation buffers of a training pass's lanes (one per thread), used when a batch
+    /// has more chunks than threads: each lane runs chunk after chunk in the same buffers,
+    /// which stay in its core's cache, while every chunk keeps its own gradient arena and
+    /// quantizer cache (swapped into the lane for the chunk's turn). Turned off by
+    /// [`Model::set_training_lanes`].
+    lanes: Vec<Chunk<T>>,
+    lanes_off: bool,
+    /// Whether every chunk holds its quantizer cache of the last forward (also after a
+    /// training pass on lanes, which keeps no other per-chunk activations).
+    rq_state: bool,
 }
 
 /// One row chunk of a batch: the backbone's activations for its rows, its own gradient arena
@@ -262,7 +272,8 @@ fn run_chunks<T: Send, C: Send, F, const N: usize>(
 }
 
 /// A raw pointer that may cross threads: [`run_lanes`] hands out disjoint row ranges of one
-/// array to several threads, which the borrow checker cannot see through an atomic counter.
+/// array (and a training pass on lanes disjoint chunks) to several threads, which the
+/// borrow checker cannot see through an atomic counter.
 struct SendPtr<T>(*mut T);
 // Not derived: a derive would require `T: Copy`.
 impl<T> Clone for SendPtr<T> {
@@ -271,7 +282,14 @@ impl<T> Clone for SendPtr<T> {
     }
 }
 impl<T> Copy for SendPtr<T> {}
-// SAFETY: only used by `run_lanes`, which gives each row range to exactly one thread.
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so that a closure captures the whole `SendPtr`, not its field).
+    fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+// SAFETY: only used by `run_lanes` and its callers, which give each row range (each chunk) to
+// exactly one thread.
 unsafe impl<T: Send> Send for SendPtr<T> {}
 // SAFETY: as above; the pointer is only copied between threads, never dereferenced jointly.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
@@ -925,7 +943,11 @@ impl<T: Real> Model<T> {
     /// The quantizer's caches of the last forward, one per row chunk in batch order (codes per
     /// level, for usage statistics); empty without a quantizer.
     pub fn rq_caches(&self) -> impl Iterator<Item = &RqCache<T>> + Clone {
-        self.assert_chunk_state("rq_caches");
+        assert!(
+            self.buf.rq_state,
+            "rq_caches reads the per-chunk quantizer caches of the last forward, which infer \
+             does not keep: use forward or infer_keeping_chunks"
+        );
         self.buf.chunks[..self.buf.n_chunks]
             .iter()
             .filter_map(|c| c.b.rq.as_ref())
@@ -1007,7 +1029,7 @@ impl<T: Real> Model<T> {
             return;
         };
         assert!(
-            self.buf.chunk_state,
+            self.buf.rq_state,
             "after_step needs the chunk caches of a training forward (infer keeps none)"
         );
         let mut rng =
@@ -1038,6 +1060,17 @@ impl<T: Real> Model<T> {
     /// with more than [`distinct::MAX_DIST_KEYS`] key combinations, always do the latter.
     pub fn set_distinct_keys(&mut self, on: bool) {
         self.buf.distinct_off = !on;
+    }
+
+    /// Whether a training pass ([`Model::forward_backward`]) with more row chunks than
+    /// threads may run them on lanes, one per thread, each reusing one set of activation
+    /// buffers for chunk after chunk (on by default: the buffers stay in the core's cache),
+    /// or must give every chunk its own buffers (`false`). The arithmetic is the same either
+    /// way: every chunk keeps its own gradient arena, summed in chunk order. After a pass on
+    /// lanes the chunks keep only their quantizer caches, so what reads other per-chunk
+    /// activations (`relu_pattern`, `record_gates`) needs a `forward` first.
+    pub fn set_training_lanes(&mut self, on: bool) {
+        self.buf.lanes_off = !on;
     }
 
     /// Whether MMoE's experts may factor their first layer over the batch's distinct ids of
@@ -1466,6 +1499,33 @@ impl<T: Real> Model<T> {
         let labels = &b.labels[..if b.labeled { bsz * nt } else { 0 }];
         let dom = domain_rows(cfg, idx, *domain_col, bsz);
         let splits: &[SplitW1<T>] = &b.gatenu_w1;
+        // A training pass with more chunks than threads runs them on lanes (see
+        // `Model::set_training_lanes`); not a gradient check's frozen pass, whose chunks hold
+        // their stored values.
+        let n_threads = rayon::current_num_threads();
+        let train_lanes =
+            (fused && !*frozen && !b.lanes_off && n_chunks > n_threads).then_some(n_threads);
+        if let Some(n) = train_lanes {
+            while b.lanes.len() < n {
+                b.lanes.push(net.new_chunk());
+            }
+            for l in &mut b.lanes[..n] {
+                net.ensure_chunk(l, chunk_rows, 0);
+                l.profile = profile.is_some().then(PhaseTimes::default);
+            }
+        }
+        // EPNet's factored first layer sizes its buffers here, for every chunk and lane
+        // alike (a chunk that ran on a lane last time must not grow them in a later pass).
+        if let (Some(ep), Some(fs), true) = (epnet.as_ref(), splits[..].first(), epnet_fields) {
+            let fs = fs
+                .fields
+                .as_ref()
+                .expect("epnet_fields implies a FieldSplit");
+            let lanes = &mut b.lanes[..train_lanes.unwrap_or(0)];
+            for c in b.chunks[..n_chunks].iter_mut().chain(lanes) {
+                c.b.ep.ensure_split(fs, ep.fc1.d_out, chunk_rows);
+            }
+        }
         let chunks = &mut b.chunks[..n_chunks];
         let ctx = ChunkCtx::start(chunks, profile.is_some());
         let psr = &*ps;
@@ -1578,11 +1638,38 @@ impl<T: Real> Model<T> {
                 arrays,
                 &per_chunk,
             );
+        } else if let Some(n_lanes) = train_lanes {
+            // Chunk i's own state (gradient arena, quantizer cache) goes into the lane for
+            // its turn and back afterwards, with its share of L_rq.
+            let kept = SendPtr(chunks.as_mut_ptr());
+            let per_lane = |r0: usize, rows: usize, lane: &mut Chunk<T>, a: RowArrays<'_, T, 9>| {
+                // SAFETY: `run_lanes` hands chunk r0 / chunk_rows (< n_chunks) to one lane
+                // only, and `chunks` is borrowed mutably for the whole call.
+                let k = unsafe { &mut *kept.ptr().add(r0 / chunk_rows) };
+                let swap = |lane: &mut Chunk<T>, k: &mut Chunk<T>| {
+                    std::mem::swap(&mut lane.grads, &mut k.grads);
+                    std::mem::swap(&mut lane.arena_clean, &mut k.arena_clean);
+                    std::mem::swap(&mut lane.b.rq, &mut k.b.rq);
+                };
+                swap(lane, k);
+                per_chunk(r0, rows, lane, a);
+                swap(lane, k);
+                k.b.rq_loss = lane.b.rq_loss;
+            };
+            let lanes = &mut b.lanes[..n_lanes];
+            run_lanes(lanes, n_chunks, chunk_rows, bsz, arrays, &per_lane);
         } else {
             run_chunks(chunks, chunk_rows, 0, bsz, arrays, &per_chunk);
         }
-        b.chunk_state = !lanes;
-        laps.lap_shared(profile, chunks.iter().filter_map(|c| c.profile.as_ref()));
+        b.chunk_state = !lanes && train_lanes.is_none();
+        b.rq_state = !lanes;
+        match train_lanes {
+            Some(n) => laps.lap_shared(
+                profile,
+                b.lanes[..n].iter().filter_map(|c| c.profile.as_ref()),
+            ),
+            None => laps.lap_shared(profile, chunks.iter().filter_map(|c| c.profile.as_ref())),
+        }
         let rq_loss = if lanes {
             T::ZERO
         } else {
