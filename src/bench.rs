@@ -232,7 +232,13 @@ fn setup(
 /// with one JSON line, until `quit` or the end of the input:
 ///
 /// - `train N` → `{"op":"train","batch":B,"step_s":[…]}`: `N` training steps, each timed;
-/// - `infer N` → the same for `N` inference forwards ([`Model::infer`]) on training batches.
+/// - `infer N` → the same for `N` inference forwards ([`Model::infer`]) on training batches;
+/// - `ab N SWITCH` → `{"op":"ab","switch":S,"off_s":[…],"on_s":[…]}`: `N` training steps
+///   with the model switch `SWITCH` (`lanes`: [`Model::set_training_lanes`], `factoring`:
+///   [`Model::set_field_factoring`], `distinct`: [`Model::set_distinct_keys`]) off and on
+///   in turn, step by step, each timed, the switch left on afterwards. Steps a few
+///   milliseconds apart see the same host speed, so their medians compare two engine
+///   variants far more finely than separate runs can (an in-process A/B).
 ///
 /// A line it cannot read gets `{"error":"line L: …"}` and the loop goes on. This lets a
 /// driver (`benches/records/paired.py`) alternate short bursts of hmdn-cpu and PyTorch steps,
@@ -266,15 +272,50 @@ pub fn serve(
         let request = match words.as_slice() {
             [] => continue,
             ["quit"] => break,
-            [op @ ("train" | "infer"), n] => n.parse::<usize>().ok().map(|n| (*op, n)),
+            [op @ ("train" | "infer"), n] => n.parse::<usize>().ok().map(|n| (*op, n, None)),
+            ["ab", n, switch @ ("lanes" | "factoring" | "distinct")] => {
+                n.parse::<usize>().ok().map(|n| ("ab", n, Some(*switch)))
+            }
             _ => None,
         };
-        let Some((op, n)) = request else {
-            let msg = format!("line {}: expected `train N`, `infer N` or `quit`", no + 1);
+        let Some((op, n, switch)) = request else {
+            let msg = format!(
+                "line {}: expected `train N`, `infer N`, `ab N lanes|factoring|distinct` or \
+                 `quit`",
+                no + 1
+            );
             writeln!(out, "{}", serde_json::json!({ "error": msg })).map_err(io)?;
             out.flush().map_err(io)?;
             continue;
         };
+        if let Some(switch) = switch {
+            let set = |m: &mut Model<f32>, on: bool| match switch {
+                "lanes" => m.set_training_lanes(on),
+                "factoring" => m.set_field_factoring(on),
+                _ => m.set_distinct_keys(on),
+            };
+            let (mut off_s, mut on_s) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            for i in 0..n {
+                let on = i % 2 == 1;
+                set(&mut m, on);
+                let t0 = Instant::now();
+                train_step(&mut m, &mut opt, &data.get(k))?;
+                let dt = t0.elapsed().as_secs_f64();
+                if on {
+                    on_s.push(dt);
+                } else {
+                    off_s.push(dt);
+                }
+                k += 1;
+            }
+            set(&mut m, true);
+            let reply = serde_json::json!({
+                "op": "ab", "batch": batch, "switch": switch, "off_s": off_s, "on_s": on_s,
+            });
+            writeln!(out, "{reply}").map_err(io)?;
+            out.flush().map_err(io)?;
+            continue;
+        }
         let mut step_s = Vec::with_capacity(n);
         for _ in 0..n {
             let t0 = Instant::now();

@@ -4,16 +4,21 @@
 use hmdn_cpu::bench::serve;
 use hmdn_cpu::config::ModelKind;
 
-#[test]
-fn serve_answers_each_request_with_its_step_times() {
-    let input = "train 3\nbogus 1\n\ninfer 2\ntrain x\nquit\ntrain 5\n";
+/// Runs `serve` on `input` for `kind` at batch 8 and parses its reply lines.
+fn replies(kind: ModelKind, input: &str) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    serve(ModelKind::Dnn, 8, input.as_bytes(), &mut out).expect("serve");
-    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+    serve(kind, 8, input.as_bytes(), &mut out).expect("serve");
+    String::from_utf8(out)
         .expect("utf-8")
         .lines()
         .map(|l| serde_json::from_str(l).expect("every reply is one JSON line"))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn serve_answers_each_request_with_its_step_times() {
+    let input = "train 3\nbogus 1\n\ninfer 2\ntrain x\nquit\ntrain 5\n";
+    let lines = replies(ModelKind::Dnn, input);
     // ready, train 3, error, infer 2, error; nothing after `quit`.
     assert_eq!(lines.len(), 5, "{lines:?}");
     assert_eq!(lines[0]["ready"], true);
@@ -35,4 +40,27 @@ fn serve_answers_each_request_with_its_step_times() {
     assert_eq!(lines[3]["op"], "infer");
     assert_eq!(times(&lines[3]).len(), 2);
     assert!(lines[4]["error"].as_str().unwrap().starts_with("line 5:"));
+}
+
+#[test]
+fn serve_ab_alternates_a_switch_step_by_step() {
+    let input = "ab 5 lanes\nab 4 factoring\nab 2 sideways\nab 2 distinct\n";
+    let lines = replies(ModelKind::HmdnMmoe, input);
+    // ready, three A/B replies, one error for the unknown switch.
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let count = |v: &serde_json::Value, key: &str| v[key].as_array().expect(key).len();
+    assert_eq!(lines[1]["op"], "ab");
+    assert_eq!(lines[1]["switch"], "lanes");
+    // Off first: steps 0, 2, 4 off, 1, 3 on.
+    assert_eq!(
+        (count(&lines[1], "off_s"), count(&lines[1], "on_s")),
+        (3, 2)
+    );
+    assert_eq!(lines[2]["switch"], "factoring");
+    assert_eq!(
+        (count(&lines[2], "off_s"), count(&lines[2], "on_s")),
+        (2, 2)
+    );
+    assert!(lines[3]["error"].as_str().unwrap().starts_with("line 3:"));
+    assert_eq!(lines[4]["switch"], "distinct");
 }
