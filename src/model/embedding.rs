@@ -280,7 +280,7 @@ impl MultiEmbedding {
             let Some(off) = col(j) else { return };
             g.accumulate_from(&idx[c * bsz..(c + 1) * bsz], dout, stride, off);
         };
-        if bsz >= 2 * GATHER_BLOCK_ROWS && hmdn_kernels::par::threads() > 1 {
+        if bsz >= PAR_MIN_ROWS && hmdn_kernels::par::threads() > 1 {
             grads
                 .par_iter_mut()
                 .zip(&self.cols)
@@ -294,3 +294,6 @@ impl MultiEmbedding {
 
 /// Batch rows per task of [`MultiEmbedding::forward`].
 const GATHER_BLOCK_ROWS: usize = 128;
+
+/// Batch rows from which the tables' row gradients run in parallel (one task per table).
+pub(crate) const PAR_MIN_ROWS: usize = 2 * GATHER_BLOCK_ROWS;

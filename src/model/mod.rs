@@ -1368,8 +1368,14 @@ impl<T: Real> Model<T> {
                 let gate = if i == 0 { ep } else { &ppnet[i - 1] };
                 sp.refresh(gate, gz, ps, fields);
             };
-            // The gates' copies and packs are independent: one task each.
-            if hmdn_kernels::par::threads() > 1 {
+            // The gates' copies and packs are independent: one task each, when there is
+            // enough to copy to be worth a fork (not for tiny test models, whose forward
+            // then stays on the calling thread).
+            let work: usize = std::iter::once(ep)
+                .chain(ppnet.iter())
+                .map(|g| g.fc1.d_in * g.fc1.d_out)
+                .sum();
+            if work >= 1 << 15 && hmdn_kernels::par::threads() > 1 {
                 b.gatenu_w1.par_iter_mut().enumerate().for_each(refresh);
             } else {
                 b.gatenu_w1.iter_mut().enumerate().for_each(refresh);
@@ -1726,7 +1732,10 @@ impl<T: Real> Model<T> {
         // of the chunk arenas, which is short and memory-bound.
         let factored = b.factor.is_some() && b.factored;
         let shared_xb = dist_embedding.is_some() && cfg.share_dist_embeddings;
-        let emb_alongside = !factored && !shared_xb && hmdn_kernels::par::threads() > 1;
+        let emb_alongside = !factored
+            && !shared_xb
+            && bsz >= embedding::PAR_MIN_ROWS
+            && hmdn_kernels::par::threads() > 1;
         if emb_alongside {
             let rg = &mut row_grads[rg_emb.clone()];
             let (dxs, idx) = (&b.dx[..bsz * dx], &b.idx[..nf * bsz]);
