@@ -100,3 +100,16 @@ fn lanes_train_the_same_weights_in_f32() {
         );
     }
 }
+
+#[test]
+#[should_panic(expected = "a training pass on lanes do not keep")]
+fn relu_pattern_after_a_pass_on_lanes_is_refused() {
+    let cfg = tiny_config(ModelKind::Pepnet);
+    let data = RandomBatch::new(&cfg, B, &mut StdRng::seed_from_u64(8));
+    pool(1).install(|| {
+        let mut m = Model::<f64>::new(&cfg, 9).unwrap();
+        m.forward_backward(&data.batch());
+        let mut pattern = Vec::new();
+        m.relu_pattern(&mut pattern);
+    });
+}

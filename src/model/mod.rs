@@ -954,13 +954,14 @@ impl<T: Real> Model<T> {
     }
 
     /// Panics unless every row chunk holds its part of the last forward (not after
-    /// [`Model::infer`]).
+    /// [`Model::infer`], nor after a training pass on lanes, see
+    /// [`Model::set_training_lanes`]).
     #[track_caller]
     fn assert_chunk_state(&self, what: &str) {
         assert!(
             self.buf.chunk_state,
-            "{what} reads the per-chunk caches of the last forward, which infer does not keep: \
-             use forward or infer_keeping_chunks"
+            "{what} reads the per-chunk caches of the last forward, which infer and a training \
+             pass on lanes do not keep: use forward or infer_keeping_chunks"
         );
     }
 
