@@ -109,6 +109,37 @@ impl<T: Real> Optimizer<T> {
         self.step += 1;
         let h = self.cfg.adam();
         let t = self.step;
+        // Worth splitting: about as many updated values as the kernels' own threshold.
+        let values: usize = sparse.iter().map(|s| view(s).grad.len()).sum();
+        let par = values >= 1 << 15 && hmdn_kernels::par::threads() > 1;
+        let ordered = sparse.windows(2).all(|w| {
+            ps.specs[view(&w[0]).table.0].range().end <= ps.specs[view(&w[1]).table.0].offset
+        });
+        let lazy_par = self.cfg.embedding == EmbeddingOptim::Lazy && ordered && par;
+        // The usual layout (tables first, then every dense tensor): the dense tail's Adam,
+        // bound by memory bandwidth, runs alongside the tables' lazy Adam, bound by the
+        // latency of their scattered rows. Every element gets the same update either way.
+        let dt = ps.dense_tail();
+        let tail_only = ps
+            .specs
+            .iter()
+            .all(|s| (s.kind == ParamKind::Dense) == (s.offset >= dt));
+        if lazy_par && tail_only {
+            let first = ps.specs[view(&sparse[0]).table.0].offset;
+            let (vt, vd) = ps.values.split_at_mut(dt);
+            let (mt, md) = self.m.split_at_mut(dt);
+            let (wt, wd) = self.v.split_at_mut(dt);
+            let gd = &ps.grads[dt..];
+            let (specs, l2) = (&ps.specs, self.cfg.embedding_l2);
+            rayon::join(
+                || adam_step(vd, gd, md, wd, &h, t),
+                || {
+                    let arenas = (&mut vt[first..], &mut mt[first..], &mut wt[first..]);
+                    lazy_tables(specs, arenas, first, sparse, &view, &h, t, l2);
+                },
+            );
+            return;
+        }
         // Dense Adam is elementwise: one call per run of adjacent dense tensors (the whole
         // dense tail at once) updates each element exactly as one call per tensor would, and
         // is long enough for the kernel to split across threads.
@@ -138,13 +169,7 @@ impl<T: Real> Optimizer<T> {
         if let Some(cur) = run {
             flush(cur);
         }
-        let ordered = sparse.windows(2).all(|w| {
-            ps.specs[view(&w[0]).table.0].range().end <= ps.specs[view(&w[1]).table.0].offset
-        });
-        // Worth splitting: about as many updated values as the kernels' own threshold.
-        let values: usize = sparse.iter().map(|s| view(s).grad.len()).sum();
-        let par = values >= 1 << 15 && hmdn_kernels::par::threads() > 1;
-        if self.cfg.embedding == EmbeddingOptim::Lazy && ordered && par {
+        if lazy_par {
             // Tables are disjoint ranges of the arena: update them in parallel (every row of
             // every table once, so the result does not depend on the split).
             let first = ps.specs[view(&sparse[0]).table.0].offset;

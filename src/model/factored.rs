@@ -109,11 +109,11 @@ pub struct FieldFactoring<T> {
     w_rest_packed_n: Vec<f32>,
     w_rest_plen_n: usize,
     w_rest_path: Option<hmdn_kernels::SimdPath>,
-    /// Per-id terms `P` and per-id gradient sums `G`, one table `[tab_rows, d0]` per expert
-    /// (rows `off[j]..off[j+1]` of each are field `j`'s): an expert's forward and backward
-    /// touch only its own table.
+    /// Per-id terms `P`, one table `[tab_rows, d0]` per expert (rows `off[j]..off[j+1]` of
+    /// each are field `j`'s): an expert's forward touches only its own table. The per-id
+    /// gradient sums `G` have the same layout, one set per row chunk, in the model's buffers
+    /// ([`FieldFactoring::partial_len`]).
     proj: Vec<T>,
-    gsum: Vec<T>,
     /// Rows of each expert's table (the most distinct ids a batch can have).
     tab_rows: usize,
     /// Per active field, `G_fᵀ·E_f[ids_f]` `[n_exp·d0, e]` (scratch of the backward).
@@ -184,7 +184,6 @@ impl<T: Real> FieldFactoring<T> {
             row_idx: Vec::new(),
             emb_rows: Vec::new(),
             proj: Vec::new(),
-            gsum: Vec::new(),
             tab_rows: 0,
             cap: 0,
             bsz: 0,
@@ -209,7 +208,6 @@ impl<T: Real> FieldFactoring<T> {
         let w = self.n_exp * self.d0;
         self.emb_rows.resize(rows * self.e, T::ZERO);
         self.proj.resize(rows * w, T::ZERO);
-        self.gsum.resize(rows * w, T::ZERO);
         self.tab_rows = rows;
         let n_cand = self.candidate.iter().filter(|&&c| c).count();
         self.row_idx.resize(bsz * n_cand, 0);
@@ -227,10 +225,18 @@ impl<T: Real> FieldFactoring<T> {
         self.rest.len() * self.e + self.nn
     }
 
-    /// Width of the layer-0 gradient rows [`FieldFactoring::layer0_backward`] hands back
-    /// (`du0`): every expert's `d0` columns side by side.
+    /// Width of every expert's tables side by side (`n_exp·d0`).
     pub fn table_width(&self) -> usize {
         self.n_exp * self.d0
+    }
+
+    /// Length of one row chunk's per-id gradient sums (every expert's `[tab_rows, d0]`
+    /// table) for batches up to the size of the last [`FieldFactoring::ensure_batch`]: the
+    /// model keeps one such block per chunk, each written by its chunk's
+    /// [`FieldFactoring::layer0_backward`] and summed in chunk order by
+    /// [`FieldFactoring::backward_fields`].
+    pub fn partial_len(&self) -> usize {
+        self.n_exp * self.tab_rows * self.d0
     }
 
     /// For the batch `idx` (field-major `[F, B]` with `embedding`'s columns): the factored
@@ -499,11 +505,14 @@ impl<T: Real> FieldFactoring<T> {
         add_rows_indexed_bias_relu(out, table, idx, na, ps.value(m.layers[0].b));
     }
 
-    /// Expert `ei`'s first layer backward on one chunk's rows from `dpre = ∂L/∂u` `[rows, d0]`
-    /// (after the ReLU's mask): `db`, the rest columns of `dW` (through `scratch`, at least
-    /// `[d0, k_rest]`), `∂L/∂x_rest` into `dx_rest` (written when `write`, else added), and
-    /// `dpre` copied into `du0`'s `[rows, n_exp·d0]` columns of this expert for
-    /// [`FieldFactoring::backward_fields`].
+    /// Expert `ei`'s first layer backward on one chunk's rows `r0..r0 + rows` from `dpre =
+    /// ∂L/∂u` `[rows, d0]` (after the ReLU's mask): `db`, the rest columns of `dW` (through
+    /// `scratch`, at least `[d0, k_rest]`), `∂L/∂x_rest` into `dx_rest` (written when `write`,
+    /// else added), and this chunk's per-id sums of `dpre` into expert `ei`'s table of
+    /// `part` (the chunk's block of [`FieldFactoring::partial_len`], overwritten; rows in
+    /// batch order) for [`FieldFactoring::backward_fields`]. Summing per chunk here, while
+    /// `dpre` is in the core's cache, leaves the serial end of the backward only the chunks'
+    /// tables to add (`tab_rows` rows each, fewer than a chunk's rows).
     #[allow(clippy::too_many_arguments)]
     pub fn layer0_backward(
         &self,
@@ -515,10 +524,11 @@ impl<T: Real> FieldFactoring<T> {
         dx_rest: &mut [T],
         write: bool,
         scratch: &mut [T],
-        du0: &mut [T],
+        part: &mut [T],
+        r0: usize,
         rows: usize,
     ) {
-        let (d0, kr, w, e) = (self.d0, self.k_rest(), self.table_width(), self.e);
+        let (d0, kr, e) = (self.d0, self.k_rest(), self.e);
         let lin = &m.layers[0];
         let dpre = &dpre[..rows * d0];
         let (wr, br) = (g.range(lin.w), g.range(lin.b));
@@ -567,87 +577,82 @@ impl<T: Real> FieldFactoring<T> {
                 *d += s;
             }
         }
-        for (urow, drow) in du0.chunks_exact_mut(w).zip(dpre.chunks_exact(d0)) {
-            urow[ei * d0..(ei + 1) * d0].copy_from_slice(drow);
-        }
+        let tab = self.tab_rows * d0;
+        let used = *self.off.last().unwrap_or(&0) * d0;
+        let g = &mut part[ei * tab..(ei + 1) * tab];
+        g[..used].fill(T::ZERO);
+        let na = self.active.len();
+        let row_idx = &self.row_idx[r0 * na..(r0 + rows) * na];
+        scatter_add_rows_indexed(g, d0, dpre, d0, 0, row_idx, na);
     }
 
     /// The rest of the backward after every chunk's [`FieldFactoring::layer0_backward`]:
-    /// `G` from the batch's layer-0 gradients `du0` `[B, n_exp·d0]` (summed per id in batch
-    /// order), then every expert's `dW_f += G_fᵀ·E_f[ids_f]` into `ps`'s gradients and the
-    /// embedding row gradients of every field (`row_grads`, one per table of `embedding`): a
-    /// factored field's rows are `ids_f` with gradients `G_f·W_f` summed over the experts, the
-    /// other fields' come from `dx_rest` `[B, k_rest]` (the chunks' `∂L/∂x_rest`). All the
-    /// fields run in one parallel loop, so that the few large tables' sorts and the factored
-    /// fields' small GEMMs share the threads.
+    /// `G`, the chunks' per-id sums in `parts` (`n_chunks` blocks of
+    /// [`FieldFactoring::partial_len`]) added in chunk order into the first block; every
+    /// expert's `dW_f += G_fᵀ·E_f[ids_f]` into `ps`'s gradients; and the embedding row
+    /// gradients of every field (`row_grads`, one per table of `embedding`): a factored
+    /// field's rows are `ids_f` with gradients `G_f·W_f` summed over the experts, the other
+    /// fields' come from `dx_rest` `[B, k_rest]` (the chunks' `∂L/∂x_rest`). All of it runs
+    /// in one parallel loop over the fields (a factored field's task first adds up its own
+    /// rows of `G`), so that the large tables' sorts and the factored fields' small GEMMs
+    /// share the threads without a barrier between them.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_fields(
         &mut self,
         experts: &[Mlp],
         embedding: &MultiEmbedding,
-        du0: &[T],
+        parts: &mut [T],
+        n_chunks: usize,
         dx_rest: &[T],
         idx: &[u32],
         ps: &mut ParamStore<T>,
         row_grads: &mut [RowGrad<T>],
     ) {
         let (bsz, e, d0, w) = (self.bsz, self.e, self.d0, self.table_width());
-        let rows_total = *self.off.last().unwrap_or(&0);
-        // G, one table per expert (experts in parallel; each element sums its rows in batch
-        // order).
         let (active, off) = (&self.active, &self.off);
         let tab = self.tab_rows * d0;
-        let row_idx = &self.row_idx[..bsz * active.len()];
-        let accumulate = |(ei, g): (usize, &mut [T])| {
-            g[..rows_total * d0].fill(T::ZERO);
-            scatter_add_rows_indexed(g, d0, du0, w, ei * d0, row_idx, active.len());
-        };
-        // Alongside G: the row gradients of the fields that are not factored (from
-        // ∂L/∂x_rest; they do not need G), so that the three experts' sums and the large
-        // tables' sorts share the threads.
+        let plen = self.partial_len();
+        assert!(
+            parts.len() >= n_chunks * plen,
+            "backward_fields: one block of per-id sums per chunk"
+        );
+        assert!(*off.last().unwrap_or(&0) <= self.tab_rows);
+        assert_eq!(row_grads.len(), self.nf, "one RowGrad per field");
+        assert!(self.dw_fields.len() >= active.len() * w * e);
+        // (An empty batch has no chunk, and no ids: every table is empty.)
+        let (first, later) = parts[..n_chunks * plen].split_at_mut(plen.min(n_chunks * plen));
+        let (later, gsum) = (&*later, SendPtr(first.as_mut_ptr()));
         let path = hmdn_kernels::simd_path();
         let kr = self.k_rest();
         let (rest_col, slot_in_active) = (&self.rest_col, &self.slot_in_active);
-        let rest_field = |(f, rg): (usize, &mut RowGrad<T>)| {
-            if let (None, Some(col)) = (slot_in_active[f], rest_col[f]) {
-                let c = embedding.cols[f];
-                let ids = &idx[c * bsz..(c + 1) * bsz];
-                with_path(path, || {
-                    serial(|| rg.accumulate_from(ids, dx_rest, kr, col))
-                });
-            }
-        };
-        assert_eq!(row_grads.len(), self.nf, "one RowGrad per field");
-        let par = bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1;
-        let gsum = &mut self.gsum[..self.n_exp * tab];
-        if par {
-            rayon::join(
-                || {
-                    gsum.par_chunks_mut(tab.max(1))
-                        .enumerate()
-                        .for_each(accumulate)
-                },
-                || row_grads.par_iter_mut().enumerate().for_each(rest_field),
-            );
-        } else {
-            gsum.chunks_mut(tab.max(1)).enumerate().for_each(accumulate);
-            row_grads.iter_mut().enumerate().for_each(rest_field);
-        }
-        // Per active field: row gradients Σ_experts G_f·W_f and dW_f = G_fᵀ·E_f[ids_f]
-        // (fields in parallel, each writing its own row gradient and its own block of
-        // `dw_fields`).
-        let gsum = &self.gsum[..self.n_exp * tab];
         let (emb_rows, w_fields, ids) = (&self.emb_rows, &self.w_fields, &self.ids);
-        let n_cand = self.n_cand;
-        let (slot_in_active, n_exp) = (&self.slot_in_active, self.n_exp);
-        assert!(self.dw_fields.len() >= active.len() * w * e);
+        let (n_cand, n_exp) = (self.n_cand, self.n_exp);
         let dwf = SendPtr(self.dw_fields.as_mut_ptr());
         let per_field_one = |f: usize, rg: &mut RowGrad<T>| {
             let Some(j) = slot_in_active[f] else {
-                return; // done above
+                // Not factored: the row gradients from ∂L/∂x_rest.
+                if let Some(col) = rest_col[f] {
+                    let c = embedding.cols[f];
+                    rg.accumulate_from(&idx[c * bsz..(c + 1) * bsz], dx_rest, kr, col);
+                }
+                return;
             };
             let (r0, r1) = (off[j], off[j + 1]);
             let n = r1 - r0;
+            // G_f of every expert: chunk 0's sums + chunk 1's + … (chunk order: the chunk
+            // layout depends on the batch size only).
+            for ei in 0..n_exp {
+                let a = ei * tab + r0 * d0;
+                let p = gsum;
+                // SAFETY: rows r0..r1 of every expert's table in the first block (inside
+                // it: asserted above) are field j's, touched by this task alone.
+                let g = unsafe { std::slice::from_raw_parts_mut(p.0.wrapping_add(a), n * d0) };
+                for c in 0..n_chunks.saturating_sub(1) {
+                    for (d, &s) in g.iter_mut().zip(&later[c * plen + a..][..n * d0]) {
+                        *d += s;
+                    }
+                }
+            }
             rg.rows.clear();
             rg.rows.extend_from_slice(&ids[f]);
             rg.grad.clear();
@@ -658,7 +663,11 @@ impl<T: Real> FieldFactoring<T> {
             let blk = unsafe { std::slice::from_raw_parts_mut(p.0.add(j * w * e), w * e) };
             let er = &emb_rows[r0 * e..r1 * e];
             for ei in 0..n_exp {
-                let g = &gsum[ei * tab + r0 * d0..ei * tab + r1 * d0];
+                let p = gsum;
+                // SAFETY: as above (now read only, by this task).
+                let g = unsafe {
+                    std::slice::from_raw_parts(p.0.wrapping_add(ei * tab + r0 * d0), n * d0)
+                };
                 let wf = &w_fields[(ei * n_cand + j) * d0 * e..][..d0 * e];
                 let beta = if ei == 0 { T::ZERO } else { T::ONE };
                 gemm(
@@ -677,11 +686,11 @@ impl<T: Real> FieldFactoring<T> {
                 gemm(d0, e, n, T::ONE, g, Trans::T, er, Trans::N, T::ZERO, bk);
             }
         };
-        // Each task's small GEMMs stay on its thread, on the caller's SIMD path.
+        // Each task's kernels stay on its thread, on the caller's SIMD path.
         let per_field = |(f, rg): (usize, &mut RowGrad<T>)| {
             with_path(path, || serial(|| per_field_one(f, rg)));
         };
-        if par {
+        if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
             row_grads.par_iter_mut().enumerate().for_each(per_field);
         } else {
             row_grads.iter_mut().enumerate().for_each(per_field);

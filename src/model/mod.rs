@@ -117,8 +117,10 @@ struct Buffers<T> {
     /// Whether the last forward ran factored: `x` and `dx` then hold `x_rest` `[B, k_rest]`
     /// and its gradient instead of the whole x.
     factored: bool,
-    /// The experts' layer-0 pre-activation gradients `[B, n_exp·d0]` of a factored backward.
-    du0: Vec<T>,
+    /// A factored backward's per-id sums of the experts' layer-0 pre-activation gradients,
+    /// one block of [`FieldFactoring::partial_len`] per row chunk (each written by its
+    /// chunk; `backward_fields` adds them in chunk order).
+    gpart: Vec<T>,
     /// Activation buffers of a training pass's lanes (one per thread), used when a batch
     /// has more chunks than threads: each lane runs chunk after chunk in the same buffers,
     /// which stay in its core's cache, while every chunk keeps its own gradient arena and
@@ -873,7 +875,7 @@ impl<T: Real> Model<T> {
         }
         if let Some(ff) = &mut b.factor {
             ff.ensure_batch(bsz);
-            grow(&mut b.du0, bsz * ff.table_width());
+            grow(&mut b.gpart, chunk_capacity(bsz).1 * ff.partial_len());
         }
         if let (Some(dk), Some(q)) = (&mut b.distinct, &self.rq) {
             let hidden: Vec<usize> = self
@@ -1450,10 +1452,13 @@ impl<T: Real> Model<T> {
         };
         b.factored = fac.is_some() || epnet_fields;
         let xw = fac.map_or(dx, |f| f.k_rest());
-        let duw = match fac {
-            Some(f) if fused => f.table_width(),
+        // A fused pass's chunks write their per-id gradient sums into their own blocks.
+        let plen = match fac {
+            Some(f) if fused => f.partial_len(),
             _ => 0,
         };
+        assert!(b.gpart.len() >= n_chunks * plen);
+        let gpart = SendPtr(b.gpart.as_mut_ptr());
         laps.lap(profile, Phase::Backbone);
         let net = Net {
             cfg,
@@ -1556,12 +1561,16 @@ impl<T: Real> Model<T> {
             (&mut b.dx[..bsz * dxw], dxw),
             (&mut b.dg[..bsz * dgw], dgw),
             (&mut b.dxb[..bsz * dxbw], dxbw),
-            (&mut b.du0[..bsz * duw], duw),
         ];
         let num = &batch.num[..bsz * nn];
-        let per_chunk = |r0: usize, rows: usize, c: &mut Chunk<T>, a: RowArrays<'_, T, 9>| {
-            let [(logits, _), (gq, _), (xr, _), (xbr, _), (dl, _), (dxr, _), (dgr, _), (dxbr, _), (du0r, _)] =
+        let per_chunk = |r0: usize, rows: usize, c: &mut Chunk<T>, a: RowArrays<'_, T, 8>| {
+            let [(logits, _), (gq, _), (xr, _), (xbr, _), (dl, _), (dxr, _), (dgr, _), (dxbr, _)] =
                 a;
+            // SAFETY: chunk r0 / chunk_rows (< n_chunks) is run once, and its block is
+            // inside `gpart` (asserted above), which is not touched otherwise meanwhile.
+            let part = unsafe {
+                std::slice::from_raw_parts_mut(gpart.ptr().add(r0 / chunk_rows * plen), plen)
+            };
             let dr = if dom.is_empty() {
                 dom
             } else {
@@ -1629,7 +1638,7 @@ impl<T: Real> Model<T> {
                     dxb: dxbr,
                     splits,
                     fac: fr,
-                    du0: du0r,
+                    part,
                     epnet_r0: epnet_fields.then_some(r0),
                 };
                 chunk_backward(&net, psr, c, io, dl, rows, bsz, alpha);
@@ -1649,7 +1658,7 @@ impl<T: Real> Model<T> {
             // Chunk i's own state (gradient arena, quantizer cache) goes into the lane for
             // its turn and back afterwards, with its share of L_rq.
             let kept = SendPtr(chunks.as_mut_ptr());
-            let per_lane = |r0: usize, rows: usize, lane: &mut Chunk<T>, a: RowArrays<'_, T, 9>| {
+            let per_lane = |r0: usize, rows: usize, lane: &mut Chunk<T>, a: RowArrays<'_, T, 8>| {
                 // SAFETY: `run_lanes` hands chunk r0 / chunk_rows (< n_chunks) to one lane
                 // only, and `chunks` is borrowed mutably for the whole call.
                 let k = unsafe { &mut *kept.ptr().add(r0 / chunk_rows) };
@@ -1795,10 +1804,10 @@ impl<T: Real> Model<T> {
             Some(ff) => {
                 // The factored fields' row gradients and W columns from the per-id sums,
                 // the other fields' row gradients from ∂L/∂x_rest.
-                let du0 = &b.du0[..bsz * ff.table_width()];
                 let dx_rest = &b.dx[..bsz * ff.k_rest()];
                 let rg = &mut row_grads[rg_emb.clone()];
-                ff.backward_fields(experts, embedding, du0, dx_rest, idx, ps, rg);
+                let nc = b.n_chunks;
+                ff.backward_fields(experts, embedding, &mut b.gpart, nc, dx_rest, idx, ps, rg);
             }
             None if emb_alongside => {}
             None => embedding.backward(
@@ -1885,7 +1894,9 @@ impl<T: Real> Model<T> {
         // PEPNet: the forward ran EPNet's first layer by field.
         let epnet_fields = b.factored && b.gatenu_w1.first().is_some_and(|s| s.fields.is_some());
         let xw = fac.map_or(dx, |f| f.k_rest());
-        let duw = fac.map_or(0, |f| f.table_width());
+        let plen = fac.map_or(0, |f| f.partial_len());
+        assert!(b.gpart.len() >= n_chunks * plen);
+        let gpart = SendPtr(b.gpart.as_mut_ptr());
         let x = &b.x[..bsz * xw];
         let xb = &b.xb[..bsz * xbd];
         let g: &[T] = if rq.is_some() { &b.g[..bsz * gz] } else { xb };
@@ -1927,10 +1938,13 @@ impl<T: Real> Model<T> {
                 (&mut b.dx[..bsz * xw], xw),
                 (&mut b.dg[..bsz * gz], gz),
                 (dxbq, if rq.is_some() { xbd } else { 0 }),
-                (&mut b.du0[..bsz * duw], duw),
             ];
             run_chunks(chunks, chunk_rows, 0, bsz, arrays, &|r0, rows, c, a| {
-                let [(dxr, _), (dgr, _), (dxbr, _), (du0r, _)] = a;
+                let [(dxr, _), (dgr, _), (dxbr, _)] = a;
+                // SAFETY: as in `forward_impl`: chunk r0 / chunk_rows's own block.
+                let part = unsafe {
+                    std::slice::from_raw_parts_mut(gpart.ptr().add(r0 / chunk_rows * plen), plen)
+                };
                 let xr = &x[r0 * xw..(r0 + rows) * xw];
                 let gr = &g[r0 * gz..(r0 + rows) * gz];
                 let xbr = &xb[r0 * xbd..(r0 + rows) * xbd];
@@ -1951,7 +1965,7 @@ impl<T: Real> Model<T> {
                         dxb: dxbr,
                         splits,
                         fac: fac.map(|f| (f, r0)),
-                        du0: du0r,
+                        part,
                         epnet_r0: epnet_fields.then_some(r0),
                     };
                     chunk_backward(&net, psr, c, bufs, dl, rows, bsz, alpha);
@@ -2202,9 +2216,10 @@ struct ChunkIo<'a, T> {
     /// PEPNet's GateNU first-layer weights split by input columns (empty otherwise).
     splits: &'a [SplitW1<T>],
     /// MMoE factored first layer and the chunk's first row: x and dx are then x_rest and
-    /// its gradient, and `du0` receives the experts' layer-0 gradients `[rows, n_exp·d0]`.
+    /// its gradient, and `part` (the chunk's block of [`FieldFactoring::partial_len`])
+    /// receives the per-id sums of the experts' layer-0 gradients.
     fac: Option<(&'a FieldFactoring<T>, usize)>,
-    du0: &'a mut [T],
+    part: &'a mut [T],
     /// As [`ForwardMode::epnet_r0`], the same as in the chunk's forward.
     epnet_r0: Option<usize>,
 }
@@ -2233,7 +2248,7 @@ fn chunk_backward<T: Real>(
         dxb,
         splits,
         fac,
-        du0,
+        part,
         epnet_r0,
     } = io;
     let Chunk {
@@ -2337,7 +2352,7 @@ fn chunk_backward<T: Real>(
             let per_expert = net.experts.iter().zip(b.experts.iter_mut()).zip(&b.dexp);
             for (ei, ((m, ec), de)) in per_expert.enumerate() {
                 let de = &de[..bsz * h];
-                let Some((ff, _)) = fac else {
+                let Some((ff, r0)) = fac else {
                     m.backward(Some(&mut *dxv), ec, ps, de, x, bsz);
                     continue;
                 };
@@ -2353,7 +2368,7 @@ fn chunk_backward<T: Real>(
                 };
                 relu_backward(&mut dpre[..bsz * d0], dh0, &hs[0][..bsz * d0]);
                 let (dp, fdw) = (&dpre[..bsz * d0], &mut b.fdw);
-                ff.layer0_backward(ei, m, ps, dp, x, dxv, ei == 0, fdw, du0, bsz);
+                ff.layer0_backward(ei, m, ps, dp, x, dxv, ei == 0, fdw, part, r0, bsz);
             }
             laps.lap(profile, Phase::Backbone);
         }
