@@ -235,7 +235,8 @@ fn setup(
 /// - `infer N` → the same for `N` inference forwards ([`Model::infer`]) on training batches;
 /// - `ab N SWITCH` → `{"op":"ab","switch":S,"off_s":[…],"on_s":[…]}`: `N` training steps
 ///   with the model switch `SWITCH` (`lanes`: [`Model::set_training_lanes`], `factoring`:
-///   [`Model::set_field_factoring`], `distinct`: [`Model::set_distinct_keys`]) off and on
+///   [`Model::set_field_factoring`], `distinct`: [`Model::set_distinct_keys`], `awake`:
+///   [`hmdn_kernels::par::set_keep_workers_awake`]) off and on
 ///   in turn, step by step, each timed, the switch left on afterwards. Steps a few
 ///   milliseconds apart see the same host speed, so their medians compare two engine
 ///   variants far more finely than separate runs can (an in-process A/B).
@@ -273,14 +274,14 @@ pub fn serve(
             [] => continue,
             ["quit"] => break,
             [op @ ("train" | "infer"), n] => n.parse::<usize>().ok().map(|n| (*op, n, None)),
-            ["ab", n, switch @ ("lanes" | "factoring" | "distinct")] => {
+            ["ab", n, switch @ ("lanes" | "factoring" | "distinct" | "awake")] => {
                 n.parse::<usize>().ok().map(|n| ("ab", n, Some(*switch)))
             }
             _ => None,
         };
         let Some((op, n, switch)) = request else {
             let msg = format!(
-                "line {}: expected `train N`, `infer N`, `ab N lanes|factoring|distinct` or \
+                "line {}: expected `train N`, `infer N`, `ab N lanes|factoring|distinct|awake` or \
                  `quit`",
                 no + 1
             );
@@ -292,6 +293,7 @@ pub fn serve(
             let set = |m: &mut Model<f32>, on: bool| match switch {
                 "lanes" => m.set_training_lanes(on),
                 "factoring" => m.set_field_factoring(on),
+                "awake" => hmdn_kernels::par::set_keep_workers_awake(on),
                 _ => m.set_distinct_keys(on),
             };
             let (mut off_s, mut on_s) = (Vec::with_capacity(n), Vec::with_capacity(n));

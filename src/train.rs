@@ -36,22 +36,26 @@ pub fn train_step<T: Real>(
     opt: &mut Optimizer<T>,
     batch: &Batch,
 ) -> Result<LossParts<T>> {
-    // Forward and backward in one pass over the row chunks; a non-finite loss stops before
-    // the optimiser touches the weights.
-    let loss = model.forward_backward(batch);
-    if !loss.total.is_finite() {
-        return Err(Error::Diverged {
-            step: opt.step + 1,
-            what: format!("loss = {} (task {}, rq {})", loss.total, loss.task, loss.rq),
+    // The whole step is a chain of short parallel sections: the other workers poll for
+    // them instead of sleeping in between (see `keep_workers_awake`).
+    hmdn_kernels::par::keep_workers_awake(|| {
+        // Forward and backward in one pass over the row chunks; a non-finite loss stops
+        // before the optimiser touches the weights.
+        let loss = model.forward_backward(batch);
+        if !loss.total.is_finite() {
+            return Err(Error::Diverged {
+                step: opt.step + 1,
+                what: format!("loss = {} (task {}, rq {})", loss.total, loss.task, loss.rq),
+            });
+        }
+        let (params, row_grads) = model.params_and_row_grads();
+        opt.step(params, row_grads, |r| SparseRows {
+            table: r.table,
+            rows: &r.rows,
+            grad: &r.grad,
         });
-    }
-    let (params, row_grads) = model.params_and_row_grads();
-    opt.step(params, row_grads, |r| SparseRows {
-        table: r.table,
-        rows: &r.rows,
-        grad: &r.grad,
-    });
-    Ok(loss)
+        Ok(loss)
+    })
 }
 
 /// Settings of the training loop (`[train]` in a config file).

@@ -44,10 +44,10 @@ fn serve_answers_each_request_with_its_step_times() {
 
 #[test]
 fn serve_ab_alternates_a_switch_step_by_step() {
-    let input = "ab 5 lanes\nab 4 factoring\nab 2 sideways\nab 2 distinct\n";
+    let input = "ab 5 lanes\nab 4 factoring\nab 2 sideways\nab 2 distinct\nab 3 awake\n";
     let lines = replies(ModelKind::HmdnMmoe, input);
-    // ready, three A/B replies, one error for the unknown switch.
-    assert_eq!(lines.len(), 5, "{lines:?}");
+    // ready, four A/B replies, one error for the unknown switch.
+    assert_eq!(lines.len(), 6, "{lines:?}");
     let count = |v: &serde_json::Value, key: &str| v[key].as_array().expect(key).len();
     assert_eq!(lines[1]["op"], "ab");
     assert_eq!(lines[1]["switch"], "lanes");
@@ -63,4 +63,9 @@ fn serve_ab_alternates_a_switch_step_by_step() {
     );
     assert!(lines[3]["error"].as_str().unwrap().starts_with("line 3:"));
     assert_eq!(lines[4]["switch"], "distinct");
+    assert_eq!(lines[5]["switch"], "awake");
+    assert_eq!(
+        (count(&lines[5], "off_s"), count(&lines[5], "on_s")),
+        (2, 1)
+    );
 }

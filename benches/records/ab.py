@@ -27,7 +27,7 @@ def main():
     ap.add_argument("--model", default="hmdn-pepnet")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--switch", default="lanes", choices=["lanes", "factoring", "distinct"])
+    ap.add_argument("--switch", default="lanes", choices=["lanes", "factoring", "distinct", "awake"])
     ap.add_argument("--steps", type=int, default=60, help="steps per round (both halves)")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
