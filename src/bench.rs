@@ -239,7 +239,8 @@ fn setup(
 ///   [`hmdn_kernels::par::set_keep_workers_awake`]) off and on
 ///   in turn, step by step, each timed, the switch left on afterwards. Steps a few
 ///   milliseconds apart see the same host speed, so their medians compare two engine
-///   variants far more finely than separate runs can (an in-process A/B).
+///   variants far more finely than separate runs can (an in-process A/B);
+/// - `ab-infer N SWITCH` → the same with inference forwards instead of training steps.
 ///
 /// A line it cannot read gets `{"error":"line L: …"}` and the loop goes on. This lets a
 /// driver (`benches/records/paired.py`) alternate short bursts of hmdn-cpu and PyTorch steps,
@@ -274,15 +275,15 @@ pub fn serve(
             [] => continue,
             ["quit"] => break,
             [op @ ("train" | "infer"), n] => n.parse::<usize>().ok().map(|n| (*op, n, None)),
-            ["ab", n, switch @ ("lanes" | "factoring" | "distinct" | "awake")] => {
-                n.parse::<usize>().ok().map(|n| ("ab", n, Some(*switch)))
+            [op @ ("ab" | "ab-infer"), n, switch @ ("lanes" | "factoring" | "distinct" | "awake")] => {
+                n.parse::<usize>().ok().map(|n| (*op, n, Some(*switch)))
             }
             _ => None,
         };
         let Some((op, n, switch)) = request else {
             let msg = format!(
-                "line {}: expected `train N`, `infer N`, `ab N lanes|factoring|distinct|awake` or \
-                 `quit`",
+                "line {}: expected `train N`, `infer N`, `ab N SWITCH`, `ab-infer N SWITCH` (SWITCH: \
+                 lanes, factoring, distinct or awake) or `quit`",
                 no + 1
             );
             writeln!(out, "{}", serde_json::json!({ "error": msg })).map_err(io)?;
@@ -301,7 +302,11 @@ pub fn serve(
                 let on = i % 2 == 1;
                 set(&mut m, on);
                 let t0 = Instant::now();
-                train_step(&mut m, &mut opt, &data.get(k))?;
+                if op == "ab" {
+                    train_step(&mut m, &mut opt, &data.get(k))?;
+                } else {
+                    m.infer(&data.get(k));
+                }
                 let dt = t0.elapsed().as_secs_f64();
                 if on {
                     on_s.push(dt);
@@ -312,7 +317,7 @@ pub fn serve(
             }
             set(&mut m, true);
             let reply = serde_json::json!({
-                "op": "ab", "batch": batch, "switch": switch, "off_s": off_s, "on_s": on_s,
+                "op": op, "batch": batch, "switch": switch, "off_s": off_s, "on_s": on_s,
             });
             writeln!(out, "{reply}").map_err(io)?;
             out.flush().map_err(io)?;

@@ -7,10 +7,11 @@ their ratio (on / off), then the median ratio over the rounds.
 Usage (after `cargo build --release`):
 
     python3 benches/records/ab.py --model hmdn-pepnet --batch 4096 --switch lanes \\
-        [--threads 2] [--steps 60] [--rounds 5]
+        [--threads 2] [--steps 60] [--rounds 5] [--infer]
 
 Switches: `lanes` (Model::set_training_lanes), `factoring` (Model::set_field_factoring),
-`distinct` (Model::set_distinct_keys).
+`distinct` (Model::set_distinct_keys), `awake` (hmdn_kernels::par::set_keep_workers_awake).
+With --infer the steps are inference forwards (`ab-infer N SWITCH`).
 """
 
 import argparse
@@ -28,11 +29,13 @@ def main():
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--switch", default="lanes", choices=["lanes", "factoring", "distinct", "awake"])
+    ap.add_argument("--infer", action="store_true", help="time inference forwards, not training steps")
     ap.add_argument("--steps", type=int, default=60, help="steps per round (both halves)")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     binary = os.path.join(ROOT, "target", "release", "hmdn-cpu")
-    requests = "".join(f"ab {args.steps} {args.switch}\n" for _ in range(args.rounds)) + "quit\n"
+    op = "ab-infer" if args.infer else "ab"
+    requests = "".join(f"{op} {args.steps} {args.switch}\n" for _ in range(args.rounds)) + "quit\n"
     run = subprocess.run(
         [binary, "bench", "--serve", "--model", args.model, "--batch", str(args.batch),
          "--threads", str(args.threads)],
@@ -40,7 +43,7 @@ def main():
     ratios = []
     for line in run.stdout.splitlines():
         reply = json.loads(line)
-        if reply.get("op") != "ab":
+        if reply.get("op") != op:
             continue
         off = args.batch / statistics.median(reply["off_s"])
         on = args.batch / statistics.median(reply["on_s"])

@@ -1266,15 +1266,18 @@ impl<T: Real> Model<T> {
     /// As [`Model::forward`].
     #[track_caller]
     pub fn infer(&mut self, batch: &Batch) {
-        self.forward_impl(
-            &Batch {
-                labels: &[],
-                ..*batch
-            },
-            false,
-            true,
-            false,
-        );
+        // Short parallel sections: see `keep_workers_awake`.
+        hmdn_kernels::par::keep_workers_awake(|| {
+            self.forward_impl(
+                &Batch {
+                    labels: &[],
+                    ..*batch
+                },
+                false,
+                true,
+                false,
+            )
+        });
     }
 
     /// [`Model::infer`] keeping every row chunk's caches of the batch, for what reads them
