@@ -477,7 +477,12 @@ impl<T: Real> SplitW1<T> {
             g.copy_from_slice(&row[..gz]);
             x.copy_from_slice(&row[gz..]);
         }
-        if T::NAME == "f32" {
+        // A factored forward multiplies only W1_x's rest columns (packed by the FieldSplit):
+        // the whole W1_x is packed only for an unfactored one (without a pack, `packed`
+        // says so and the forward's GEMM reads W1_x as it is).
+        let factored = fields && self.fields.is_some();
+        self.path = None;
+        if T::NAME == "f32" && !factored {
             let path = hmdn_kernels::simd_path();
             self.w1x_packed.resize(packed_b_len(h, dx, path), 0.0);
             pack_b_for(&mut self.w1x_packed, h, dx, &self.w1x, Trans::T, path);

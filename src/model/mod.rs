@@ -1437,9 +1437,43 @@ impl<T: Real> Model<T> {
         let (embedding, dist_embedding) = (&*embedding, dist_embedding.as_ref());
         // MMoE: the experts' first layer factored over the batch's distinct ids of its
         // low-cardinality fields; x then holds only the other fields' columns (x_rest).
+        //
+        // The quantizer runs once per distinct distribution key of the batch, when they are
+        // few (the chunks then copy each row's results); not in a frozen pass, which reuses
+        // every chunk's stored codes and sg(·) values. Without a profile to attribute their
+        // time, it runs alongside the factored layer's preparation (both read only the
+        // weights and the indices, and write their own buffers): the preparation's two
+        // halves are uneven, and the quantizer fills the gap.
+        let want_distinct = rq.is_some() && dist_embedding.is_some() && !*frozen && !b.distinct_off;
+        let want_factor = !b.factor_off;
+        let prep_together = profile.is_none()
+            && want_distinct
+            && want_factor
+            && b.factor.is_some()
+            && b.distinct.is_some()
+            && bsz >= embedding::PAR_MIN_ROWS
+            && hmdn_kernels::par::threads() > 1;
+        let quantize = |dk: &mut DistinctKeys<T>, splits: &[SplitW1<T>]| -> Option<usize> {
+            let (q, de) = (rq.as_ref()?, dist_embedding?);
+            let n_u = dk.assign(idx, bsz)?;
+            dk.quantize(q, de, idx, bsz, n_u, ps, losses, gates, splits);
+            Some(n_u)
+        };
+        let mut quantized: Option<Option<usize>> = None;
         let fac: Option<&FieldFactoring<T>> = match b.factor.as_mut() {
-            Some(ff) if !b.factor_off => {
-                let on = ff.prepare(embedding, experts, idx, bsz, ps);
+            Some(ff) if want_factor => {
+                let on = match b.distinct.as_mut() {
+                    Some(dk) if prep_together => {
+                        let splits = &b.gatenu_w1;
+                        let (on, n_u) = rayon::join(
+                            || ff.prepare(embedding, experts, idx, bsz, ps),
+                            || quantize(dk, splits),
+                        );
+                        quantized = Some(n_u);
+                        on
+                    }
+                    _ => ff.prepare(embedding, experts, idx, bsz, ps),
+                };
                 on.then_some(&*ff)
             }
             _ => None,
@@ -1492,18 +1526,14 @@ impl<T: Real> Model<T> {
             }
             None => &[],
         };
-        // The quantizer once per distinct distribution key of the batch, when they are few;
-        // the chunks copy each row's results. Not in a frozen pass, which reuses every
-        // chunk's stored codes and sg(·) values.
-        let distinct = match (rq.as_ref(), dist_embedding, b.distinct.as_mut()) {
-            (Some(q), Some(de), Some(dk)) if !*frozen && !b.distinct_off => {
-                match dk.assign(idx, bsz) {
-                    Some(n_u) => {
-                        dk.quantize(q, de, idx, bsz, n_u, ps, losses, gates, &b.gatenu_w1);
-                        Some(&*dk)
-                    }
-                    None => None,
-                }
+        // The quantizer on the distinct keys (see above), if it did not run already.
+        let distinct = match b.distinct.as_mut() {
+            Some(dk) if want_distinct => {
+                let n_u = match quantized {
+                    Some(n_u) => n_u,
+                    None => quantize(dk, &b.gatenu_w1),
+                };
+                n_u.map(|_| &*dk)
             }
             _ => None,
         };
