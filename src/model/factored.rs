@@ -608,6 +608,23 @@ impl<T: Real> FieldFactoring<T> {
         ps: &mut ParamStore<T>,
         row_grads: &mut [RowGrad<T>],
     ) {
+        self.field_row_grads(embedding, parts, n_chunks, dx_rest, idx, row_grads);
+        self.add_field_weight_grads(experts, ps);
+    }
+
+    /// [`FieldFactoring::backward_fields`] without its last part
+    /// ([`FieldFactoring::add_field_weight_grads`]): the per-id sums, every field's row
+    /// gradients and the factored columns' `dW_f` in scratch. It does not touch the
+    /// parameters, so the model sums the chunks' gradient arenas alongside.
+    pub fn field_row_grads(
+        &mut self,
+        embedding: &MultiEmbedding,
+        parts: &mut [T],
+        n_chunks: usize,
+        dx_rest: &[T],
+        idx: &[u32],
+        row_grads: &mut [RowGrad<T>],
+    ) {
         let (bsz, e, d0, w) = (self.bsz, self.e, self.d0, self.table_width());
         let (active, off) = (&self.active, &self.off);
         let tab = self.tab_rows * d0;
@@ -695,6 +712,13 @@ impl<T: Real> FieldFactoring<T> {
         } else {
             row_grads.iter_mut().enumerate().for_each(per_field);
         }
+    }
+
+    /// `dW_f` of every factored field (from [`FieldFactoring::field_row_grads`]) added into
+    /// every expert's first-layer weight gradient in `ps`.
+    pub fn add_field_weight_grads(&self, experts: &[Mlp], ps: &mut ParamStore<T>) {
+        let (e, d0, w) = (self.e, self.d0, self.table_width());
+        let active = &self.active;
         let d_in = self.d_in;
         for (ei, m) in experts.iter().enumerate() {
             let r = ps.range(m.layers[0].w);

@@ -1779,6 +1779,13 @@ impl<T: Real> Model<T> {
             && !shared_xb
             && bsz >= embedding::PAR_MIN_ROWS
             && hmdn_kernels::par::threads() > 1;
+        // The factored layer's row gradients do not touch the parameters: with nothing else
+        // adding into the dense gradients in between (no wide part), the chunk arenas are
+        // summed alongside them below (the same additions in the same order).
+        let sum_alongside_fields = factored
+            && wide.is_none()
+            && bsz >= embedding::PAR_MIN_ROWS
+            && hmdn_kernels::par::threads() > 1;
         if emb_alongside {
             let rg = &mut row_grads[rg_emb.clone()];
             let (dxs, idx) = (&b.dx[..bsz * dx], &b.idx[..nf * bsz]);
@@ -1788,7 +1795,7 @@ impl<T: Real> Model<T> {
                 || embedding.backward(rg, dxs, dx, 0, idx, bsz),
             );
             laps.lap(profile, Phase::Embeddings);
-        } else {
+        } else if !sum_alongside_fields {
             sum_chunk_grads(&mut ps.grads[dense_base..], &mut b.chunks[..b.n_chunks]);
             laps.lap(profile, Phase::Other);
         }
@@ -1840,7 +1847,20 @@ impl<T: Real> Model<T> {
                 let dx_rest = &b.dx[..bsz * ff.k_rest()];
                 let rg = &mut row_grads[rg_emb.clone()];
                 let nc = b.n_chunks;
-                ff.backward_fields(experts, embedding, &mut b.gpart, nc, dx_rest, idx, ps, rg);
+                if sum_alongside_fields {
+                    let (grads, chunks, gpart) = (
+                        &mut ps.grads[dense_base..],
+                        &mut b.chunks[..nc],
+                        &mut b.gpart,
+                    );
+                    rayon::join(
+                        || sum_chunk_grads(grads, chunks),
+                        || ff.field_row_grads(embedding, gpart, nc, dx_rest, idx, rg),
+                    );
+                    ff.add_field_weight_grads(experts, ps);
+                } else {
+                    ff.backward_fields(experts, embedding, &mut b.gpart, nc, dx_rest, idx, ps, rg);
+                }
             }
             None if emb_alongside => {}
             None => embedding.backward(
