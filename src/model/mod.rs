@@ -289,6 +289,16 @@ impl<T> SendPtr<T> {
     fn ptr(self) -> *mut T {
         self.0
     }
+
+    /// Block `i` of `len` elements of the array this points into.
+    ///
+    /// # Safety
+    /// The block lies inside the array, which outlives `'a`, and no one else touches it
+    /// meanwhile (each chunk's block goes to the one thread running that chunk).
+    unsafe fn block<'a>(self, i: usize, len: usize) -> &'a mut [T] {
+        // SAFETY: as the caller guarantees.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(i * len), len) }
+    }
 }
 // SAFETY: only used by `run_lanes` and its callers, which give each row range (each chunk) to
 // exactly one thread.
@@ -875,7 +885,7 @@ impl<T: Real> Model<T> {
         }
         if let Some(ff) = &mut b.factor {
             ff.ensure_batch(bsz);
-            grow(&mut b.gpart, chunk_capacity(bsz).1 * ff.partial_len());
+            grow(&mut b.gpart, n * ff.partial_len());
         }
         if let (Some(dk), Some(q)) = (&mut b.distinct, &self.rq) {
             let hidden: Vec<usize> = self
@@ -1601,9 +1611,7 @@ impl<T: Real> Model<T> {
                 a;
             // SAFETY: chunk r0 / chunk_rows (< n_chunks) is run once, and its block is
             // inside `gpart` (asserted above), which is not touched otherwise meanwhile.
-            let part = unsafe {
-                std::slice::from_raw_parts_mut(gpart.ptr().add(r0 / chunk_rows * plen), plen)
-            };
+            let part = unsafe { gpart.block(r0 / chunk_rows, plen) };
             let dr = if dom.is_empty() {
                 dom
             } else {
@@ -1775,17 +1783,12 @@ impl<T: Real> Model<T> {
         // of the chunk arenas, which is short and memory-bound.
         let factored = b.factor.is_some() && b.factored;
         let shared_xb = dist_embedding.is_some() && cfg.share_dist_embeddings;
-        let emb_alongside = !factored
-            && !shared_xb
-            && bsz >= embedding::PAR_MIN_ROWS
-            && hmdn_kernels::par::threads() > 1;
+        let par = bsz >= embedding::PAR_MIN_ROWS && hmdn_kernels::par::threads() > 1;
+        let emb_alongside = par && !factored && !shared_xb;
         // The factored layer's row gradients do not touch the parameters: with nothing else
         // adding into the dense gradients in between (no wide part), the chunk arenas are
         // summed alongside them below (the same additions in the same order).
-        let sum_alongside_fields = factored
-            && wide.is_none()
-            && bsz >= embedding::PAR_MIN_ROWS
-            && hmdn_kernels::par::threads() > 1;
+        let sum_alongside_fields = par && factored && wide.is_none();
         if emb_alongside {
             let rg = &mut row_grads[rg_emb.clone()];
             let (dxs, idx) = (&b.dx[..bsz * dx], &b.idx[..nf * bsz]);
@@ -1995,9 +1998,7 @@ impl<T: Real> Model<T> {
             run_chunks(chunks, chunk_rows, 0, bsz, arrays, &|r0, rows, c, a| {
                 let [(dxr, _), (dgr, _), (dxbr, _)] = a;
                 // SAFETY: as in `forward_impl`: chunk r0 / chunk_rows's own block.
-                let part = unsafe {
-                    std::slice::from_raw_parts_mut(gpart.ptr().add(r0 / chunk_rows * plen), plen)
-                };
+                let part = unsafe { gpart.block(r0 / chunk_rows, plen) };
                 let xr = &x[r0 * xw..(r0 + rows) * xw];
                 let gr = &g[r0 * gz..(r0 + rows) * gz];
                 let xbr = &xb[r0 * xbd..(r0 + rows) * xbd];
