@@ -241,11 +241,11 @@ impl<T: Real> Optimizer<T> {
 /// `n` zeros written one by one. `vec![0.0; n]` would get zeroed pages from the OS that are
 /// mapped on first write — and lazy Adam first writes a table row's moments in whichever
 /// step first sees that row, so training would page-fault (and flush TLBs) for hundreds of
-/// steps. Writing them here moves that cost to start-up.
+/// steps. Writing them here moves that cost to start-up. The buffer is advised for huge
+/// pages first ([`hmdn_kernels::mem`]): lazy Adam reads and writes the moments of rows
+/// spread over the whole tables.
 fn written_zeros<T: Real>(n: usize) -> Vec<T> {
-    let mut v = Vec::with_capacity(n);
-    v.extend((0..n).map(|_| std::hint::black_box(T::ZERO)));
-    v
+    hmdn_kernels::mem::huge_page_vec(n, T::ZERO)
 }
 
 /// Lazy Adam on every table of `sparse` (ascending, disjoint arena ranges), in parallel:

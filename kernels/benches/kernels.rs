@@ -231,6 +231,32 @@ fn bench_embed(c: &mut Criterion) {
             }
         })
     });
+    // A factored MMoE expert's first layer on one 512-row chunk: each row adds its 12 small
+    // fields' per-id terms (tables of the batch's distinct ids, 128 wide) to the rest GEMM's
+    // output, then bias and ReLU (`model::factored`).
+    let (rows_c, k, w, tab_rows) = (512usize, 12usize, 128usize, 420usize);
+    let table = rand_vec(&mut rng, tab_rows * w);
+    let bias = rand_vec(&mut rng, w);
+    let row_idx: Vec<u32> = (0..rows_c * k)
+        .map(|_| rng.gen_range(0..tab_rows as u32))
+        .collect();
+    // Each call adds onto the last one's output (bias and ReLU keep the values finite for
+    // the few thousand calls a measurement makes).
+    let mut u = rand_vec(&mut rng, rows_c * w);
+    g.throughput(Throughput::Elements(rows_c as u64));
+    g.bench_function("add_rows_indexed_bias_relu/B512/k12/w128", |bch| {
+        bch.iter(|| embed::add_rows_indexed_bias_relu(&mut u, &table, &row_idx, k, &bias))
+    });
+    g.bench_function(
+        "add_rows_indexed_bias_relu_reference/B512/k12/w128",
+        |bch| {
+            bch.iter(|| {
+                hmdn_kernels::reference::add_rows_indexed_bias_relu(
+                    &mut u, w, &table, &row_idx, k, &bias,
+                )
+            })
+        },
+    );
     g.finish();
 }
 

@@ -24,6 +24,7 @@ mod cast;
 pub mod embed;
 pub mod gemm;
 pub mod loss;
+pub mod mem;
 pub mod optim;
 pub mod par;
 pub mod real;

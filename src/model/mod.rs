@@ -789,6 +789,10 @@ impl<T: Real> Model<T> {
             .as_ref()
             .filter(|_| cfg.rq.dead_code_restart_steps > 0)
             .map(|q| q.dead_codes());
+        // The values, moved to a buffer advised for huge pages before it is written: the
+        // embedding tables (most of it) are read and updated at random rows
+        // ([`hmdn_kernels::mem`]). Same contents.
+        ps.values = hmdn_kernels::mem::huge_page_copy(&ps.values);
         Ok(Model {
             cfg: cfg.clone(),
             params: ps,

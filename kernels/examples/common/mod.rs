@@ -1,4 +1,4 @@
-//! Shared by the measuring examples (`probe`, `chunk_gemms`, `expert_sequence`,
+//! Shared by the measuring examples (`probe`, `chunk_gemms`, `expert_sequence`, `huge_pages`,
 //! `gather_order`, `argmin_rq`); a directory without `main.rs`, so Cargo does not build it as
 //! an example of its own.
 
