@@ -12,10 +12,7 @@ use hmdn_kernels::embed::gather_fields;
 use hmdn_kernels::mem::huge_page_copy;
 use std::time::Instant;
 
-const VOCABS: [usize; 23] = [
-    238635, 467298, 9, 14, 3, 8, 4, 4, 3, 5, 100000, 50000, 20000, 10000, 5000, 1000, 1000, 1000,
-    500, 200, 100, 50, 20,
-];
+const VOCABS: [usize; 23] = common::ALICCP_VOCABS;
 const E: usize = 16;
 
 fn main() {
@@ -36,24 +33,7 @@ fn main() {
     // `always`.
     let plain: Vec<f32> = (0..total).map(|i| (i % 97) as f32).collect();
     let huge = huge_page_copy(&plain);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let batches: Vec<Vec<u32>> = (0..64)
-        .map(|_| {
-            let mut idx = vec![0u32; nf * b];
-            for (f, &v) in VOCABS.iter().enumerate() {
-                for i in &mut idx[f * b..(f + 1) * b] {
-                    *i = (next() % v as u64) as u32;
-                }
-            }
-            idx
-        })
-        .collect();
+    let batches = common::random_batches(&VOCABS, 64, b);
     let mut x = vec![0.0f32; b * stride];
     let mut y = vec![0.0f32; b * stride];
     let (mut t_plain, mut t_huge) = (Vec::new(), Vec::new());

@@ -33,3 +33,32 @@ pub fn env_usize(key: &str, default: usize) -> usize {
             .unwrap_or_else(|_| panic!("{key}={s} is not a number"))
     })
 }
+
+/// The aliccp-shape vocabulary sizes of the 23 categorical fields (the reference workload).
+pub const ALICCP_VOCABS: [usize; 23] = [
+    238635, 467298, 9, 14, 3, 8, 4, 4, 3, 5, 100000, 50000, 20000, 10000, 5000, 1000, 1000, 1000,
+    500, 200, 100, 50, 20,
+];
+
+/// `n` batches of `b` rows of uniform random ids (xorshift, fixed seed) for the fields of
+/// `vocabs`, each field-major (`[F, b]`) as the model stores them.
+pub fn random_batches(vocabs: &[usize], n: usize, b: usize) -> Vec<Vec<u32>> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..n)
+        .map(|_| {
+            let mut idx = vec![0u32; vocabs.len() * b];
+            for (f, &v) in vocabs.iter().enumerate() {
+                for i in &mut idx[f * b..(f + 1) * b] {
+                    *i = (next() % v as u64) as u32;
+                }
+            }
+            idx
+        })
+        .collect()
+}
