@@ -150,7 +150,7 @@ pub fn weights_to_bytes<T: Real>(ps: &ParamStore<T>) -> Result<Vec<u8>> {
             (
                 s.name.clone(),
                 s.shape.clone(),
-                to_f32_bytes(&ps.values[s.range()]),
+                to_f32_bytes(&ps.values()[s.range()]),
             )
         })
         .collect();
@@ -190,7 +190,7 @@ pub fn assign_params<T: Real>(
                 t.shape, shape
             )));
         }
-        for (dst, &src) in ps.values[range].iter_mut().zip(&t.data) {
+        for (dst, &src) in ps.values_mut()[range].iter_mut().zip(&t.data) {
             *dst = T::from_f64(src);
         }
     }

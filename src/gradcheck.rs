@@ -317,7 +317,7 @@ pub fn check_model_with<T: Real>(
         let mut st = CoordStats::default();
         'coords: for &j in &coords {
             let i = spec.offset + j;
-            let orig = model.params.values[i];
+            let orig = model.params.values()[i];
             // Antisymmetric differences d_k = (L(x + s_k) − L(x − s_k)) / 2 at
             // s_k = h·k/STENCIL_PAIRS, with the steps actually taken after rounding to T.
             let mut d = [0.0f64; STENCIL_PAIRS];
@@ -328,12 +328,12 @@ pub fn check_model_with<T: Real>(
                 let mut taken = [0.0f64; 2];
                 for (side, sign) in [1.0, -1.0].into_iter().enumerate() {
                     let v = T::from_f64(orig.to_f64() + sign * s);
-                    model.params.values[i] = v;
+                    model.params.values_mut()[i] = v;
                     l[side] = model.forward(batch).total.to_f64();
                     taken[side] = v.to_f64() - orig.to_f64();
                     model.relu_pattern(&mut pattern);
                     if pattern != pattern0 {
-                        model.params.values[i] = orig;
+                        model.params.values_mut()[i] = orig;
                         st.skipped += 1;
                         continue 'coords;
                     }
@@ -343,7 +343,7 @@ pub fn check_model_with<T: Real>(
                 d[k] = (l[0] - l[1]) / 2.0;
                 t[k] = sk / h;
             }
-            model.params.values[i] = orig;
+            model.params.values_mut()[i] = orig;
             let num = odd_poly_slope(&d, &t) / h;
             let a = analytic[i];
             st.max_abs = st.max_abs.max((a - num).abs());

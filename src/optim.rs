@@ -120,17 +120,21 @@ impl<T: Real> Optimizer<T> {
         // bound by memory bandwidth, runs alongside the tables' lazy Adam, bound by the
         // latency of their scattered rows. Every element gets the same update either way.
         let dt = ps.dense_tail();
-        let tail_only = ps
-            .specs
+        let crate::params::ParamParts {
+            specs,
+            values,
+            grads,
+        } = ps.parts_mut();
+        let tail_only = specs
             .iter()
             .all(|s| (s.kind == ParamKind::Dense) == (s.offset >= dt));
         if lazy_par && tail_only {
-            let first = ps.specs[view(&sparse[0]).table.0].offset;
-            let (vt, vd) = ps.values.split_at_mut(dt);
+            let first = specs[view(&sparse[0]).table.0].offset;
+            let (vt, vd) = values.split_at_mut(dt);
             let (mt, md) = self.m.split_at_mut(dt);
             let (wt, wd) = self.v.split_at_mut(dt);
-            let gd = &ps.grads[dt..];
-            let (specs, l2) = (&ps.specs, self.cfg.embedding_l2);
+            let gd = &grads[dt..];
+            let l2 = self.cfg.embedding_l2;
             rayon::join(
                 || adam_step(vd, gd, md, wd, &h, t),
                 || {
@@ -146,15 +150,15 @@ impl<T: Real> Optimizer<T> {
         let mut run: Option<std::ops::Range<usize>> = None;
         let mut flush = |r: std::ops::Range<usize>| {
             adam_step(
-                &mut ps.values[r.clone()],
-                &ps.grads[r.clone()],
+                &mut values[r.clone()],
+                &grads[r.clone()],
                 &mut self.m[r.clone()],
                 &mut self.v[r],
                 &h,
                 t,
             );
         };
-        for spec in &ps.specs {
+        for spec in specs {
             let r = spec.range();
             run = match (run, spec.kind == ParamKind::Dense) {
                 (Some(cur), true) if cur.end == r.start => Some(cur.start..r.end),
@@ -172,14 +176,14 @@ impl<T: Real> Optimizer<T> {
         if lazy_par {
             // Tables are disjoint ranges of the arena: update them in parallel (every row of
             // every table once, so the result does not depend on the split).
-            let first = ps.specs[view(&sparse[0]).table.0].offset;
+            let first = specs[view(&sparse[0]).table.0].offset;
             let arenas = (
-                &mut ps.values[first..],
+                &mut values[first..],
                 &mut self.m[first..],
                 &mut self.v[first..],
             );
             let l2 = self.cfg.embedding_l2;
-            lazy_tables(&ps.specs, arenas, first, sparse, &view, &h, t, l2);
+            lazy_tables(specs, arenas, first, sparse, &view, &h, t, l2);
             return;
         }
         self.sparse_serial(ps, sparse.iter().map(view), &h, t);
@@ -196,14 +200,19 @@ impl<T: Real> Optimizer<T> {
         T: 'a,
     {
         let h = *h;
+        let crate::params::ParamParts {
+            specs,
+            values,
+            grads,
+        } = ps.parts_mut();
         for s in sparse {
-            let spec = &ps.specs[s.table.0];
+            let spec = &specs[s.table.0];
             debug_assert_eq!(spec.kind, ParamKind::Embedding);
             let e = spec.shape[1];
             let r = spec.range();
             match self.cfg.embedding {
                 EmbeddingOptim::Lazy => lazy_adam_rows(
-                    &mut ps.values[r.clone()],
+                    &mut values[r.clone()],
                     &mut self.m[r.clone()],
                     &mut self.v[r],
                     e,
@@ -215,18 +224,18 @@ impl<T: Real> Optimizer<T> {
                 ),
                 EmbeddingOptim::Dense => {
                     // Densify into the table's slice of the gradient arena, then plain Adam.
-                    let g = &mut ps.grads[r.clone()];
+                    let g = &mut grads[r.clone()];
                     g.fill(T::ZERO);
                     let l2 = T::from_f64(self.cfg.embedding_l2);
                     for (j, &row) in s.rows.iter().enumerate() {
                         let base = row as usize * e;
                         for c in 0..e {
-                            g[base + c] += s.grad[j * e + c] + l2 * ps.values[r.start + base + c];
+                            g[base + c] += s.grad[j * e + c] + l2 * values[r.start + base + c];
                         }
                     }
                     adam_step(
-                        &mut ps.values[r.clone()],
-                        &ps.grads[r.clone()],
+                        &mut values[r.clone()],
+                        &grads[r.clone()],
                         &mut self.m[r.clone()],
                         &mut self.v[r],
                         &h,

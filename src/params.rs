@@ -65,8 +65,11 @@ impl ParamSpec {
 pub struct ParamStore<T> {
     /// One entry per tensor, in registration order (also the checkpoint order).
     pub specs: Vec<ParamSpec>,
-    /// Parameter values, `specs[i].range()` is tensor `i`.
-    pub values: Vec<T>,
+    /// Parameter values, `specs[i].range()` is tensor `i`. Private: every write goes through
+    /// a method that moves [`ParamStore::version`] on.
+    values: Vec<T>,
+    /// See [`ParamStore::version`].
+    version: u64,
     /// Gradients, same layout as `values`.
     pub grads: Vec<T>,
     /// f32 stores only: the weights marked with [`ParamStore::mark_packed`], each as
@@ -82,6 +85,23 @@ pub struct ParamStore<T> {
     t_path: Option<hmdn_kernels::SimdPath>,
 }
 
+/// [`ParamStore::parts_mut`]: the store's fields borrowed apart.
+#[derive(Debug)]
+pub struct ParamParts<'a, T> {
+    /// One entry per tensor.
+    pub specs: &'a [ParamSpec],
+    /// Parameter values.
+    pub values: &'a mut [T],
+    /// Gradients, same layout as `values`.
+    pub grads: &'a mut [T],
+}
+
+/// A new [`ParamStore::version`]: never the same twice in a process.
+fn next_version() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 impl<T: Real> Default for ParamStore<T> {
     fn default() -> Self {
         Self::new()
@@ -94,6 +114,7 @@ impl<T: Real> ParamStore<T> {
         ParamStore {
             specs: Vec::new(),
             values: Vec::new(),
+            version: next_version(),
             grads: Vec::new(),
             values_t: Vec::new(),
             t_offset: Vec::new(),
@@ -121,6 +142,7 @@ impl<T: Real> ParamStore<T> {
         );
         let len: usize = shape.iter().product();
         let offset = self.values.len();
+        self.version = next_version();
         match init {
             Init::Zeros => self.values.extend(std::iter::repeat_n(T::ZERO, len)),
             Init::Ones => self.values.extend(std::iter::repeat_n(T::ONE, len)),
@@ -168,10 +190,49 @@ impl<T: Real> ParamStore<T> {
         &self.values[self.range(id)]
     }
 
-    /// Mutable values of one tensor.
+    /// Mutable values of one tensor (moves [`ParamStore::version`] on).
     pub fn value_mut(&mut self, id: ParamId) -> &mut [T] {
         let r = self.range(id);
-        &mut self.values[r]
+        &mut self.values_mut()[r]
+    }
+
+    /// All values, `specs[i].range()` being tensor `i`.
+    pub fn values(&self) -> &[T] {
+        &self.values
+    }
+
+    /// All values, mutably (moves [`ParamStore::version`] on).
+    pub fn values_mut(&mut self) -> &mut [T] {
+        self.version = next_version();
+        &mut self.values
+    }
+
+    /// The specs, the values (mutably: moves [`ParamStore::version`] on) and the gradients,
+    /// borrowed apart (for an optimiser step, which reads some and writes others).
+    pub fn parts_mut(&mut self) -> ParamParts<'_, T> {
+        self.version = next_version();
+        ParamParts {
+            specs: &self.specs,
+            values: &mut self.values,
+            grads: &mut self.grads,
+        }
+    }
+
+    /// A number that changes whenever the values may have changed: every mutable access
+    /// ([`ParamStore::values_mut`], [`ParamStore::value_mut`], [`ParamStore::parts_mut`],
+    /// registering a tensor) takes a new one, from a process-wide counter, so two stores
+    /// share a version only when one is an unmodified clone of the other. What is derived
+    /// from the weights alone (packed copies, per-id tables) can be kept while it stays the
+    /// same.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Moves the values to a buffer advised for transparent huge pages before it is written
+    /// ([`hmdn_kernels::mem`]): the embedding tables, most of the values, are read and
+    /// updated at random rows. Same contents, same version.
+    pub fn use_huge_pages(&mut self) {
+        self.values = hmdn_kernels::mem::huge_page_copy(&self.values);
     }
 
     /// Gradient of one tensor.
@@ -208,6 +269,7 @@ impl<T: Real> ParamStore<T> {
                 .iter()
                 .map(|v| U::from_f64(v.to_f64()))
                 .collect(),
+            version: next_version(),
             grads: self.grads.iter().map(|v| U::from_f64(v.to_f64())).collect(),
             values_t: Vec::new(),
             t_offset: vec![usize::MAX; self.t_offset.len()],
@@ -437,5 +499,41 @@ impl<T: Real> ParamStore<T> {
             .rev()
             .find(|s| s.kind != ParamKind::Dense)
             .map_or(0, |s| s.offset + s.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn every_mutable_access_takes_a_new_version() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut ps = ParamStore::<f32>::new();
+        let w = ps.add("w", &[2, 3], ParamKind::Dense, Init::Ones, &mut rng);
+        let v0 = ps.version();
+        // Reads keep it.
+        let _ = (ps.values()[0], ps.value(w)[1], ps.grad(w)[0]);
+        assert_eq!(ps.version(), v0);
+        ps.value_mut(w)[0] = 2.0;
+        let v1 = ps.version();
+        assert_ne!(v1, v0);
+        ps.values_mut()[1] = 3.0;
+        let v2 = ps.version();
+        assert!(v2 != v1 && v2 != v0);
+        let _ = ps.parts_mut();
+        let v3 = ps.version();
+        assert!(![v0, v1, v2].contains(&v3));
+        // A clone is the same weights: the same version, until one of them changes.
+        let mut c = ps.clone();
+        assert_eq!(c.version(), v3);
+        c.values_mut()[0] = 5.0;
+        assert_ne!(c.version(), ps.version());
+        // Another store never shares a version with this one.
+        let mut other = ParamStore::<f32>::new();
+        other.add("w", &[2, 3], ParamKind::Dense, Init::Ones, &mut rng);
+        assert_ne!(other.version(), ps.version());
+        assert_ne!(ps.cast::<f64>().version(), ps.version());
     }
 }

@@ -576,9 +576,9 @@ fn check_finite(
 ) -> Result<()> {
     let ps = &model.params;
     for (what, buf) in [
-        ("the weights", &ps.values),
-        ("Adam's first moment", &opt.m),
-        ("Adam's second moment", &opt.v),
+        ("the weights", ps.values()),
+        ("Adam's first moment", &opt.m[..]),
+        ("Adam's second moment", &opt.v[..]),
     ] {
         if let Some(spec) = ps
             .specs

@@ -36,9 +36,9 @@ fn store(seed: u64, rows: usize) -> ParamStore<f32> {
         &mut rng,
     );
     // Awkward values must survive too.
-    ps.values[0] = f32::MIN_POSITIVE / 2.0; // subnormal
-    ps.values[1] = -0.0;
-    ps.values[2] = f32::MAX;
+    ps.values_mut()[0] = f32::MIN_POSITIVE / 2.0; // subnormal
+    ps.values_mut()[1] = -0.0;
+    ps.values_mut()[2] = f32::MAX;
     ps
 }
 
@@ -49,10 +49,10 @@ fn weights_round_trip_is_bit_exact() {
     let path = dir.path("weights.safetensors");
     save_weights(&path, &a).unwrap();
     let mut b = store(2, 5);
-    assert_ne!(a.values, b.values);
+    assert_ne!(a.values(), b.values());
     load_weights(&path, &mut b).unwrap();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&a.values), bits(&b.values));
+    assert_eq!(bits(a.values()), bits(b.values()));
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn optimizer_round_trip_is_bit_exact() {
     let dir = TempDir::new("ckpt-o");
     let mut ps = store(3, 5);
     let mut opt = Optimizer::new(&ps, OptimConfig::default());
-    ps.values[2] = 0.25;
+    ps.values_mut()[2] = 0.25;
     for g in ps.grads.iter_mut().enumerate() {
         *g.1 = (g.0 as f32 * 0.37).sin();
     }

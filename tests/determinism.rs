@@ -158,9 +158,9 @@ fn assert_same(case: &Case, what: &str, a: &Outcome, b: &Outcome) {
     assert_eq!(a.losses, b.losses, "{name}: losses differ ({what})");
     assert_eq!(a.adam_steps, b.adam_steps, "{name}: ({what})");
     for (arena, x, y) in [
-        ("values", &a.params.values, &b.params.values),
-        ("Adam m", &a.m, &b.m),
-        ("Adam v", &a.v, &b.v),
+        ("values", a.params.values(), b.params.values()),
+        ("Adam m", &a.m[..], &b.m[..]),
+        ("Adam v", &a.v[..], &b.v[..]),
     ] {
         let d = differing(&a.params, x, y);
         assert!(d.is_empty(), "{name}: {arena} differ ({what}): {d:?}");
@@ -174,7 +174,11 @@ fn check(case: Case) {
     let data = batches(&case.cfg);
     let reference = run(&case, &data, 1);
     let init = Model::<f32>::new(&case.cfg, SEED).expect("valid config");
-    let changed = differing(&init.params, &init.params.values, &reference.params.values);
+    let changed = differing(
+        &init.params,
+        init.params.values(),
+        reference.params.values(),
+    );
     for s in &init.params.specs {
         assert!(
             changed.iter().any(|(n, _)| *n == s.name),
@@ -314,7 +318,7 @@ fn other_data_gives_other_weights() {
         .map(|b| RandomBatch::new(&c.cfg, b.rows, &mut rng))
         .collect();
     let b = run(&c, &other, 2);
-    let d = differing(&a.params, &a.params.values, &b.params.values);
+    let d = differing(&a.params, a.params.values(), b.params.values());
     assert_eq!(d.len(), a.params.specs.len(), "{d:?}");
     assert_ne!(a.losses, b.losses);
 }
@@ -351,7 +355,7 @@ fn phase_profiling_changes_no_result_and_charges_the_phases_each_model_has() {
                     grad: &r.grad,
                 });
             }
-            (m.params.values, m.profile, wall)
+            (m.params.values().to_vec(), m.profile, wall)
         };
         let (plain, none, _) = train(false);
         let (profiled, times, wall) = train(true);

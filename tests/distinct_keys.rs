@@ -134,8 +134,8 @@ fn gathered_training_gives_the_rowwise_weights_in_f32_at_the_aliccp_shape() {
         }
         assert!(on.gathered_distinct_keys(), "{name}");
         assert_eq!(
-            bits(&on.params.values),
-            bits(&off.params.values),
+            bits(on.params.values()),
+            bits(off.params.values()),
             "{name}: weights after 3 steps"
         );
         on.infer(&batches[1].batch());

@@ -106,13 +106,13 @@ fn check_layer(
     for p in 0..ps.specs.len() {
         let spec = ps.specs[p].clone();
         let r = spec.range();
-        let mut x = ps.values[r.clone()].to_vec();
+        let mut x = ps.values()[r.clone()].to_vec();
         let analytic = grads[r.clone()].to_vec();
         let st = check_coords_kinks(&mut x, &analytic, 0..spec.len, |xv| {
-            ps.values[r.clone()].copy_from_slice(xv);
+            ps.values_mut()[r.clone()].copy_from_slice(xv);
             dot(&run(ps, &inputs, None).0, &dout)
         });
-        ps.values[r.clone()].copy_from_slice(&x);
+        ps.values_mut()[r.clone()].copy_from_slice(&x);
         push(&spec.name, &spec.shape, st);
     }
     for i in 0..inputs.len() {
@@ -640,7 +640,7 @@ fn cross() {
     // Non-zero biases so every term of the derivative carries a value.
     for &b in &net.b {
         let r = ps.range(b);
-        for v in &mut ps.values[r] {
+        for v in &mut ps.values_mut()[r] {
             *v = rng.sample::<f64, _>(StandardNormal);
         }
     }

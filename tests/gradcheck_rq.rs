@@ -55,8 +55,8 @@ fn build<T: Real>(
 ) -> (ParamStore<T>, ResidualQuantizer) {
     let mut ps = ParamStore::<T>::new();
     let rq = ResidualQuantizer::new(&mut ps, cfg, p, e, rng).expect("valid config");
-    let n = ps.values.len();
-    for (v, x) in ps.values.iter_mut().zip(normals(rng, n, scale)) {
+    let n = ps.values().len();
+    for (v, x) in ps.values_mut().iter_mut().zip(normals(rng, n, scale)) {
         *v = T::from_f64(x);
     }
     (ps, rq)
@@ -562,7 +562,8 @@ fn kmeans_init_beats_random_init_on_clustered_data() {
         let km = run(10);
         let km_again = run(10);
         assert_eq!(
-            km.values, km_again.values,
+            km.values(),
+            km_again.values(),
             "{name}: k-means is deterministic given the rng"
         );
         let err_seeded = recon_error(&rq, &seeded, &xb, bsz);
@@ -733,7 +734,7 @@ fn dead_codes_are_reseeded_from_level_inputs() {
                 );
                 assert_eq!(tracker.idle[bi * 4 + 3], 0);
             }
-            ps.values
+            ps.values().to_vec()
         };
         assert_eq!(run(5), run(5), "deterministic given the rng");
     }

@@ -174,7 +174,7 @@ fn check_trajectory(name: &str) {
     let mut wf = 0.0f64;
     for s in &m.params.specs {
         let want = &fx.file.get(&format!("final.{}", s.name)).unwrap().data;
-        wf = wf.max(max_rel(&m.params.values[s.range()], want));
+        wf = wf.max(max_rel(&m.params.values()[s.range()], want));
     }
     println!("{name}: weights after 10 steps max rel {wf:.2e}");
     assert!(wf <= 1e-5, "weights after 10 Adam steps differ by {wf:.2e}");

@@ -90,7 +90,7 @@ fn lanes_train_the_same_weights_in_f32() {
                     train_step(&mut m, &mut opt, &b.batch()).unwrap();
                     m.after_step(i as u64 + 1, 2);
                 }
-                bits(&m.params.values)
+                bits(m.params.values())
             })
         };
         assert_eq!(

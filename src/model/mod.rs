@@ -522,13 +522,52 @@ const TRANSPOSE_BLOCK_ROWS: usize = 64;
 /// rows. Row by row, the `F` writes of a row are `B` elements apart; with `B = 1024` that
 /// is 4 KiB, so all of a row's writes fall in the same L1 set and evict each other (the
 /// row-by-row loop took ~90 µs for 1024 × 26 indices, most of a step's batch-level setup).
+///
+/// Large batches split the rows over the threads (each reads its own rows of `cat`; the copy
+/// is bound by moving `cat` in from L3).
 fn transpose_indices(out: &mut [u32], cat: &[u32], bsz: usize, nf: usize) {
-    for b0 in (0..bsz).step_by(TRANSPOSE_BLOCK_ROWS) {
-        let b1 = (b0 + TRANSPOSE_BLOCK_ROWS).min(bsz);
+    assert!(out.len() >= nf * bsz && cat.len() >= bsz * nf);
+    let threads = hmdn_kernels::par::threads();
+    if bsz * nf < TRANSPOSE_PAR_MIN || threads < 2 {
+        // SAFETY: `out` holds the whole [F, B] array (asserted) and is borrowed mutably.
+        unsafe { transpose_rows(SendPtr(out.as_mut_ptr()), cat, bsz, nf, 0..bsz) };
+        return;
+    }
+    let per = bsz.div_ceil(threads).next_multiple_of(TRANSPOSE_BLOCK_ROWS);
+    let outp = SendPtr(out.as_mut_ptr());
+    (0..bsz.div_ceil(per)).into_par_iter().for_each(|t| {
+        let rows = t * per..((t + 1) * per).min(bsz);
+        // SAFETY: `out` holds the whole [F, B] array and is borrowed mutably for the call;
+        // the tasks' row ranges are disjoint, so no two write the same element.
+        unsafe { transpose_rows(outp, cat, bsz, nf, rows) };
+    });
+}
+
+/// Indices from which [`transpose_indices`] splits the rows over threads.
+const TRANSPOSE_PAR_MIN: usize = 1 << 15;
+
+/// [`transpose_indices`] for the batch rows `rows` only.
+///
+/// # Safety
+/// `out` points to an `[nf, bsz]` array that nothing else reads or writes in `rows`' columns
+/// meanwhile; `rows` lies within `0..bsz` and `cat` holds `[bsz, nf]`.
+unsafe fn transpose_rows(
+    out: SendPtr<u32>,
+    cat: &[u32],
+    bsz: usize,
+    nf: usize,
+    rows: std::ops::Range<usize>,
+) {
+    for b0 in rows.clone().step_by(TRANSPOSE_BLOCK_ROWS) {
+        let b1 = (b0 + TRANSPOSE_BLOCK_ROWS).min(rows.end);
+        let block = &cat[b0 * nf..b1 * nf];
         for f in 0..nf {
-            let col = &mut out[f * bsz + b0..f * bsz + b1];
-            for (o, b) in col.iter_mut().zip(b0..b1) {
-                *o = cat[b * nf + f];
+            // SAFETY: elements f·bsz + b0 .. f·bsz + b1 of `out`, inside it and ours alone
+            // (the caller's guarantee).
+            let col =
+                unsafe { std::slice::from_raw_parts_mut(out.ptr().add(f * bsz + b0), b1 - b0) };
+            for (o, row) in col.iter_mut().zip(block.chunks_exact(nf)) {
+                *o = row[f];
             }
         }
     }
@@ -789,10 +828,7 @@ impl<T: Real> Model<T> {
             .as_ref()
             .filter(|_| cfg.rq.dead_code_restart_steps > 0)
             .map(|q| q.dead_codes());
-        // The values, moved to a buffer advised for huge pages before it is written: the
-        // embedding tables (most of it) are read and updated at random rows
-        // ([`hmdn_kernels::mem`]). Same contents.
-        ps.values = hmdn_kernels::mem::huge_page_copy(&ps.values);
+        ps.use_huge_pages();
         Ok(Model {
             cfg: cfg.clone(),
             params: ps,
@@ -2324,7 +2360,7 @@ fn chunk_backward<T: Real>(
     *arena_clean = false;
     let mut gv = Grads {
         specs: &store.specs,
-        values: &store.values,
+        values: store.values(),
         grads: GradSlice::new(net.dense_base, grads),
     };
     let ps = &mut gv;
@@ -2508,6 +2544,9 @@ mod tests {
             (65, 26),
             (1023, 3),
             (1024, 26),
+            // Split over threads (TRANSPOSE_PAR_MIN), with a last part of odd length.
+            (4096, 23),
+            (3001, 17),
         ] {
             let cat: Vec<u32> = (0..bsz * nf).map(|i| (i * 7919 % 10007) as u32).collect();
             let mut want = vec![0u32; bsz * nf];
