@@ -83,6 +83,8 @@ pub struct ParamStore<T> {
     t_ids: Vec<ParamId>,
     /// SIMD path the packed copies were laid out for (`None`: not laid out yet).
     t_path: Option<hmdn_kernels::SimdPath>,
+    /// [`ParamStore::version`] the packed copies were written from, if they are current.
+    t_version: Option<u64>,
 }
 
 /// [`ParamStore::parts_mut`]: the store's fields borrowed apart.
@@ -120,6 +122,7 @@ impl<T: Real> ParamStore<T> {
             t_offset: Vec::new(),
             t_ids: Vec::new(),
             t_path: None,
+            t_version: None,
         }
     }
 
@@ -275,6 +278,7 @@ impl<T: Real> ParamStore<T> {
             t_offset: vec![usize::MAX; self.t_offset.len()],
             t_ids: self.t_ids.clone(),
             t_path: None,
+            t_version: None,
         }
     }
 
@@ -334,13 +338,18 @@ impl<T: Real> ParamStore<T> {
     }
 
     /// Rewrites every packed copy from `values` (after the weights changed: an optimiser
-    /// step, a checkpoint load, a perturbation), for this thread's SIMD path; the matrices are
+    /// step, a checkpoint load, a perturbation; nothing to do when the [`ParamStore::version`]
+    /// and the SIMD path are those of the last refresh), for this thread's SIMD path; the matrices are
     /// split over threads. Lays the copies out (allocating) only when the path changes.
     pub fn refresh_packed(&mut self) {
         if T::NAME != "f32" || self.t_ids.is_empty() {
             return;
         }
         let path = hmdn_kernels::simd_path();
+        // Unchanged weights (inference after inference): the copies are current.
+        if self.t_path == Some(path) && self.t_version == Some(self.version) {
+            return;
+        }
         if self.t_path != Some(path) {
             let mut off = 0;
             for id in &self.t_ids {
@@ -361,6 +370,7 @@ impl<T: Real> ParamStore<T> {
             0,
             path,
         );
+        self.t_version = Some(self.version);
     }
 }
 

@@ -118,3 +118,96 @@ fn factored_logits_do_not_depend_on_the_batch() {
         assert_eq!(some, all[13 * nt..20 * nt], "{name}: rows 13..20");
     }
 }
+
+/// Something done to a model's weights.
+type WeightChange<'a> = dyn Fn(&mut Model<f32>) + 'a;
+
+#[test]
+fn inference_caches_follow_every_change_of_the_weights() {
+    // Inference keeps what depends on the weights alone (packed weight copies, per-id
+    // tables of the whole vocabulary, GateNU weight splits) while the weights' version stays
+    // the same. Whatever changes the weights (a tensor written through `value_mut`, all
+    // values through `values_mut`), the next `infer` must give the logits of a freshly built
+    // model holding the new weights, bit for bit; stale copies would not (the change moves
+    // the logits, checked too).
+    for (name, cfg) in configs() {
+        let data = RandomBatch::new(&cfg, 700, &mut StdRng::seed_from_u64(8));
+        let batch = data.batch();
+        let mut m = Model::<f32>::new(&cfg, 4).unwrap();
+        let bits = |m: &Model<f32>| m.logits().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        m.infer(&batch);
+        let first = bits(&m);
+        m.infer(&batch);
+        assert_eq!(bits(&m), first, "{name}: a second infer");
+        m.forward(&batch);
+        assert_eq!(bits(&m), first, "{name}: forward");
+        // A table of a small (factored) field, the first and the last dense tensors, then
+        // everything.
+        let small = cfg
+            .fields
+            .iter()
+            .find(|f| f.vocab_size <= 256)
+            .expect("a small field");
+        let table = m
+            .params
+            .find(&format!("embedding.{}.weight", small.name))
+            .unwrap();
+        let dense: Vec<_> = (0..m.params.specs.len())
+            .filter(|&i| m.params.specs[i].kind == hmdn_cpu::params::ParamKind::Dense)
+            .map(|i| m.params.find(&m.params.specs[i].name.clone()).unwrap())
+            .collect();
+        let (d_first, d_last) = (dense[0], dense[dense.len() - 1]);
+        let changes: [&WeightChange<'_>; 4] = [
+            &|m| {
+                m.params
+                    .value_mut(table)
+                    .iter_mut()
+                    .for_each(|v| *v = -*v * 1.5)
+            },
+            &|m| {
+                m.params
+                    .value_mut(d_first)
+                    .iter_mut()
+                    .for_each(|v| *v *= 0.75)
+            },
+            &|m| m.params.value_mut(d_last).iter_mut().for_each(|v| *v = -*v),
+            &|m| m.params.values_mut().iter_mut().for_each(|v| *v *= 1.25),
+        ];
+        let mut before = first;
+        for (k, change) in changes.iter().enumerate() {
+            m.infer(&batch);
+            change(&mut m);
+            m.infer(&batch);
+            let after = bits(&m);
+            assert_ne!(after, before, "{name}: change {k} moved no logit");
+            let mut fresh = Model::<f32>::new(&cfg, 4).unwrap();
+            fresh.params.values_mut().copy_from_slice(m.params.values());
+            fresh.infer(&batch);
+            assert_eq!(
+                bits(&fresh),
+                after,
+                "{name}: change {k}: stale inference state"
+            );
+            before = after;
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "outside its vocabulary")]
+fn inference_rejects_an_id_outside_a_factored_vocabulary() {
+    let cfg = tiny_config(ModelKind::Mmoe);
+    let data = RandomBatch::new(&cfg, 300, &mut StdRng::seed_from_u64(9));
+    let f = cfg
+        .fields
+        .iter()
+        .position(|f| f.vocab_size <= 256)
+        .expect("a small field");
+    let mut cat = data.batch().cat.to_vec();
+    cat[5 * cfg.fields.len() + f] = cfg.fields[f].vocab_size as u32;
+    let mut m = Model::<f32>::new(&cfg, 4).unwrap();
+    m.infer(&Batch {
+        cat: &cat,
+        ..data.batch()
+    });
+}

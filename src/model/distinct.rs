@@ -32,6 +32,10 @@ pub(crate) fn gather_rows<T: Copy>(out: &mut [T], src: &[T], slots: &[u32], w: u
     }
 }
 
+/// Largest number of combinations an inference pass quantizes all of, once per version of
+/// the weights ([`DistinctKeys::assign_all`]); the reference workload has 45.
+pub const MAX_ALL_KEYS: usize = 4096;
+
 /// Marks a key without a slot in [`DistinctKeys::slot_of_key`].
 const NO_SLOT: u32 = u32::MAX;
 
@@ -61,6 +65,10 @@ pub struct DistinctKeys<T> {
     /// PEPNet: each GateNU's first-layer term `g·W1_gᵀ` of the distinct rows `[U, hidden]`
     /// (EPNet, then the PPNet gates).
     pub gatenu_g: Vec<Vec<T>>,
+    /// When the results above are those of every combination (slot = key, see
+    /// [`Self::assign_all`]): the [`ParamStore::version`] and SIMD path they were computed
+    /// for. `None` while they are one batch's distinct rows.
+    all_for: Option<(u64, hmdn_kernels::SimdPath)>,
 }
 
 impl<T: Real> DistinctKeys<T> {
@@ -87,12 +95,16 @@ impl<T: Real> DistinctKeys<T> {
             rq: DistinctRows::new(q, 0),
             gates: Vec::new(),
             gatenu_g: Vec::new(),
+            all_for: None,
         })
     }
 
-    /// Most distinct rows a batch of `bsz` rows can have.
+    /// Most distinct rows the buffers hold for a batch of `bsz` rows: what the batch can
+    /// have, or every combination when an inference pass may quantize them all.
     fn max_distinct(&self, bsz: usize) -> usize {
-        bsz.min(self.slot_of_key.len())
+        let total = self.slot_of_key.len();
+        let all = if total <= MAX_ALL_KEYS { total } else { 0 };
+        bsz.min(total).max(all)
     }
 
     /// Grows the buffers for batches of `bsz` rows (no-op when they already fit).
@@ -178,6 +190,7 @@ impl<T: Real> DistinctKeys<T> {
         gates: &[Gate],
         splits: &[SplitW1<T>],
     ) {
+        self.all_for = None;
         let e = de.e;
         let xbd = de.tables.len() * e;
         let xb = &mut self.xb[..n_u * xbd];
@@ -188,6 +201,21 @@ impl<T: Real> DistinctKeys<T> {
                 xrow[j * e..(j + 1) * e].copy_from_slice(src);
             }
         }
+        self.run_rows(q, ps, n_u, with_loss, gates, splits);
+    }
+
+    /// The quantizer, MMoE's gates and PEPNet's `g·W1_gᵀ` terms on the first `n_u` rows of
+    /// `xb`.
+    fn run_rows(
+        &mut self,
+        q: &ResidualQuantizer,
+        ps: &ParamStore<T>,
+        n_u: usize,
+        with_loss: bool,
+        gates: &[Gate],
+        splits: &[SplitW1<T>],
+    ) {
+        let xb = &self.xb[..n_u * q.p * q.e];
         q.forward_distinct(&mut self.rq, xb, ps, n_u, with_loss);
         let g = &self.rq.g[..n_u * q.w];
         for (gate, c) in gates.iter().zip(&mut self.gates) {
@@ -196,6 +224,59 @@ impl<T: Real> DistinctKeys<T> {
         for (split, table) in splits.iter().zip(&mut self.gatenu_g) {
             GateNu::g_term(split, table, g, n_u);
         }
+    }
+
+    /// For an inference pass: every row's slot is its key, and the results cover every
+    /// combination ([`Self::quantize_all`]), so that they depend on the weights alone and
+    /// outlive the batch. Returns the number of combinations, or `None` when there are more
+    /// than [`MAX_ALL_KEYS`] or an id lies outside its vocabulary (as [`Self::assign`]).
+    pub fn assign_all(&mut self, idx: &[u32], bsz: usize) -> Option<usize> {
+        let total = self.slot_of_key.len();
+        if total > MAX_ALL_KEYS || bsz == 0 {
+            return None;
+        }
+        let slots = &mut self.slots[..bsz];
+        slots.fill(0);
+        let mut ok = true;
+        for &(c, v, stride) in &self.radix {
+            for (s, &id) in slots.iter_mut().zip(&idx[c * bsz..(c + 1) * bsz]) {
+                ok &= (id as usize) < v;
+                *s += id.min(v as u32 - 1) * stride as u32;
+            }
+        }
+        ok.then_some(total)
+    }
+
+    /// After [`Self::assign_all`]: the quantizer, MMoE's gates and PEPNet's `g·W1_gᵀ` terms
+    /// on every combination, as [`Self::quantize`] computes them for a batch's distinct rows
+    /// (the same bits per combination) — only when the weights' [`ParamStore::version`] or
+    /// the SIMD path changed since the last time, else nothing to do. No `L_rq` terms.
+    #[allow(clippy::too_many_arguments)]
+    pub fn quantize_all(
+        &mut self,
+        q: &ResidualQuantizer,
+        de: &MultiEmbedding,
+        ps: &ParamStore<T>,
+        gates: &[Gate],
+        splits: &[SplitW1<T>],
+    ) {
+        let key = (ps.version(), hmdn_kernels::simd_path());
+        if self.all_for == Some(key) {
+            return;
+        }
+        let total = self.slot_of_key.len();
+        let e = de.e;
+        let xbd = de.tables.len() * e;
+        let xb = &mut self.xb[..total * xbd];
+        // Combination k's ids: its mixed-radix digits.
+        for (k, xrow) in xb.chunks_exact_mut(xbd.max(1)).enumerate() {
+            for (j, (&table, &(_, v, stride))) in de.tables.iter().zip(&self.radix).enumerate() {
+                let id = k / stride % v;
+                xrow[j * e..(j + 1) * e].copy_from_slice(&ps.value(table)[id * e..(id + 1) * e]);
+            }
+        }
+        self.run_rows(q, ps, total, false, gates, splits);
+        self.all_for = Some(key);
     }
 
     /// The chunk of rows `r0..r0 + rows`'s view of the last [`Self::quantize`].

@@ -47,6 +47,9 @@ pub const MAX_FACTOR_VOCAB: usize = 256;
 /// Batches from this many rows run the per-field work in parallel.
 const PAR_MIN_ROWS: usize = 256;
 
+/// Rows per block of an inference pass's `row_idx` (see [`FieldFactoring::prepare`]).
+const ROW_IDX_BLOCK: usize = 256;
+
 /// One field's id → slot table, distinct ids and row slots, as the per-field loop gets them.
 type FieldBufs<'a> = ((&'a mut Vec<u32>, &'a mut Vec<u32>), &'a mut Vec<u32>);
 
@@ -122,6 +125,30 @@ pub struct FieldFactoring<T> {
     cap: usize,
     /// Rows of the last prepared batch.
     bsz: usize,
+    /// Inference: the per-id terms of every id (not only the batch's), kept across
+    /// forwards while the weights stay the same.
+    all: AllIds<T>,
+    /// Whether the last [`FieldFactoring::prepare`] used `all` (an inference pass).
+    uses_all: bool,
+}
+
+/// [`FieldFactoring`]'s tables for every id of the factored fields, for inference: `P_f` of
+/// the whole vocabulary depends on the weights only, so a model that answers many batches
+/// with unchanged weights computes it once (the batch side is then each row's table rows).
+/// The reference workload's twelve factored fields have 420 ids in all.
+#[derive(Clone, Debug, Default)]
+struct AllIds<T> {
+    /// First row of each active field (prefix sums of the vocabularies; one more entry
+    /// than `active`).
+    off: Vec<usize>,
+    /// Σ of the active fields' vocabularies: rows of each expert's table.
+    rows: usize,
+    /// Every active field's whole table, stacked `[rows, e]`.
+    emb_rows: Vec<T>,
+    /// Per expert, `[rows, d0]`: `proj[ei][off[j] + id] = E_f[id]·W_fᵀ`.
+    proj: Vec<T>,
+    /// The [`ParamStore::version`] and SIMD path the tables were computed for, if any.
+    key: Option<(u64, hmdn_kernels::SimdPath)>,
 }
 
 impl<T: Real> FieldFactoring<T> {
@@ -155,6 +182,19 @@ impl<T: Real> FieldFactoring<T> {
         for (j, &f) in active.iter().enumerate() {
             slot_in_active[f] = Some(j);
         }
+        let mut all_off = Vec::with_capacity(active.len() + 1);
+        all_off.push(0);
+        for &f in &active {
+            all_off.push(all_off.last().copied().unwrap_or(0) + vocab[f]);
+        }
+        let all_rows = all_off.last().copied().unwrap_or(0);
+        let all = AllIds {
+            off: all_off,
+            rows: all_rows,
+            emb_rows: vec![T::ZERO; all_rows * embedding.e],
+            proj: vec![T::ZERO; experts.len() * all_rows * d0],
+            key: None,
+        };
         FieldFactoring {
             w_fields: vec![T::ZERO; wsz],
             n_cand,
@@ -187,6 +227,8 @@ impl<T: Real> FieldFactoring<T> {
             tab_rows: 0,
             cap: 0,
             bsz: 0,
+            all,
+            uses_all: false,
         }
     }
 
@@ -242,6 +284,15 @@ impl<T: Real> FieldFactoring<T> {
     /// For the batch `idx` (field-major `[F, B]` with `embedding`'s columns): the factored
     /// fields' distinct ids and each row's, and every expert's per-id terms from the current
     /// weights (with `W_rest` copied and packed). Returns [`FieldFactoring::is_active`].
+    ///
+    /// With `all_ids` (a pass no backward follows: inference), the terms of every id of the
+    /// factored fields instead, computed only when the weights' [`ParamStore::version`] or
+    /// the SIMD path differ from the last time they were ([`AllIds`]); the batch's side is
+    /// then only each row's table rows. A row's terms are the same bits either way (one
+    /// GEMM row per id, whatever the other rows).
+    ///
+    /// # Panics
+    /// If an id of a factored field is outside its vocabulary.
     pub fn prepare(
         &mut self,
         embedding: &MultiEmbedding,
@@ -249,9 +300,11 @@ impl<T: Real> FieldFactoring<T> {
         idx: &[u32],
         bsz: usize,
         ps: &ParamStore<T>,
+        all_ids: bool,
     ) -> bool {
         self.ensure_batch(bsz);
         self.bsz = bsz;
+        self.uses_all = false;
         if self.active.is_empty() {
             return false;
         }
@@ -278,6 +331,8 @@ impl<T: Real> FieldFactoring<T> {
         self.w_rest_path = packs.then_some(path);
         let (wf_len, n_exp) = (self.n_cand * d0 * e, self.n_exp);
         let par = bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1;
+        let key = (ps.version(), path);
+        let all_fresh = all_ids && self.all.key == Some(key);
         let FieldFactoring {
             slot_of,
             ids,
@@ -291,6 +346,9 @@ impl<T: Real> FieldFactoring<T> {
             w_rest_packed_n,
             active,
             rest,
+            all,
+            proj,
+            tab_rows,
             ..
         } = self;
         let (active, rest) = (&*active, &*rest);
@@ -379,6 +437,65 @@ impl<T: Real> FieldFactoring<T> {
                 .enumerate()
                 .for_each(per_expert);
         };
+        if all_ids {
+            if !all_fresh {
+                all.key = None;
+                weight_side();
+                // Every id's embedding: the active fields' whole tables, stacked.
+                for (j, &f) in active.iter().enumerate() {
+                    let (r0, r1) = (all.off[j], all.off[j + 1]);
+                    let table = ps.value(embedding.tables[f]);
+                    all.emb_rows[r0 * e..r1 * e].copy_from_slice(&table[..(r1 - r0) * e]);
+                }
+                let tables = (&all.off[..], &all.emb_rows[..], &mut all.proj[..], all.rows);
+                field_terms(tables, w_fields, n_exp, self.n_cand, d0, e, path, par);
+                all.key = Some(key);
+            }
+            // Each row's table rows: its ids, offset by their fields' first rows (blocks of
+            // rows, so that a block's rows of `row_idx` stay in L1 while every field's ids
+            // are written into them; in parallel for large batches).
+            let (na, vocab, all) = (active.len(), &self.vocab, &*all);
+            let rows_of = |(q, block): (usize, &mut [u32])| -> bool {
+                let (b0, mut ok) = (q * ROW_IDX_BLOCK, true);
+                for (j, &f) in active.iter().enumerate() {
+                    let (c, v, o) = (embedding.cols[f], vocab[f], all.off[j] as u32);
+                    let col = &idx[c * bsz + b0..][..block.len() / na];
+                    for (dst, &id) in block.chunks_exact_mut(na).zip(col) {
+                        ok &= (id as usize) < v;
+                        dst[j] = o + id;
+                    }
+                }
+                ok
+            };
+            let blocks = row_idx[..bsz * na].chunks_mut(ROW_IDX_BLOCK * na);
+            let ok = if par {
+                let blocks = row_idx[..bsz * na].par_chunks_mut(ROW_IDX_BLOCK * na);
+                blocks
+                    .enumerate()
+                    .map(rows_of)
+                    .reduce(|| true, |a, b| a && b)
+            } else {
+                // Every block (not `all`, which would stop at a bad one).
+                let mut ok = true;
+                for block in blocks.enumerate() {
+                    ok &= rows_of(block);
+                }
+                ok
+            };
+            if !ok {
+                for &f in active {
+                    let (c, v) = (embedding.cols[f], vocab[f]);
+                    if let Some(&id) = idx[c * bsz..(c + 1) * bsz]
+                        .iter()
+                        .find(|&&i| i as usize >= v)
+                    {
+                        panic!("field {f}: id {id} is outside its vocabulary of {v}");
+                    }
+                }
+            }
+            self.uses_all = true;
+            return true;
+        }
         // The two sides are independent: side by side.
         if par {
             rayon::join(batch_side, weight_side);
@@ -386,49 +503,9 @@ impl<T: Real> FieldFactoring<T> {
             batch_side();
             weight_side();
         }
-        // P_f = E_f[ids_f]·W_fᵀ `[n_f, d0]` for every expert; fields in parallel (each
-        // writes its own rows of every expert's table).
-        let (off, emb_rows, w_fields) = (&self.off, &self.emb_rows, &self.w_fields);
-        let n_cand = self.n_cand;
-        let (tab, n_exp) = (self.tab_rows * d0, self.n_exp);
-        assert!(self.proj.len() >= n_exp * tab && *off.last().expect("pushed") <= self.tab_rows);
-        let proj = SendPtr(self.proj.as_mut_ptr());
-        let field_terms_one = |j: usize| {
-            let (r0, r1) = (off[j], off[j + 1]);
-            for ei in 0..n_exp {
-                let p = proj;
-                // SAFETY: rows off[j]..off[j+1] of expert ei's table belong to field j alone
-                // (`off` is increasing and ends within the table, asserted above); P outlives
-                // the loop.
-                let pj = unsafe {
-                    std::slice::from_raw_parts_mut(p.0.add(ei * tab + r0 * d0), (r1 - r0) * d0)
-                };
-                let wf = &w_fields[(ei * n_cand + j) * d0 * e..][..d0 * e];
-                let rows = &emb_rows[r0 * e..r1 * e];
-                gemm(
-                    r1 - r0,
-                    d0,
-                    e,
-                    T::ONE,
-                    rows,
-                    Trans::N,
-                    wf,
-                    Trans::T,
-                    T::ZERO,
-                    pj,
-                );
-            }
-        };
-        // Each task's small GEMMs stay on its thread, on the caller's SIMD path.
-        let field_terms = |j: usize| {
-            with_path(path, || serial(|| field_terms_one(j)));
-        };
-        let na = self.active.len();
-        if bsz >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
-            (0..na).into_par_iter().for_each(field_terms);
-        } else {
-            (0..na).for_each(field_terms);
-        }
+        // P_f = E_f[ids_f]·W_fᵀ `[n_f, d0]` for every expert.
+        let tables = (&off[..], &emb_rows[..], &mut proj[..], *tab_rows);
+        field_terms(tables, w_fields, n_exp, self.n_cand, d0, e, path, par);
         true
     }
 
@@ -498,8 +575,14 @@ impl<T: Real> FieldFactoring<T> {
             T::ZERO,
             out,
         );
-        // + Σ_f P_f[slot_f], the fields in order, each row's sum kept in registers.
-        let table = &self.proj[ei * self.tab_rows * d0..(ei + 1) * self.tab_rows * d0];
+        // + Σ_f P_f[slot_f], the fields in order, each row's sum kept in registers; from the
+        // every-id tables in an inference pass.
+        let (proj, tab_rows) = if self.uses_all {
+            (&self.all.proj, self.all.rows)
+        } else {
+            (&self.proj, self.tab_rows)
+        };
+        let table = &proj[ei * tab_rows * d0..(ei + 1) * tab_rows * d0];
         let na = self.active.len();
         let idx = &self.row_idx[r0 * na..(r0 + rows) * na];
         add_rows_indexed_bias_relu(out, table, idx, na, ps.value(m.layers[0].b));
@@ -528,6 +611,7 @@ impl<T: Real> FieldFactoring<T> {
         r0: usize,
         rows: usize,
     ) {
+        debug_assert!(!self.uses_all, "no backward after an inference pass");
         let (d0, kr, e) = (self.d0, self.k_rest(), self.e);
         let lin = &m.layers[0];
         let dpre = &dpre[..rows * d0];
@@ -767,6 +851,65 @@ impl<T: Real> FieldFactoring<T> {
 struct SendPtr<T>(*mut T);
 unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+/// `P_f = E_f[ids_f]·W_fᵀ` `[n_f, d0]` of every active field `j` for every expert: `tables`
+/// = (first row of each field, the stacked `E_f[ids_f]` `[rows, e]`, every expert's
+/// `[rows, d0]` table, `rows`), `w_fields` as [`FieldFactoring`]'s. Fields in parallel when
+/// `par` (each writes its own rows of every expert's table), each task's small GEMMs on its
+/// own thread, on SIMD path `path`.
+#[allow(clippy::too_many_arguments)]
+fn field_terms<T: Real>(
+    tables: (&[usize], &[T], &mut [T], usize),
+    w_fields: &[T],
+    n_exp: usize,
+    n_cand: usize,
+    d0: usize,
+    e: usize,
+    path: hmdn_kernels::SimdPath,
+    par: bool,
+) {
+    let (off, emb_rows, proj, rows) = tables;
+    let tab = rows * d0;
+    assert!(
+        proj.len() >= n_exp * tab && *off.last().expect("one entry per field and one more") <= rows
+    );
+    let proj = SendPtr(proj.as_mut_ptr());
+    let field_terms_one = |j: usize| {
+        let (r0, r1) = (off[j], off[j + 1]);
+        for ei in 0..n_exp {
+            let p = proj;
+            // SAFETY: rows off[j]..off[j+1] of expert ei's table belong to field j alone
+            // (`off` is increasing and ends within the table, asserted above); the table
+            // outlives the loop.
+            let pj = unsafe {
+                std::slice::from_raw_parts_mut(p.0.add(ei * tab + r0 * d0), (r1 - r0) * d0)
+            };
+            let wf = &w_fields[(ei * n_cand + j) * d0 * e..][..d0 * e];
+            let rows = &emb_rows[r0 * e..r1 * e];
+            gemm(
+                r1 - r0,
+                d0,
+                e,
+                T::ONE,
+                rows,
+                Trans::N,
+                wf,
+                Trans::T,
+                T::ZERO,
+                pj,
+            );
+        }
+    };
+    let field_terms = |j: usize| {
+        with_path(path, || serial(|| field_terms_one(j)));
+    };
+    let na = off.len() - 1;
+    if par {
+        (0..na).into_par_iter().for_each(field_terms);
+    } else {
+        (0..na).for_each(field_terms);
+    }
+}
 
 /// The distinct values of `col` in ascending order (`ids`) and each row's index among them
 /// (`slots`), through `slot_of` (one entry per id, all `ABSENT` on entry and on return).

@@ -278,6 +278,9 @@ pub struct SplitW1<T> {
     path: Option<SimdPath>,
     /// EPNet: `W1_x` split further by field ([`FieldSplit`]), when set up.
     pub fields: Option<FieldSplit<T>>,
+    /// What the copies were last refreshed for: the weights' [`ParamStore::version`], the
+    /// SIMD path, `gz` and the `fields` flag. The same again: nothing to do.
+    key: Option<(u64, SimdPath, usize, bool)>,
 }
 
 /// EPNet's first layer factored by field (the GateNU reads `sg(x)`, and `x` is the fields'
@@ -462,7 +465,13 @@ fn copy_runs<T: Copy>(
 impl<T: Real> SplitW1<T> {
     /// Copies (and packs) `gate`'s `W1` from `ps`, its first `gz` input columns apart; with
     /// `fields`, also refreshes the [`FieldSplit`] (if any) for a factored forward.
+    /// Nothing to do when the weights' [`ParamStore::version`], the SIMD path, `gz` and
+    /// `fields` are those of the last refresh (inference after inference).
     pub fn refresh(&mut self, gate: &GateNu, gz: usize, ps: &ParamStore<T>, fields: bool) {
+        let key = (ps.version(), hmdn_kernels::simd_path(), gz, fields);
+        if self.key == Some(key) {
+            return;
+        }
         let (h, din) = (gate.fc1.d_out, gate.fc1.d_in);
         let dx = din - gz;
         self.gz = gz;
@@ -491,6 +500,7 @@ impl<T: Real> SplitW1<T> {
         if let Some(fs) = self.fields.as_mut().filter(|_| fields) {
             fs.refresh(&self.w1x, h, ps);
         }
+        self.key = Some(key);
     }
 
     fn packed(&self) -> Option<(&[f32], SimdPath)> {

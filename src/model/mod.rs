@@ -1503,8 +1503,16 @@ impl<T: Real> Model<T> {
             && b.distinct.is_some()
             && bsz >= embedding::PAR_MIN_ROWS
             && hmdn_kernels::par::threads() > 1;
+        // An inference pass quantizes every combination (few enough), once per version of
+        // the weights: later batches then only look up their rows' keys.
         let quantize = |dk: &mut DistinctKeys<T>, splits: &[SplitW1<T>]| -> Option<usize> {
             let (q, de) = (rq.as_ref()?, dist_embedding?);
+            if !losses {
+                if let Some(n_all) = dk.assign_all(idx, bsz) {
+                    dk.quantize_all(q, de, ps, gates, splits);
+                    return Some(n_all);
+                }
+            }
             let n_u = dk.assign(idx, bsz)?;
             dk.quantize(q, de, idx, bsz, n_u, ps, losses, gates, splits);
             Some(n_u)
@@ -1516,13 +1524,13 @@ impl<T: Real> Model<T> {
                     Some(dk) if prep_together => {
                         let splits = &b.gatenu_w1;
                         let (on, n_u) = rayon::join(
-                            || ff.prepare(embedding, experts, idx, bsz, ps),
+                            || ff.prepare(embedding, experts, idx, bsz, ps, !losses),
                             || quantize(dk, splits),
                         );
                         quantized = Some(n_u);
                         on
                     }
-                    _ => ff.prepare(embedding, experts, idx, bsz, ps),
+                    _ => ff.prepare(embedding, experts, idx, bsz, ps, !losses),
                 };
                 on.then_some(&*ff)
             }
