@@ -1864,13 +1864,17 @@ impl<T: Real> Model<T> {
         }
 
         // Distribution embeddings: ∂L/∂x_b through the quantizer (or g = x_b directly).
-        if let Some(de) = dist_embedding {
-            // With a quantizer, the chunks already ran its backward into dxb.
-            let dxb: &[T] = if rq.is_some() {
-                &b.dxb[..bsz * xbd]
-            } else {
-                &b.dg[..bsz * xbd]
-            };
+        // Their own tables' row gradients run alongside the factored fields' below, when
+        // those run alongside the arena sum (the sum is the shorter side).
+        let dist_alongside =
+            sum_alongside_fields && dist_embedding.is_some() && !cfg.share_dist_embeddings;
+        // With a quantizer, the chunks already ran its backward into dxb.
+        let dxb: &[T] = if rq.is_some() {
+            &b.dxb[..bsz * xbd]
+        } else {
+            &b.dg[..bsz * xbd]
+        };
+        if let Some(de) = dist_embedding.as_ref().filter(|_| !dist_alongside) {
             if cfg.share_dist_embeddings {
                 // x_b reuses E_p: its gradient joins that field's block of ∂L/∂x.
                 for (p, &c) in dist_cols.iter().enumerate() {
@@ -1896,20 +1900,29 @@ impl<T: Real> Model<T> {
                 // The factored fields' row gradients and W columns from the per-id sums,
                 // the other fields' row gradients from ∂L/∂x_rest.
                 let dx_rest = &b.dx[..bsz * ff.k_rest()];
-                let rg = &mut row_grads[rg_emb.clone()];
                 let nc = b.n_chunks;
+                let rg_all = &mut row_grads[..];
                 if sum_alongside_fields {
                     let (grads, chunks, gpart) = (
                         &mut ps.grads[dense_base..],
                         &mut b.chunks[..nc],
                         &mut b.gpart,
                     );
+                    let (rg_fields, rg_rest) = rg_all.split_at_mut(rg_dist.start);
+                    let rg = &mut rg_fields[rg_emb.clone()];
+                    let rg_d = &mut rg_rest[..rg_dist.len()];
                     rayon::join(
-                        || sum_chunk_grads(grads, chunks),
+                        || {
+                            sum_chunk_grads(grads, chunks);
+                            if let Some(de) = dist_embedding.as_ref().filter(|_| dist_alongside) {
+                                de.backward(rg_d, dxb, xbd, 0, idx, bsz);
+                            }
+                        },
                         || ff.field_row_grads(embedding, gpart, nc, dx_rest, idx, rg),
                     );
                     ff.add_field_weight_grads(experts, ps);
                 } else {
+                    let rg = &mut rg_all[rg_emb.clone()];
                     ff.backward_fields(experts, embedding, &mut b.gpart, nc, dx_rest, idx, ps, rg);
                 }
             }
