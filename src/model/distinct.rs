@@ -251,7 +251,6 @@ impl<T: Real> DistinctKeys<T> {
     /// on every combination, as [`Self::quantize`] computes them for a batch's distinct rows
     /// (the same bits per combination) — only when the weights' [`ParamStore::version`] or
     /// the SIMD path changed since the last time, else nothing to do. No `L_rq` terms.
-    #[allow(clippy::too_many_arguments)]
     pub fn quantize_all(
         &mut self,
         q: &ResidualQuantizer,
