@@ -50,21 +50,26 @@ fn advise(_start: usize, _bytes: usize) -> bool {
     false
 }
 
+/// An empty vector with room for `n` elements, the room advised ([`advise_huge_pages`])
+/// before anything is written to it.
+fn advised_with_capacity<T>(n: usize) -> Vec<T> {
+    let v: Vec<T> = Vec::with_capacity(n);
+    advise_range(v.as_ptr() as usize, n * std::mem::size_of::<T>());
+    v
+}
+
 /// A vector of `n` copies of `fill`, its buffer advised ([`advise_huge_pages`]) before any
 /// element is written, and then written element by element (so every page is mapped now,
 /// not at some later first write in a training step).
 pub fn huge_page_vec<T: Copy>(n: usize, fill: T) -> Vec<T> {
-    let mut v: Vec<T> = Vec::with_capacity(n);
-    // The allocated but not yet written capacity.
-    advise_range(v.as_ptr() as usize, n * std::mem::size_of::<T>());
+    let mut v = advised_with_capacity(n);
     v.extend((0..n).map(|_| std::hint::black_box(fill)));
     v
 }
 
 /// A copy of `src` in a buffer advised as [`huge_page_vec`]'s.
 pub fn huge_page_copy<T: Copy>(src: &[T]) -> Vec<T> {
-    let mut v: Vec<T> = Vec::with_capacity(src.len());
-    advise_range(v.as_ptr() as usize, std::mem::size_of_val(src));
+    let mut v = advised_with_capacity(src.len());
     v.extend_from_slice(src);
     v
 }

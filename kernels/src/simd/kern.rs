@@ -201,44 +201,22 @@ unsafe fn add_rows_indexed_impl<V: Vf, const BIAS_RELU: bool>(
         return;
     }
     let l = V::LANES;
-    let (tp, bp, zero) = (table.as_ptr(), bias.as_ptr(), V::splat(0.0));
+    let (tp, bp) = (table.as_ptr(), bias.as_ptr());
     for (b, orow) in out.chunks_exact_mut(w).enumerate() {
         let idx = &rows[b * per_row..(b + 1) * per_row];
         let op = orow.as_mut_ptr();
         let mut c = 0;
+        // (`bp` offset with wrapping_add: without BIAS_RELU the bias is empty and unread.)
         // ADD_ROWS_BLOCK vectors of columns at a time: each index is read and turned into an
         // address once per block rather than once per vector (the loads and additions were
-        // a few instructions each behind that address arithmetic). Each element still adds
-        // its table rows in index order.
+        // a few instructions each behind that address arithmetic); then single vectors.
         while c + ADD_ROWS_BLOCK * l <= w {
-            let mut acc: [V; ADD_ROWS_BLOCK] = std::array::from_fn(|v| V::load(op.add(c + v * l)));
-            for &i in idx {
-                let p = tp.add(i as usize * w + c);
-                for (v, a) in acc.iter_mut().enumerate() {
-                    *a = a.add(V::load(p.add(v * l)));
-                }
-            }
-            for (v, a) in acc.into_iter().enumerate() {
-                let a = if BIAS_RELU {
-                    let s = a.add(V::load(bp.add(c + v * l)));
-                    V::select_gt(s, zero, s, zero)
-                } else {
-                    a
-                };
-                a.store(op.add(c + v * l));
-            }
+            let bc = bp.wrapping_add(c);
+            add_rows_block::<V, BIAS_RELU, ADD_ROWS_BLOCK>(op.add(c), tp.add(c), bc, idx, w);
             c += ADD_ROWS_BLOCK * l;
         }
         while c + l <= w {
-            let mut acc = V::load(op.add(c));
-            for &i in idx {
-                acc = acc.add(V::load(tp.add(i as usize * w + c)));
-            }
-            if BIAS_RELU {
-                let s = acc.add(V::load(bp.add(c)));
-                acc = V::select_gt(s, zero, s, zero);
-            }
-            acc.store(op.add(c));
+            add_rows_block::<V, BIAS_RELU, 1>(op.add(c), tp.add(c), bp.wrapping_add(c), idx, w);
             c += l;
         }
         for c in c..w {
@@ -252,6 +230,36 @@ unsafe fn add_rows_indexed_impl<V: Vf, const BIAS_RELU: bool>(
             }
             *op.add(c) = acc;
         }
+    }
+}
+
+/// `N` vectors of one output row from `op` on: each adds the table rows `idx` (rows `w` wide,
+/// `tp` at the same column) in index order, then (`BIAS_RELU`) `max(· + bias, 0)` with the
+/// bias from `bp` (read only then).
+#[inline(always)]
+unsafe fn add_rows_block<V: Vf, const BIAS_RELU: bool, const N: usize>(
+    op: *mut f32,
+    tp: *const f32,
+    bp: *const f32,
+    idx: &[u32],
+    w: usize,
+) {
+    let (l, zero) = (V::LANES, V::splat(0.0));
+    let mut acc: [V; N] = std::array::from_fn(|v| V::load(op.add(v * l)));
+    for &i in idx {
+        let p = tp.add(i as usize * w);
+        for (v, a) in acc.iter_mut().enumerate() {
+            *a = a.add(V::load(p.add(v * l)));
+        }
+    }
+    for (v, a) in acc.into_iter().enumerate() {
+        let a = if BIAS_RELU {
+            let s = a.add(V::load(bp.add(v * l)));
+            V::select_gt(s, zero, s, zero)
+        } else {
+            a
+        };
+        a.store(op.add(v * l));
     }
 }
 
