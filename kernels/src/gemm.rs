@@ -9,6 +9,9 @@
 //!   call (`gemm_loop` → `make_packing_buffer` → `Alloc::new`), and the workspace builds it
 //!   without its `avx512` feature.
 //! - `f64` (gradient checks only) runs `matrixmultiply::dgemm` via [`gemm_matrixmultiply`].
+//! - [`gemm_epilogue`]: a forward layer's bias and activation (ReLU, GateNU's `γ·σ`, and the
+//!   product with the input a gate scales) applied by the micro-kernel to each register tile
+//!   as it stores it, with the bits of the GEMM followed by the activation's own pass.
 //!
 //! Blocking: `k` is cut into equal blocks of depth `kc <= KC` (a function of `k` only); C is
 //! tiled into row × column tasks (whole-width row blocks of up to `MC` rows when there are
@@ -43,7 +46,7 @@
 //! values and FMA chains, so the same bits).
 
 use crate::cast::{f32s, f32s_mut, f32v, is_f32};
-use crate::simd::kern::{GemmBlock, A_STRIDE, KC};
+use crate::simd::kern::{Epi, EpiKind, GemmBlock, A_STRIDE, KC};
 use crate::{simd, Real};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -590,11 +593,12 @@ fn sgemm(
     beta: f32,
     c: &mut [f32],
 ) {
-    sgemm_impl(m, n, k, alpha, a, ta, b, tb, None, beta, c)
+    sgemm_impl(m, n, k, alpha, a, ta, b, tb, None, beta, c, Epi::NONE)
 }
 
 /// [`sgemm`], optionally with `op(B)` already packed (`prepacked`, made by [`pack_b_for`] on
-/// this thread's SIMD path): then no task packs or reads `b`.
+/// this thread's SIMD path): then no task packs or reads `b`. The micro-kernel applies `epi`
+/// to C's final values as it stores them (its pointers at C's first element and column).
 #[allow(clippy::too_many_arguments)]
 fn sgemm_impl(
     m: usize,
@@ -608,6 +612,7 @@ fn sgemm_impl(
     prepacked: Option<&[f32]>,
     beta: f32,
     c: &mut [f32],
+    epi: Epi,
 ) {
     let path = simd::simd_path();
     // Buffers for every thread of the pool, even inside `serial`: several serial callers
@@ -712,6 +717,8 @@ fn sgemm_impl(
                             alpha,
                             beta,
                             first: kb == 0,
+                            epi: epi.at(r0 + roff, p0 * nr + coff, n),
+                            last: kb + 1 == pl.nkb,
                         };
                         // The block reads `rws` rows of A and `cls` columns of B (all NR-wide
                         // panels readable: in place only for full panels, else packed above)
@@ -828,8 +835,138 @@ pub fn gemm_packed_b<T: Real>(
                 Some(buf),
                 f32v(beta),
                 &mut f32s_mut(c)[..m * n],
+                Epi::NONE,
             );
         }
         _ => gemm(m, n, k, alpha, a, ta, b, tb, beta, c),
     }
+}
+
+/// An elementwise function that [`gemm_epilogue`] applies to each element of `op(A)·op(B)` as
+/// it stores it in C: a layer's bias and activation without a second pass over C.
+#[derive(Debug)]
+pub enum Epilogue<'a, T> {
+    /// `C[i, j] = max(C[i, j] + bias[j], 0)`, as [`crate::act::bias_relu_forward`].
+    BiasRelu(&'a [T]),
+    /// `C[i, j] = scale·σ(C[i, j] + bias[j])`, and with `mul = Some((y, x))` (both `[m, n]`)
+    /// also `y = C ⊙ x`, as [`crate::act::bias_scaled_sigmoid_forward`] (a GateNU's output
+    /// layer, and the input it scales).
+    BiasScaledSigmoid {
+        /// Per column.
+        bias: &'a [T],
+        /// γ.
+        scale: T,
+        /// `(y, x)`.
+        mul: Option<(&'a mut [T], &'a [T])>,
+    },
+}
+
+/// `C[m×n] = epi(op(A)·op(B))`: [`gemm_packed_b`] with `alpha = 1`, `beta = 0`, followed by
+/// the epilogue's activation, with the same bits, but applied by the `f32` micro-kernel to
+/// each register tile as it is stored (C is written once, not written, read and written again).
+///
+/// # Panics
+/// If a slice is shorter than its shape requires (a programmer error).
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_epilogue<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    ta: Trans,
+    b: &[T],
+    tb: Trans,
+    packed: Option<(&[f32], simd::SimdPath)>,
+    c: &mut [T],
+    epi: Epilogue<'_, T>,
+) {
+    check(m, n, k, a.len(), b.len(), c.len());
+    let bias_len = match &epi {
+        Epilogue::BiasRelu(bias) => bias.len(),
+        Epilogue::BiasScaledSigmoid { bias, mul, .. } => {
+            if let Some((y, x)) = mul {
+                assert!(
+                    y.len() >= m * n && x.len() >= m * n,
+                    "gemm_epilogue: y has {}, x {} elements, need {m}x{n}",
+                    y.len(),
+                    x.len()
+                );
+            }
+            bias.len()
+        }
+    };
+    assert!(
+        bias_len >= n,
+        "gemm_epilogue: bias has {bias_len} elements, needs {n}"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if !is_f32::<T>() || k == 0 {
+        // The product, then the activation as its own pass (f64, or C = 0).
+        gemm_packed_b(m, n, k, T::ONE, a, ta, b, tb, packed, T::ZERO, c);
+        let c = &mut c[..m * n];
+        return match epi {
+            Epilogue::BiasRelu(bias) => crate::act::bias_relu_forward(c, &bias[..n]),
+            Epilogue::BiasScaledSigmoid { bias, scale, mul } => {
+                let u = c.to_vec();
+                let mul = mul.map(|(y, x)| (&mut y[..m * n], &x[..m * n]));
+                crate::act::bias_scaled_sigmoid_forward(c, &u, &bias[..n], scale, mul)
+            }
+        };
+    }
+    let f32p = |v: &[T]| f32s(v).as_ptr();
+    let e = match epi {
+        Epilogue::BiasRelu(bias) => Epi {
+            kind: EpiKind::BiasRelu,
+            bias: f32p(bias),
+            ..Epi::NONE
+        },
+        Epilogue::BiasScaledSigmoid { bias, scale, mul } => {
+            let (kind, x, y) = match mul {
+                Some((y, x)) => (
+                    EpiKind::BiasScaledSigmoidMul,
+                    f32p(x),
+                    f32s_mut(y).as_mut_ptr(),
+                ),
+                None => (
+                    EpiKind::BiasScaledSigmoid,
+                    std::ptr::null(),
+                    std::ptr::null_mut(),
+                ),
+            };
+            Epi {
+                kind,
+                bias: f32p(bias),
+                scale: f32v(scale),
+                x,
+                y,
+            }
+        }
+    };
+    let prepacked = match packed {
+        Some((buf, path)) if path == simd::simd_path() => {
+            assert!(
+                buf.len() >= packed_b_len(n, k, path),
+                "gemm_epilogue: short buffer"
+            );
+            Some(buf)
+        }
+        _ => None,
+    };
+    sgemm_impl(
+        m,
+        n,
+        k,
+        1.0,
+        &f32s(a)[..m * k],
+        ta,
+        &f32s(b)[..k * n],
+        tb,
+        prepacked,
+        0.0,
+        &mut f32s_mut(c)[..m * n],
+        e,
+    );
 }

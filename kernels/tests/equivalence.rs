@@ -1099,6 +1099,94 @@ fn gemm_packed_b_same_bits() {
     }
 }
 
+/// A GEMM with an epilogue gives the bits of the plain GEMM followed by the activation's own
+/// pass (`bias_relu_forward`, `bias_scaled_sigmoid_forward` with and without the product), on
+/// every path, both B orientations, pre-packed or not, 1 and 2 threads, on awkward shapes:
+/// empty, partial register tiles in both directions, several k-blocks.
+#[test]
+fn gemm_epilogue_same_bits_as_gemm_then_activation() {
+    use hmdn_kernels::gemm::{gemm_epilogue, gemm_packed_b, pack_b_for, packed_b_len, Epilogue};
+    let mut rng = StdRng::seed_from_u64(31);
+    let shapes = [
+        (0usize, 5usize, 3usize),
+        (4, 0, 3),
+        (5, 6, 0),
+        (1, 1, 1),
+        (7, 9, 17),
+        (13, 33, 300),
+        (17, 47, 64),
+        (130, 368, 64),
+        (25, 64, 1023),
+    ];
+    for threads in [1, 2] {
+        in_pool(threads, || {
+            for_paths(|p| {
+                for &(m, n, k) in &shapes {
+                    for (tb, prepack) in [(Trans::N, false), (Trans::T, false), (Trans::T, true)] {
+                        let a = awkward(&mut rng, m * k, 4.0);
+                        let b = awkward(&mut rng, k * n, 4.0);
+                        let bias = awkward(&mut rng, n, 30.0);
+                        let x = awkward(&mut rng, m * n, 1e3);
+                        let mut packed = vec![0.0f32; packed_b_len(n, k, p)];
+                        pack_b_for(&mut packed, n, k, &b, tb, p);
+                        let pk = prepack.then_some((&packed[..], p));
+                        let mut u = vec![f32::NAN; m * n];
+                        gemm_packed_b(m, n, k, 1.0, &a, Trans::N, &b, tb, pk, 0.0, &mut u);
+                        let what =
+                            format!("{p:?} {m}x{n}x{k} {tb:?} packed {prepack} threads {threads}");
+                        // Bias + ReLU.
+                        let mut want = u.clone();
+                        act::bias_relu_forward(&mut want, &bias);
+                        let mut got = vec![f32::NAN; m * n];
+                        let epi = Epilogue::BiasRelu(&bias);
+                        gemm_epilogue(m, n, k, &a, Trans::N, &b, tb, pk, &mut got, epi);
+                        assert_bits_eq(&got, &want, &format!("bias relu {what}"));
+                        // γ·σ(· + bias), alone and with the product.
+                        for with_mul in [false, true] {
+                            let (mut want, mut want_y) = (vec![0.0; m * n], vec![0.0; m * n]);
+                            let mul = with_mul.then_some((&mut want_y[..], &x[..]));
+                            act::bias_scaled_sigmoid_forward(&mut want, &u, &bias, 2.0, mul);
+                            let (mut got, mut got_y) = (vec![f32::NAN; m * n], vec![0.0; m * n]);
+                            let epi = Epilogue::BiasScaledSigmoid {
+                                bias: &bias,
+                                scale: 2.0,
+                                mul: with_mul.then_some((&mut got_y[..], &x[..])),
+                            };
+                            gemm_epilogue(m, n, k, &a, Trans::N, &b, tb, pk, &mut got, epi);
+                            let w = format!("sigmoid (product {with_mul}) {what}");
+                            assert_bits_eq(&got, &want, &w);
+                            assert_bits_eq(&got_y, &want_y, &format!("{w}, y"));
+                        }
+                    }
+                }
+            });
+        });
+    }
+    // f64 (gradient checks): the reference GEMM and activations.
+    let (m, n, k) = (5usize, 7usize, 3usize);
+    let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+    let b: Vec<f64> = (0..n * k).map(|i| (i as f64 * 0.71).cos()).collect();
+    let bias: Vec<f64> = (0..n).map(|j| j as f64 * 0.1 - 0.3).collect();
+    let mut u = vec![0.0f64; m * n];
+    gemm::gemm(m, n, k, 1.0, &a, Trans::N, &b, Trans::T, 0.0, &mut u);
+    let mut want = u.clone();
+    reference::bias_relu_forward(&mut want, &bias);
+    let mut got = vec![0.0f64; m * n];
+    gemm_epilogue(
+        m,
+        n,
+        k,
+        &a,
+        Trans::N,
+        &b,
+        Trans::T,
+        None,
+        &mut got,
+        Epilogue::BiasRelu(&bias),
+    );
+    assert_eq!(got, want, "f64 bias relu");
+}
+
 #[test]
 fn add_rows_indexed_exact_and_equal_to_one_field_at_a_time() {
     let mut rng = StdRng::seed_from_u64(43);

@@ -4,10 +4,10 @@
 
 use crate::model::linear::{InputGrad, Linear};
 use crate::params::{Grads, ParamStore};
-use hmdn_kernels::act::{bias_grad, bias_scaled_sigmoid_forward};
+use hmdn_kernels::act::bias_grad;
 use hmdn_kernels::act::{bias_relu_forward, relu_backward, scaled_sigmoid_backward};
 use hmdn_kernels::embed::{add_rows_indexed, scatter_add_rows_indexed};
-use hmdn_kernels::gemm::{gemm_packed_b, pack_b_for, packed_b_len};
+use hmdn_kernels::gemm::{gemm_epilogue, gemm_packed_b, pack_b_for, packed_b_len, Epilogue};
 use hmdn_kernels::{gemm, Real, SimdPath, Trans};
 use rand::Rng;
 
@@ -32,7 +32,8 @@ pub struct GateNuCache<T> {
     /// Upstream gradient `∂L/∂δ` `[B, d_out]`; callers accumulate into it (after
     /// [`GateNuCache::zero_ddelta`]) before [`GateNu::backward`].
     pub ddelta: Vec<T>,
-    /// Scratch: `∂L/∂(fc2 pre-activation)` `[B, d_out]`; in forward, the pre-activation.
+    /// Scratch: `∂L/∂(fc2 pre-activation)` `[B, d_out]` (the forward does not store the
+    /// pre-activation: its GEMM applies the sigmoid as it stores δ).
     pub u2: Vec<T>,
     /// Scratch: `∂L/∂a1` `[B, hidden]`.
     pub da1: Vec<T>,
@@ -119,20 +120,18 @@ impl GateNu {
         cache.ensure_batch(self, bsz);
         let f1 = &self.fc1;
         let a1 = &mut cache.a1[..bsz * f1.d_out];
-        gemm_packed_b(
+        gemm_epilogue(
             bsz,
             f1.d_out,
             f1.d_in,
-            T::ONE,
             v,
             Trans::N,
             ps.value(f1.w),
             Trans::T,
             ps.packed_weight(f1.w),
-            T::ZERO,
             a1,
+            Epilogue::BiasRelu(ps.value(f1.b)),
         );
-        bias_relu_forward(a1, ps.value(f1.b));
         self.second_layer_forward(cache, ps, bsz);
     }
 
@@ -158,27 +157,23 @@ impl GateNu {
     ) {
         let f2 = &self.fc2;
         let a1 = &cache.a1[..bsz * self.fc1.d_out];
-        let u2 = &mut cache.u2[..bsz * f2.d_out];
-        gemm_packed_b(
+        // δ = γ·σ(a1·W2ᵀ + b2), applied as the GEMM stores each tile: the pre-activation is
+        // never stored.
+        gemm_epilogue(
             bsz,
             f2.d_out,
             f2.d_in,
-            T::ONE,
             a1,
             Trans::N,
             ps.value(f2.w),
             Trans::T,
             ps.packed_weight(f2.w),
-            T::ZERO,
-            u2,
-        );
-        // u2 keeps the product without b2 (scratch until backward); δ = γ·σ(u2 + b2).
-        bias_scaled_sigmoid_forward(
             &mut cache.delta[..bsz * f2.d_out],
-            u2,
-            ps.value(f2.b),
-            T::from_f64(self.gamma),
-            scaled,
+            Epilogue::BiasScaledSigmoid {
+                bias: ps.value(f2.b),
+                scale: T::from_f64(self.gamma),
+                mul: scaled,
+            },
         );
     }
 

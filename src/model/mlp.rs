@@ -7,8 +7,8 @@
 
 use crate::model::linear::{InputGrad, Linear};
 use crate::params::{Grads, ParamStore};
-use hmdn_kernels::act::{bias_relu_forward, relu_backward};
-use hmdn_kernels::gemm::gemm_packed_b;
+use hmdn_kernels::act::relu_backward;
+use hmdn_kernels::gemm::{gemm_epilogue, Epilogue};
 use hmdn_kernels::{Real, Trans};
 use rand::Rng;
 
@@ -114,20 +114,19 @@ impl Mlp {
     ) {
         let lin = &self.layers[l];
         let out = &mut out[..bsz * lin.d_out];
-        gemm_packed_b(
+        // Bias and ReLU applied as the GEMM stores each tile (one pass over `out`).
+        gemm_epilogue(
             bsz,
             lin.d_out,
             lin.d_in,
-            T::ONE,
             inp,
             Trans::N,
             ps.value(lin.w),
             Trans::T,
             ps.packed_weight(lin.w),
-            T::ZERO,
             out,
+            Epilogue::BiasRelu(ps.value(lin.b)),
         );
-        bias_relu_forward(out, ps.value(lin.b));
     }
 
     /// Layer `l` alone, backward from `dout = ∂L/∂out` (`[B, h_l]`, post-ReLU): accumulates

@@ -23,7 +23,7 @@ use distinct::{DistinctKeys, Gathered};
 use embedding::{MultiEmbedding, RowGrad};
 use factored::{FieldFactoring, MAX_FACTOR_VOCAB};
 use gate::{mixture_accumulate, mixture_backward, Gate, GateCache};
-use gatenu::{scale_forward, FieldSplit, GTerm, GateNu, GateNuCache, SplitW1};
+use gatenu::{FieldSplit, GTerm, GateNu, GateNuCache, SplitW1};
 use head::{
     task_loss_backward, task_loss_backward_rows, task_loss_forward, DomainTowers, TowerCache,
     Towers,
@@ -2289,14 +2289,11 @@ fn chunk_forward<T: Real>(
             let xp = Some((&mut b.xp[..bsz * dx], x));
             let (sp, gt) = (&splits[0], g_term(0));
             ep.forward_split_scaled(&mut b.ep, sp, gt, sg_x, ps, xp, epnet_r0, bsz);
-            // PPNet gates on [g, sg(x')], one per hidden layer.
-            let sg_xp = if b.sg_frozen { &b.sg_xp } else { &b.xp };
-            for (i, (pn, pc)) in net.ppnet.iter().zip(b.pp.iter_mut()).enumerate() {
-                let gt = g_term(i + 1);
-                pn.forward_split(pc, &splits[i + 1], gt, &sg_xp[..bsz * dx], ps, bsz);
-            }
             laps.lap(profile, Phase::Gates);
-            // h_l = δ_l ⊙ ReLU(Linear_l(h_{l-1})), h_{-1} = x'.
+            // h_l = δ_l ⊙ ReLU(Linear_l(h_{l-1})), h_{-1} = x', with PPNet's gate δ_l on
+            // [g, sg(x')]: each layer first, then its gate, whose GEMM also writes h_l as it
+            // stores δ_l (no separate pass over δ_l).
+            let sg_xp = if b.sg_frozen { &b.sg_xp } else { &b.xp };
             for l in 0..m.layers.len() {
                 let hl = m.layers[l].d_out;
                 let (hs_below, hs_rest) = b.hs.split_at_mut(l);
@@ -2304,7 +2301,10 @@ fn chunk_forward<T: Real>(
                 m.layer_forward(l, &mut b.a[l], inp, ps, bsz);
                 laps.lap(profile, Phase::Backbone);
                 let n = bsz * hl;
-                scale_forward(&mut hs_rest[0][..n], &b.pp[l].delta[..n], &b.a[l][..n]);
+                let (pn, pc, gt) = (&net.ppnet[l], &mut b.pp[l], g_term(l + 1));
+                let scaled = Some((&mut hs_rest[0][..n], &b.a[l][..n]));
+                let sx = &sg_xp[..bsz * dx];
+                pn.forward_split_scaled(pc, &splits[l + 1], gt, sx, ps, scaled, None, bsz);
                 laps.lap(profile, Phase::Gates);
             }
             let top = &b.hs[m.layers.len() - 1][..bsz * h];

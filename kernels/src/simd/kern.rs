@@ -923,6 +923,141 @@ pub(crate) struct GemmBlock {
     pub alpha: f32,
     pub beta: f32,
     pub first: bool,
+    /// Applied to each element of C as it is stored on the last k-block (`last`).
+    pub epi: Epi,
+    pub last: bool,
+}
+
+/// Which elementwise function the GEMM micro-kernel applies as it stores C (`gemm::Epilogue`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EpiKind {
+    /// C as computed.
+    None,
+    /// `max(c + bias[j], 0)`, as [`bias_relu`].
+    BiasRelu,
+    /// `scale·σ(c + bias[j])`, as [`bias_scaled_sigmoid`].
+    BiasScaledSigmoid,
+    /// That, and `y = that ⊙ x` (x, y laid out as C), as [`bias_scaled_sigmoid_mul`].
+    BiasScaledSigmoidMul,
+}
+
+/// A [`GemmBlock`]'s epilogue: the function and its operands, each pointer at the block's
+/// first column (`bias`) or first element (`x`, `y`, with C's leading dimension).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epi {
+    pub kind: EpiKind,
+    pub bias: *const f32,
+    pub scale: f32,
+    pub x: *const f32,
+    pub y: *mut f32,
+}
+
+// SAFETY: an `Epi` is only built by `gemm::gemm_epilogue` from slices that outlive the GEMM
+// call; its tasks read `bias` and `x` and write disjoint tiles of `y` (those of their C tiles).
+unsafe impl Send for Epi {}
+// SAFETY: see above.
+unsafe impl Sync for Epi {}
+
+impl Epi {
+    /// No epilogue.
+    pub const NONE: Epi = Epi {
+        kind: EpiKind::None,
+        bias: ptr::null(),
+        scale: 0.0,
+        x: ptr::null(),
+        y: ptr::null_mut(),
+    };
+
+    /// The same epilogue for the part of C starting `rows` rows and `cols` columns further
+    /// (leading dimension `ld`).
+    pub fn at(&self, rows: usize, cols: usize, ld: usize) -> Epi {
+        if self.kind == EpiKind::None {
+            return *self;
+        }
+        let off = rows * ld + cols;
+        Epi {
+            bias: self.bias.wrapping_add(cols),
+            x: self.x.wrapping_add(off),
+            y: self.y.wrapping_add(off),
+            ..*self
+        }
+    }
+}
+
+/// One vector of the epilogue `K` (an [`EpiKind`] as `u8`) on `s`: the bias at `bias`, and
+/// for the `Mul` kind `x` read and `y` written at `x`, `y`. The same operations, in the same
+/// order, as the separate passes [`bias_relu`], [`bias_scaled_sigmoid`] and
+/// [`bias_scaled_sigmoid_mul`], so the same bits.
+#[inline(always)]
+unsafe fn epi_vec<V: Vf, const K: u8>(
+    s: V,
+    bias: *const f32,
+    scale: f32,
+    x: *const f32,
+    y: *mut f32,
+) -> V {
+    if K == EpiKind::BiasRelu as u8 {
+        let z = V::splat(0.0);
+        let r = s.add(V::load(bias));
+        V::select_gt(r, z, r, z)
+    } else {
+        let d = V::splat(scale).mul(sigmoid(s.add(V::load(bias))));
+        if K == EpiKind::BiasScaledSigmoidMul as u8 {
+            d.mul(V::load(x)).store(y);
+        }
+        d
+    }
+}
+
+/// Stores a tile's final values `vals` (`rows × cols` of an `MR × NV·LANES` tile, row stride
+/// `NV·LANES`) through the epilogue `K` into C at `c` (leading dimension `ldc`), the tile's
+/// epilogue operands at `e` (already offset to the tile).
+#[inline(always)]
+unsafe fn store_epi<V: Vf, const MR: usize, const NV: usize, const K: u8>(
+    vals: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    e: &Epi,
+    rows: usize,
+    cols: usize,
+) {
+    let l = V::LANES;
+    let nr = NV * l;
+    if rows == MR && cols == nr {
+        for i in 0..MR {
+            for v in 0..NV {
+                let off = i * ldc + v * l;
+                let s = V::load(vals.add(i * nr + v * l));
+                let d = epi_vec::<V, K>(s, e.bias.add(v * l), e.scale, e.x.add(off), e.y.add(off));
+                d.store(c.add(off));
+            }
+        }
+        return;
+    }
+    // A partial tile: each vector through padded copies (bias, x, y), then its valid lanes
+    // stored; the padding lanes compute on zeros and are dropped.
+    for i in 0..rows {
+        let mut v = 0;
+        while v * l < cols {
+            let w = (cols - v * l).min(l);
+            let off = i * ldc + v * l;
+            let mut bias = [0.0f32; MAX_LANES];
+            ptr::copy_nonoverlapping(e.bias.add(v * l), bias.as_mut_ptr(), w);
+            let (mut x, mut y) = ([0.0f32; MAX_LANES], [0.0f32; MAX_LANES]);
+            if K == EpiKind::BiasScaledSigmoidMul as u8 {
+                ptr::copy_nonoverlapping(e.x.add(off), x.as_mut_ptr(), w);
+            }
+            let s = V::load(vals.add(i * nr + v * l));
+            let d = epi_vec::<V, K>(s, bias.as_ptr(), e.scale, x.as_ptr(), y.as_mut_ptr());
+            let mut out = [0.0f32; MAX_LANES];
+            d.store(out.as_mut_ptr());
+            ptr::copy_nonoverlapping(out.as_ptr(), c.add(off), w);
+            if K == EpiKind::BiasScaledSigmoidMul as u8 {
+                ptr::copy_nonoverlapping(y.as_ptr(), e.y.add(off), w);
+            }
+            v += 1;
+        }
+    }
 }
 
 /// Runs a [`GemmBlock`] with this vector type's register tile.
@@ -947,6 +1082,7 @@ unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize>(t: &GemmBlock
             let rh = (t.rows - pa * MR).min(MR);
             let cp = t.c.add(pa * MR * t.ldc + q * nr);
             let ap = t.ap.add(pa * t.a_pan);
+            let e = t.epi.at(pa * MR, q * nr, t.ldc);
             // A partial panel (the last rows of C, or its last columns) runs on a smaller
             // register tile, so that no multiply-adds are spent on rows or vectors outside C
             // (e.g. C with 64 rows: 5 full 12-row panels and one of 4). Every element's FMA
@@ -959,12 +1095,12 @@ unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize>(t: &GemmBlock
                 MR
             };
             match (rows, cw <= V::LANES && NV > 1) {
-                (4, false) => panel::<V, 4, NV>(t, ap, bq, cp, rh, cw),
-                (4, true) => panel::<V, 4, 1>(t, ap, bq, cp, rh, cw),
-                (8, false) => panel::<V, 8, NV>(t, ap, bq, cp, rh, cw),
-                (8, true) => panel::<V, 8, 1>(t, ap, bq, cp, rh, cw),
-                (_, false) => panel::<V, MR, NV>(t, ap, bq, cp, rh, cw),
-                (_, true) => panel::<V, MR, 1>(t, ap, bq, cp, rh, cw),
+                (4, false) => panel::<V, 4, NV>(t, ap, bq, cp, &e, rh, cw),
+                (4, true) => panel::<V, 4, 1>(t, ap, bq, cp, &e, rh, cw),
+                (8, false) => panel::<V, 8, NV>(t, ap, bq, cp, &e, rh, cw),
+                (8, true) => panel::<V, 8, 1>(t, ap, bq, cp, &e, rh, cw),
+                (_, false) => panel::<V, MR, NV>(t, ap, bq, cp, &e, rh, cw),
+                (_, true) => panel::<V, MR, 1>(t, ap, bq, cp, &e, rh, cw),
             }
             pa += 1;
         }
@@ -981,16 +1117,17 @@ unsafe fn panel<V: Vf, const MR: usize, const NV: usize>(
     ap: *const f32,
     bq: *const f32,
     cp: *mut f32,
+    e: &Epi,
     rh: usize,
     cw: usize,
 ) {
     if t.a_pmajor {
-        tile::<V, MR, NV>(t, ap, 1, t.a_ps, bq, cp, rh, cw);
+        tile::<V, MR, NV>(t, ap, 1, t.a_ps, bq, cp, e, rh, cw);
     } else if t.a_ps == A_STRIDE {
         // Packed: the constant stride lets the compiler fold the row offsets.
-        tile::<V, MR, NV>(t, ap, A_STRIDE, 1, bq, cp, rh, cw);
+        tile::<V, MR, NV>(t, ap, A_STRIDE, 1, bq, cp, e, rh, cw);
     } else {
-        tile::<V, MR, NV>(t, ap, t.a_ps, 1, bq, cp, rh, cw);
+        tile::<V, MR, NV>(t, ap, t.a_ps, 1, bq, cp, e, rh, cw);
     }
 }
 
@@ -1005,6 +1142,7 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
     sp: usize,
     bp: *const f32,
     c: *mut f32,
+    e: &Epi,
     rows: usize,
     cols: usize,
 ) {
@@ -1027,6 +1165,54 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
         b = b.add(t.ldb);
     }
     let (ldc, alpha, beta) = (t.ldc, t.alpha, t.beta);
+    if t.last && e.kind != EpiKind::None {
+        // C's final values into a buffer (the same operations as the stores below), then
+        // through the epilogue into C.
+        let mut buf = MaybeUninit::<[f32; 12 * 32]>::uninit();
+        let buf = buf.as_mut_ptr() as *mut f32;
+        let (va, vb) = (V::splat(alpha), V::splat(beta));
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                let (bp, cp) = (buf.add(i * nr + v * l), c.add(i * ldc + v * l));
+                let s = x.mul(va);
+                let full = i < rows && (v + 1) * l <= cols;
+                let out = if t.first && beta == 0.0 {
+                    s
+                } else if full {
+                    if !t.first {
+                        V::load(cp).add(s)
+                    } else {
+                        s.add(vb.mul(V::load(cp)))
+                    }
+                } else {
+                    // A partial tile: C read lane by lane, only inside C (it may end there).
+                    s.store(bp);
+                    if i < rows {
+                        for j in 0..l.min(cols.saturating_sub(v * l)) {
+                            let (o, cv) = (bp.add(j), *cp.add(j));
+                            *o = if !t.first { cv + *o } else { *o + beta * cv };
+                        }
+                    }
+                    V::load(bp)
+                };
+                out.store(bp);
+            }
+        }
+        match e.kind {
+            EpiKind::BiasRelu => {
+                store_epi::<V, MR, NV, { EpiKind::BiasRelu as u8 }>(buf, c, ldc, e, rows, cols)
+            }
+            EpiKind::BiasScaledSigmoid => {
+                store_epi::<V, MR, NV, { EpiKind::BiasScaledSigmoid as u8 }>(
+                    buf, c, ldc, e, rows, cols,
+                )
+            }
+            _ => store_epi::<V, MR, NV, { EpiKind::BiasScaledSigmoidMul as u8 }>(
+                buf, c, ldc, e, rows, cols,
+            ),
+        }
+        return;
+    }
     if rows == MR && cols == nr {
         let (va, vb) = (V::splat(alpha), V::splat(beta));
         for (i, row) in acc.iter().enumerate() {
