@@ -859,6 +859,20 @@ pub enum Epilogue<'a, T> {
         /// `(y, x)`.
         mul: Option<(&'a mut [T], &'a [T])>,
     },
+    /// Only the product of [`Epilogue::BiasScaledSigmoid`]'s `mul`: `y = scale·σ(C + bias) ⊙ x`
+    /// (`y`, `x` `[m, n]`), for a gate whose values are not needed afterwards (inference).
+    /// C is then scratch: written only when `k` spans several of the micro-kernel's k-blocks
+    /// (more than 192), its contents unspecified afterwards.
+    ScaledBySigmoid {
+        /// Per column.
+        bias: &'a [T],
+        /// γ.
+        scale: T,
+        /// Written.
+        y: &'a mut [T],
+        /// The input the gate scales.
+        x: &'a [T],
+    },
 }
 
 /// `C[m×n] = epi(op(A)·op(B))`: [`gemm_packed_b`] with `alpha = 1`, `beta = 0`, followed by
@@ -882,20 +896,19 @@ pub fn gemm_epilogue<T: Real>(
     epi: Epilogue<'_, T>,
 ) {
     check(m, n, k, a.len(), b.len(), c.len());
-    let bias_len = match &epi {
-        Epilogue::BiasRelu(bias) => bias.len(),
+    let (bias_len, yx) = match &epi {
+        Epilogue::BiasRelu(bias) => (bias.len(), None),
         Epilogue::BiasScaledSigmoid { bias, mul, .. } => {
-            if let Some((y, x)) = mul {
-                assert!(
-                    y.len() >= m * n && x.len() >= m * n,
-                    "gemm_epilogue: y has {}, x {} elements, need {m}x{n}",
-                    y.len(),
-                    x.len()
-                );
-            }
-            bias.len()
+            (bias.len(), mul.as_ref().map(|(y, x)| (y.len(), x.len())))
         }
+        Epilogue::ScaledBySigmoid { bias, y, x, .. } => (bias.len(), Some((y.len(), x.len()))),
     };
+    if let Some((y, x)) = yx {
+        assert!(
+            y >= m * n && x >= m * n,
+            "gemm_epilogue: y has {y}, x {x} elements, need {m}x{n}"
+        );
+    }
     assert!(
         bias_len >= n,
         "gemm_epilogue: bias has {bias_len} elements, needs {n}"
@@ -912,6 +925,11 @@ pub fn gemm_epilogue<T: Real>(
             Epilogue::BiasScaledSigmoid { bias, scale, mul } => {
                 let u = c.to_vec();
                 let mul = mul.map(|(y, x)| (&mut y[..m * n], &x[..m * n]));
+                crate::act::bias_scaled_sigmoid_forward(c, &u, &bias[..n], scale, mul)
+            }
+            Epilogue::ScaledBySigmoid { bias, scale, y, x } => {
+                let u = c.to_vec();
+                let mul = Some((&mut y[..m * n], &x[..m * n]));
                 crate::act::bias_scaled_sigmoid_forward(c, &u, &bias[..n], scale, mul)
             }
         };
@@ -944,6 +962,13 @@ pub fn gemm_epilogue<T: Real>(
                 y,
             }
         }
+        Epilogue::ScaledBySigmoid { bias, scale, y, x } => Epi {
+            kind: EpiKind::ScaledBySigmoid,
+            bias: f32p(bias),
+            scale: f32v(scale),
+            x: f32p(x),
+            y: f32s_mut(y).as_mut_ptr(),
+        },
     };
     let prepacked = match packed {
         Some((buf, path)) if path == simd::simd_path() => {

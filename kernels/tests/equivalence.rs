@@ -1156,6 +1156,18 @@ fn gemm_epilogue_same_bits_as_gemm_then_activation() {
                             let w = format!("sigmoid (product {with_mul}) {what}");
                             assert_bits_eq(&got, &want, &w);
                             assert_bits_eq(&got_y, &want_y, &format!("{w}, y"));
+                            if with_mul {
+                                // The product alone (C scratch).
+                                let (mut c, mut y) = (vec![f32::NAN; m * n], vec![0.0; m * n]);
+                                let epi = Epilogue::ScaledBySigmoid {
+                                    bias: &bias,
+                                    scale: 2.0,
+                                    y: &mut y,
+                                    x: &x,
+                                };
+                                gemm_epilogue(m, n, k, &a, Trans::N, &b, tb, pk, &mut c, epi);
+                                assert_bits_eq(&y, &want_y, &format!("product only {what}"));
+                            }
                         }
                     }
                 }

@@ -143,22 +143,36 @@ impl GateNu {
         ps: &ParamStore<T>,
         bsz: usize,
     ) {
-        self.second_layer_forward_scaled(cache, ps, None, bsz);
+        self.second_layer_forward_scaled(cache, ps, GateOutput::Delta, bsz);
     }
 
-    /// [`Self::second_layer_forward`], with `scaled = Some((y, x))` also `y = δ ⊙ x` in the
-    /// same pass (EPNet's `x' = δ ⊙ x`).
+    /// [`Self::second_layer_forward`], writing what `out` says: δ, and/or `y = δ ⊙ x` in the
+    /// same pass (EPNet's `x' = δ ⊙ x`, PPNet's `h_l = δ_l ⊙ a_l`).
     fn second_layer_forward_scaled<T: Real>(
         &self,
         cache: &mut GateNuCache<T>,
         ps: &ParamStore<T>,
-        scaled: Option<(&mut [T], &[T])>,
+        out: GateOutput<'_, T>,
         bsz: usize,
     ) {
         let f2 = &self.fc2;
         let a1 = &cache.a1[..bsz * self.fc1.d_out];
+        let (bias, scale) = (ps.value(f2.b), T::from_f64(self.gamma));
         // δ = γ·σ(a1·W2ᵀ + b2), applied as the GEMM stores each tile: the pre-activation is
         // never stored.
+        let epi = match out {
+            GateOutput::Delta => Epilogue::BiasScaledSigmoid {
+                bias,
+                scale,
+                mul: None,
+            },
+            GateOutput::DeltaAndScaled(y, x) => Epilogue::BiasScaledSigmoid {
+                bias,
+                scale,
+                mul: Some((y, x)),
+            },
+            GateOutput::Scaled(y, x) => Epilogue::ScaledBySigmoid { bias, scale, y, x },
+        };
         gemm_epilogue(
             bsz,
             f2.d_out,
@@ -169,11 +183,7 @@ impl GateNu {
             Trans::T,
             ps.packed_weight(f2.w),
             &mut cache.delta[..bsz * f2.d_out],
-            Epilogue::BiasScaledSigmoid {
-                bias: ps.value(f2.b),
-                scale: T::from_f64(self.gamma),
-                mul: scaled,
-            },
+            epi,
         );
     }
 
@@ -503,6 +513,30 @@ impl<T: Real> SplitW1<T> {
     }
 }
 
+/// What a GateNU's forward writes ([`GateNu::forward_split_scaled`]) besides its hidden
+/// layer `cache.a1`.
+#[derive(Debug)]
+pub enum GateOutput<'a, T> {
+    /// The gate δ, into `cache.delta`.
+    Delta,
+    /// δ, and `y = δ ⊙ x` (`y`, `x` `[B, d_out]`).
+    DeltaAndScaled(&'a mut [T], &'a [T]),
+    /// Only `y = δ ⊙ x`: δ is not stored (`cache.delta` is scratch), for a forward that keeps
+    /// nothing for a backward (inference).
+    Scaled(&'a mut [T], &'a [T]),
+}
+
+impl<'a, T> GateOutput<'a, T> {
+    /// `y = δ ⊙ x`, with δ stored too when `keep_delta`.
+    pub fn scaled(keep_delta: bool, y: &'a mut [T], x: &'a [T]) -> Self {
+        if keep_delta {
+            GateOutput::DeltaAndScaled(y, x)
+        } else {
+            GateOutput::Scaled(y, x)
+        }
+    }
+}
+
 /// The `g·W1_gᵀ` term of a GateNU's first layer for a chunk's rows: computed from the rows'
 /// `g` `[B, gz]`, or copied by each row's slot from a table `[U, hidden]` computed once per
 /// distinct gate input (`model::distinct`; the same values, bit for bit).
@@ -547,12 +581,12 @@ impl GateNu {
         ps: &ParamStore<T>,
         bsz: usize,
     ) {
-        self.forward_split_scaled(cache, split, g, x, ps, None, None, bsz);
+        self.forward_split_scaled(cache, split, g, x, ps, GateOutput::Delta, None, bsz);
     }
 
-    /// [`GateNu::forward_split`] that, with `scaled = Some((y, s))`, also writes `y = δ ⊙ s`
-    /// (`[B, d_out]`) in the pass that computes δ: EPNet's `x' = δ ⊙ x`, the same values as
-    /// [`scale_forward`] afterwards.
+    /// [`GateNu::forward_split`] that also writes `y = δ ⊙ s` (`[B, d_out]`) in the pass that
+    /// computes δ when `out` says so (EPNet's `x' = δ ⊙ x`, PPNet's `h_l = δ_l ⊙ a_l`; the same
+    /// values as [`scale_forward`] afterwards), and δ itself unless it says `Scaled` only.
     ///
     /// `fac_r0 = Some(r0)` (the chunk's first row in the batch) runs the `x` part factored by
     /// field ([`FieldSplit`], which must be set up, refreshed and prepared for this batch).
@@ -564,7 +598,7 @@ impl GateNu {
         g: GTerm<'_, T>,
         x: &[T],
         ps: &ParamStore<T>,
-        scaled: Option<(&mut [T], &[T])>,
+        out: GateOutput<'_, T>,
         fac_r0: Option<usize>,
         bsz: usize,
     ) {
@@ -635,7 +669,7 @@ impl GateNu {
             }
         }
         bias_relu_forward(a1, ps.value(f1.b));
-        self.second_layer_forward_scaled(cache, ps, scaled, bsz);
+        self.second_layer_forward_scaled(cache, ps, out, bsz);
     }
 
     /// [`GateNu::backward`] after [`GateNu::forward_split`], with `dv_cols = gz`: the

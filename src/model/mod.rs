@@ -23,7 +23,7 @@ use distinct::{DistinctKeys, Gathered};
 use embedding::{MultiEmbedding, RowGrad};
 use factored::{FieldFactoring, MAX_FACTOR_VOCAB};
 use gate::{mixture_accumulate, mixture_backward, Gate, GateCache};
-use gatenu::{FieldSplit, GTerm, GateNu, GateNuCache, SplitW1};
+use gatenu::{FieldSplit, GTerm, GateNu, GateNuCache, GateOutput, SplitW1};
 use head::{
     task_loss_backward, task_loss_backward_rows, task_loss_forward, DomainTowers, TowerCache,
     Towers,
@@ -2286,7 +2286,8 @@ fn chunk_forward<T: Real>(
             };
             // EPNet: x' = δ_ep([g, sg(x)]) ⊙ x. Frozen: sg(x) is the copy set_frozen took.
             let sg_x = if b.sg_frozen { &b.sg_x[..bsz * dx] } else { x };
-            let xp = Some((&mut b.xp[..bsz * dx], x));
+            // A pass that keeps nothing for a backward (inference) needs no δ stored.
+            let xp = GateOutput::scaled(keep, &mut b.xp[..bsz * dx], x);
             let (sp, gt) = (&splits[0], g_term(0));
             ep.forward_split_scaled(&mut b.ep, sp, gt, sg_x, ps, xp, epnet_r0, bsz);
             laps.lap(profile, Phase::Gates);
@@ -2302,7 +2303,7 @@ fn chunk_forward<T: Real>(
                 laps.lap(profile, Phase::Backbone);
                 let n = bsz * hl;
                 let (pn, pc, gt) = (&net.ppnet[l], &mut b.pp[l], g_term(l + 1));
-                let scaled = Some((&mut hs_rest[0][..n], &b.a[l][..n]));
+                let scaled = GateOutput::scaled(keep, &mut hs_rest[0][..n], &b.a[l][..n]);
                 let sx = &sg_xp[..bsz * dx];
                 pn.forward_split_scaled(pc, &splits[l + 1], gt, sx, ps, scaled, None, bsz);
                 laps.lap(profile, Phase::Gates);

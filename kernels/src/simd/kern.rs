@@ -939,6 +939,8 @@ pub(crate) enum EpiKind {
     BiasScaledSigmoid,
     /// That, and `y = that ⊙ x` (x, y laid out as C), as [`bias_scaled_sigmoid_mul`].
     BiasScaledSigmoidMul,
+    /// Only `y` of [`EpiKind::BiasScaledSigmoidMul`]: C is not written on the last k-block.
+    ScaledBySigmoid,
 }
 
 /// A [`GemmBlock`]'s epilogue: the function and its operands, each pointer at the block's
@@ -1002,7 +1004,7 @@ unsafe fn epi_vec<V: Vf, const K: u8>(
         V::select_gt(r, z, r, z)
     } else {
         let d = V::splat(scale).mul(sigmoid(s.add(V::load(bias))));
-        if K == EpiKind::BiasScaledSigmoidMul as u8 {
+        if K >= EpiKind::BiasScaledSigmoidMul as u8 {
             d.mul(V::load(x)).store(y);
         }
         d
@@ -1029,7 +1031,9 @@ unsafe fn store_epi<V: Vf, const MR: usize, const NV: usize, const K: u8>(
                 let off = i * ldc + v * l;
                 let s = V::load(vals.add(i * nr + v * l));
                 let d = epi_vec::<V, K>(s, e.bias.add(v * l), e.scale, e.x.add(off), e.y.add(off));
-                d.store(c.add(off));
+                if K != EpiKind::ScaledBySigmoid as u8 {
+                    d.store(c.add(off));
+                }
             }
         }
         return;
@@ -1044,15 +1048,18 @@ unsafe fn store_epi<V: Vf, const MR: usize, const NV: usize, const K: u8>(
             let mut bias = [0.0f32; MAX_LANES];
             ptr::copy_nonoverlapping(e.bias.add(v * l), bias.as_mut_ptr(), w);
             let (mut x, mut y) = ([0.0f32; MAX_LANES], [0.0f32; MAX_LANES]);
-            if K == EpiKind::BiasScaledSigmoidMul as u8 {
+            let mul = K >= EpiKind::BiasScaledSigmoidMul as u8;
+            if mul {
                 ptr::copy_nonoverlapping(e.x.add(off), x.as_mut_ptr(), w);
             }
             let s = V::load(vals.add(i * nr + v * l));
             let d = epi_vec::<V, K>(s, bias.as_ptr(), e.scale, x.as_ptr(), y.as_mut_ptr());
-            let mut out = [0.0f32; MAX_LANES];
-            d.store(out.as_mut_ptr());
-            ptr::copy_nonoverlapping(out.as_ptr(), c.add(off), w);
-            if K == EpiKind::BiasScaledSigmoidMul as u8 {
+            if K != EpiKind::ScaledBySigmoid as u8 {
+                let mut out = [0.0f32; MAX_LANES];
+                d.store(out.as_mut_ptr());
+                ptr::copy_nonoverlapping(out.as_ptr(), c.add(off), w);
+            }
+            if mul {
                 ptr::copy_nonoverlapping(y.as_ptr(), e.y.add(off), w);
             }
             v += 1;
@@ -1207,7 +1214,12 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
                     buf, c, ldc, e, rows, cols,
                 )
             }
-            _ => store_epi::<V, MR, NV, { EpiKind::BiasScaledSigmoidMul as u8 }>(
+            EpiKind::BiasScaledSigmoidMul => {
+                store_epi::<V, MR, NV, { EpiKind::BiasScaledSigmoidMul as u8 }>(
+                    buf, c, ldc, e, rows, cols,
+                )
+            }
+            _ => store_epi::<V, MR, NV, { EpiKind::ScaledBySigmoid as u8 }>(
                 buf, c, ldc, e, rows, cols,
             ),
         }
