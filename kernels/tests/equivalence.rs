@@ -404,6 +404,45 @@ fn gather_fields_is_gather_rows_per_field() {
 
 // ---------------------------------------------------------------- exp-based, few ulp
 
+/// The vector `exp` scales by `2^n` in one multiply when every lane's result is normal, in two
+/// when a lane's may be subnormal; both give the same bits. Checked through the sigmoid: the
+/// same inputs alone, and with one lane of every vector pushed into the subnormal range (which
+/// takes the two-multiply path for its whole vector), agree bit for bit on the other lanes.
+#[test]
+fn exp_same_bits_on_both_scaling_paths() {
+    let mut rng = StdRng::seed_from_u64(71);
+    let n = 4096;
+    // Inputs whose e^-|x| is normal, down to its smallest values (x near -87.3).
+    let mut x: Vec<f32> = (0..n).map(|_| rng.gen_range(-87.3f32..87.3)).collect();
+    for (i, v) in [-87.33f32, -87.0, -86.5, -80.0, -0.0, 0.0]
+        .iter()
+        .enumerate()
+    {
+        x[i * 13 + 1] = *v;
+    }
+    for_paths(|p| {
+        let mut alone = vec![0.0f32; n];
+        act::scaled_sigmoid_forward(&mut alone, &x, 1.0);
+        // Every 8th lane (a lane of every 8- and 16-wide vector) at -100: its e^x is subnormal.
+        let mut mixed_x = x.clone();
+        for v in mixed_x.iter_mut().step_by(8) {
+            *v = -100.0;
+        }
+        let mut mixed = vec![0.0f32; n];
+        act::scaled_sigmoid_forward(&mut mixed, &mixed_x, 1.0);
+        for i in (0..n).filter(|i| i % 8 != 0) {
+            assert_eq!(
+                alone[i].to_bits(),
+                mixed[i].to_bits(),
+                "{p:?} x={:e}: {:e} alone vs {:e} beside a subnormal lane",
+                x[i],
+                alone[i],
+                mixed[i]
+            );
+        }
+    });
+}
+
 #[test]
 fn scaled_sigmoid_forward_within_ulps() {
     let mut rng = StdRng::seed_from_u64(7);

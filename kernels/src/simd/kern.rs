@@ -97,9 +97,11 @@ macro_rules! ew {
 ///
 /// Method: `x = n·ln2 + r` with `n = round(x/ln2)` and `|r| <= ln2/2`; `ln2` is split into a
 /// 9-bit head (so `n·LN2_HI` is exact) and a tail. `e^r` by its degree-7 Taylor polynomial
-/// (truncation `r^8/8! < 6e-9`, below 0.1 ulp) in Horner form. `2^n` is applied as
+/// (truncation `r^8/8! < 6e-9`, below 0.1 ulp) in Horner form. `2^n` is one factor when every
+/// lane has `n >= -126` (a normal power of two; `x >= ~-87.3`), else it is applied as
 /// `2^n1 · 2^n2` with `n1 ≈ n/2`, so both factors are normal numbers even when the result is
-/// subnormal (a single rounding happens in the last multiply).
+/// subnormal. The same bits either way: scaling by a normal power of two is exact while the
+/// product stays normal, and once it is subnormal both round the same exact product once.
 #[inline(always)]
 pub(crate) unsafe fn exp_nonpos<V: Vf>(x: V) -> V {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -118,9 +120,13 @@ pub(crate) unsafe fn exp_nonpos<V: Vf>(x: V) -> V {
     p = p.mul_add(r, V::splat(0.5));
     p = p.mul_add(r, V::splat(1.0));
     p = p.mul_add(r, V::splat(1.0));
-    let n1 = round(n.mul(V::splat(0.5)));
-    let n2 = n.sub(n1);
-    let e = p.mul(n1.pow2i()).mul(n2.pow2i());
+    let e = if n.any_lt(V::splat(-126.0)) {
+        let n1 = round(n.mul(V::splat(0.5)));
+        let n2 = n.sub(n1);
+        p.mul(n1.pow2i()).mul(n2.pow2i())
+    } else {
+        p.mul(n.pow2i())
+    };
     V::select_lt(x, V::splat(FLOOR), V::splat(0.0), e)
 }
 

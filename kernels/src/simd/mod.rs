@@ -214,6 +214,8 @@ pub(crate) trait Vf: Copy {
     unsafe fn select_lt(a: Self, b: Self, x: Self, y: Self) -> Self;
     /// `2^n` for lanes holding integers `n` in `[-126, 127]`.
     unsafe fn pow2i(self) -> Self;
+    /// Whether any lane has `self < b` (false for a NaN lane).
+    unsafe fn any_lt(self, b: Self) -> bool;
     /// Rows of the GEMM register tile for this vector type (see `kern::gemm_block`).
     const GEMM_MR: usize;
     /// Vectors per row of the GEMM register tile (`NR = GEMM_NV * LANES`).

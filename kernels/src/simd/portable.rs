@@ -98,6 +98,10 @@ impl Vf for P8 {
         sel(a, b, x, y, |p, q| p < q)
     }
     #[inline(always)]
+    unsafe fn any_lt(self, b: Self) -> bool {
+        self.0.iter().zip(&b.0).any(|(p, q)| p < q)
+    }
+    #[inline(always)]
     unsafe fn pow2i(self) -> Self {
         let mut o = self.0;
         for x in o.iter_mut() {

@@ -77,6 +77,10 @@ impl Vf for Z {
         Z(_mm512_mask_blend_ps(k, y.0, x.0))
     }
     #[inline(always)]
+    unsafe fn any_lt(self, b: Self) -> bool {
+        _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, b.0) != 0
+    }
+    #[inline(always)]
     unsafe fn pow2i(self) -> Self {
         let n = _mm512_cvtps_epi32(self.0);
         let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127)));
@@ -151,6 +155,10 @@ impl Vf for Y {
     unsafe fn select_lt(a: Self, b: Self, x: Self, y: Self) -> Self {
         let m = _mm256_cmp_ps::<_CMP_LT_OQ>(a.0, b.0);
         Y(_mm256_blendv_ps(y.0, x.0, m))
+    }
+    #[inline(always)]
+    unsafe fn any_lt(self, b: Self) -> bool {
+        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(self.0, b.0)) != 0
     }
     #[inline(always)]
     unsafe fn pow2i(self) -> Self {
