@@ -404,10 +404,12 @@ fn gather_fields_is_gather_rows_per_field() {
 
 // ---------------------------------------------------------------- exp-based, few ulp
 
-/// The vector `exp` scales by `2^n` in one multiply when every lane's result is normal, in two
-/// when a lane's may be subnormal; both give the same bits. Checked through the sigmoid: the
-/// same inputs alone, and with one lane of every vector pushed into the subnormal range (which
-/// takes the two-multiply path for its whole vector), agree bit for bit on the other lanes.
+/// The vector `exp` scales by `2^n` with one rounding however it gets there (AVX-512's
+/// `vscalefps`; elsewhere one multiply when every lane's result is normal, two when a lane's
+/// may be subnormal). Checked through the sigmoid: the same inputs alone, and with one lane of
+/// every vector pushed into the subnormal range (the two-multiply case for its whole vector),
+/// agree bit for bit on the other lanes; and the AVX2 and AVX-512 paths (the same FMAs) agree
+/// bit for bit on all inputs, subnormal results included.
 #[test]
 fn exp_same_bits_on_both_scaling_paths() {
     let mut rng = StdRng::seed_from_u64(71);
@@ -420,9 +422,15 @@ fn exp_same_bits_on_both_scaling_paths() {
     {
         x[i * 13 + 1] = *v;
     }
+    let mut per_path = Vec::new();
     for_paths(|p| {
         let mut alone = vec![0.0f32; n];
         act::scaled_sigmoid_forward(&mut alone, &x, 1.0);
+        // Subnormal and underflowing results too, for the comparison across paths.
+        let deep: Vec<f32> = (0..n).map(|i| -86.0 - 20.0 * i as f32 / n as f32).collect();
+        let mut deep_y = vec![0.0f32; n];
+        act::scaled_sigmoid_forward(&mut deep_y, &deep, 1.0);
+        per_path.push((p, alone.clone(), deep_y));
         // Every 8th lane (a lane of every 8- and 16-wide vector) at -100: its e^x is subnormal.
         let mut mixed_x = x.clone();
         for v in mixed_x.iter_mut().step_by(8) {
@@ -441,6 +449,18 @@ fn exp_same_bits_on_both_scaling_paths() {
             );
         }
     });
+    let fused: Vec<_> = per_path
+        .iter()
+        .filter(|r| r.0 != SimdPath::Portable)
+        .collect();
+    for w in fused.windows(2) {
+        assert_bits_eq(&w[0].1, &w[1].1, &format!("{:?} vs {:?}", w[0].0, w[1].0));
+        assert_bits_eq(
+            &w[0].2,
+            &w[1].2,
+            &format!("{:?} vs {:?}, deep", w[0].0, w[1].0),
+        );
+    }
 }
 
 #[test]

@@ -97,11 +97,9 @@ macro_rules! ew {
 ///
 /// Method: `x = n·ln2 + r` with `n = round(x/ln2)` and `|r| <= ln2/2`; `ln2` is split into a
 /// 9-bit head (so `n·LN2_HI` is exact) and a tail. `e^r` by its degree-7 Taylor polynomial
-/// (truncation `r^8/8! < 6e-9`, below 0.1 ulp) in Horner form. `2^n` is one factor when every
-/// lane has `n >= -126` (a normal power of two; `x >= ~-87.3`), else it is applied as
-/// `2^n1 · 2^n2` with `n1 ≈ n/2`, so both factors are normal numbers even when the result is
-/// subnormal. The same bits either way: scaling by a normal power of two is exact while the
-/// product stays normal, and once it is subnormal both round the same exact product once.
+/// (truncation `r^8/8! < 6e-9`, below 0.1 ulp) in Horner form, then scaled by `2^n` with one
+/// rounding (`Vf::mul_pow2`: AVX-512's `vscalefps`, else one or two multiplies by normal powers
+/// of two), so subnormal results are rounded once too.
 #[inline(always)]
 pub(crate) unsafe fn exp_nonpos<V: Vf>(x: V) -> V {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -109,7 +107,7 @@ pub(crate) unsafe fn exp_nonpos<V: Vf>(x: V) -> V {
     const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
     const FLOOR: f32 = -104.0;
     let xc = x.max(V::splat(FLOOR));
-    let n = round(xc.mul(V::splat(LOG2E)));
+    let n = xc.mul(V::splat(LOG2E)).round_even();
     let r = n.mul_add(V::splat(-LN2_HI), xc);
     let r = n.mul_add(V::splat(-LN2_LO), r);
     let mut p = V::splat(1.0 / 5040.0);
@@ -120,22 +118,7 @@ pub(crate) unsafe fn exp_nonpos<V: Vf>(x: V) -> V {
     p = p.mul_add(r, V::splat(0.5));
     p = p.mul_add(r, V::splat(1.0));
     p = p.mul_add(r, V::splat(1.0));
-    let e = if n.any_lt(V::splat(-126.0)) {
-        let n1 = round(n.mul(V::splat(0.5)));
-        let n2 = n.sub(n1);
-        p.mul(n1.pow2i()).mul(n2.pow2i())
-    } else {
-        p.mul(n.pow2i())
-    };
-    V::select_lt(x, V::splat(FLOOR), V::splat(0.0), e)
-}
-
-/// Round to the nearest integer (ties to even) for `|x| < 2^22`: adding and subtracting
-/// 1.5·2^23 leaves no fraction bits.
-#[inline(always)]
-unsafe fn round<V: Vf>(x: V) -> V {
-    const MAGIC: f32 = 12_582_912.0;
-    x.add(V::splat(MAGIC)).sub(V::splat(MAGIC))
+    V::select_lt(x, V::splat(FLOOR), V::splat(0.0), p.mul_pow2(n))
 }
 
 /// Numerically stable logistic function, the same case split as `reference::sigmoid`:

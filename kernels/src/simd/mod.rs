@@ -216,6 +216,28 @@ pub(crate) trait Vf: Copy {
     unsafe fn pow2i(self) -> Self;
     /// Whether any lane has `self < b` (false for a NaN lane).
     unsafe fn any_lt(self, b: Self) -> bool;
+    /// Nearest integer, ties to even, for `|self| < 2^22` (a zero may keep its sign).
+    #[inline(always)]
+    unsafe fn round_even(self) -> Self {
+        // Adding and subtracting 1.5·2^23 leaves no fraction bits.
+        const MAGIC: f32 = 12_582_912.0;
+        self.add(Self::splat(MAGIC)).sub(Self::splat(MAGIC))
+    }
+    /// `self · 2^n`, rounded once, for lanes `n` holding integers in `[-150, 0]` and `self`
+    /// normal: one multiply by `2^n` when every lane's `2^n` is a normal number, else two by
+    /// `2^n1 · 2^n2` (`n1 ≈ n/2`, both normal). The same bits either way: scaling by a normal
+    /// power of two is exact while the product stays normal, and once it is subnormal both
+    /// round the same exact product once.
+    #[inline(always)]
+    unsafe fn mul_pow2(self, n: Self) -> Self {
+        if n.any_lt(Self::splat(-126.0)) {
+            let n1 = n.mul(Self::splat(0.5)).round_even();
+            let n2 = n.sub(n1);
+            self.mul(n1.pow2i()).mul(n2.pow2i())
+        } else {
+            self.mul(n.pow2i())
+        }
+    }
     /// Rows of the GEMM register tile for this vector type (see `kern::gemm_block`).
     const GEMM_MR: usize;
     /// Vectors per row of the GEMM register tile (`NR = GEMM_NV * LANES`).

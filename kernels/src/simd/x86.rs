@@ -81,6 +81,16 @@ impl Vf for Z {
         _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, b.0) != 0
     }
     #[inline(always)]
+    unsafe fn round_even(self) -> Self {
+        // Imm 0x08: to nearest (ties to even), integers (scale 0), no exceptions.
+        Z(_mm512_roundscale_ps::<0x08>(self.0))
+    }
+    #[inline(always)]
+    unsafe fn mul_pow2(self, n: Self) -> Self {
+        // vscalefps: self · 2^floor(n), correctly rounded (subnormal results included).
+        Z(_mm512_scalef_ps(self.0, n.0))
+    }
+    #[inline(always)]
     unsafe fn pow2i(self) -> Self {
         let n = _mm512_cvtps_epi32(self.0);
         let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127)));
@@ -159,6 +169,11 @@ impl Vf for Y {
     #[inline(always)]
     unsafe fn any_lt(self, b: Self) -> bool {
         _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(self.0, b.0)) != 0
+    }
+    #[inline(always)]
+    unsafe fn round_even(self) -> Self {
+        // Imm 0x08: to nearest (ties to even), no exceptions.
+        Y(_mm256_round_ps::<0x08>(self.0))
     }
     #[inline(always)]
     unsafe fn pow2i(self) -> Self {
