@@ -449,6 +449,15 @@ fn exp_same_bits_on_both_scaling_paths() {
             );
         }
     });
+    // Below −104 (where expf rounds to 0) exactly 0, on every path.
+    for_paths(|p| {
+        let x = [-104.0f32, -104.5, -150.0, -1e30, f32::NEG_INFINITY];
+        let mut y = [1.0f32; 5];
+        act::scaled_sigmoid_forward(&mut y, &x, 2.0);
+        for (v, o) in x.iter().zip(y) {
+            assert_eq!(o.to_bits(), 0, "{p:?} sigmoid({v:e}) = {o:e}, not +0");
+        }
+    });
     let fused: Vec<_> = per_path
         .iter()
         .filter(|r| r.0 != SimdPath::Portable)
