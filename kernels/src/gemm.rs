@@ -723,7 +723,11 @@ fn sgemm_impl(
                         // The block reads `rws` rows of A and `cls` columns of B (all NR-wide
                         // panels readable: in place only for full panels, else packed above)
                         // for `kcur` steps, and writes only this task's part of C.
-                        simd::gemm_block(path, &blk);
+                        if blk.last && blk.epi.kind != EpiKind::None {
+                            simd::gemm_block_epi(path, &blk);
+                        } else {
+                            simd::gemm_block(path, &blk);
+                        }
                     }
                 }
             }

@@ -1062,14 +1062,26 @@ unsafe fn store_epi<V: Vf, const MR: usize, const NV: usize, const K: u8>(
 #[inline(always)]
 pub(crate) unsafe fn gemm_block<V: Vf>(t: &GemmBlock) {
     match (V::GEMM_MR, V::GEMM_NV) {
-        (12, 2) => gemm_block_impl::<V, 12, 2>(t),
-        (6, 2) => gemm_block_impl::<V, 6, 2>(t),
-        _ => gemm_block_impl::<V, 4, 1>(t),
+        (12, 2) => gemm_block_impl::<V, 12, 2, false>(t),
+        (6, 2) => gemm_block_impl::<V, 6, 2, false>(t),
+        _ => gemm_block_impl::<V, 4, 1, false>(t),
+    }
+}
+
+/// [`gemm_block`] for a last k-block with an epilogue (`t.last`, `t.epi.kind` not `None`): a
+/// separate entry, so that the plain one's code stays as it was (a per-tile branch and the
+/// epilogue's code inside it slowed the small plain GEMMs by 3–4%).
+#[inline(always)]
+pub(crate) unsafe fn gemm_block_epi<V: Vf>(t: &GemmBlock) {
+    match (V::GEMM_MR, V::GEMM_NV) {
+        (12, 2) => gemm_block_impl::<V, 12, 2, true>(t),
+        (6, 2) => gemm_block_impl::<V, 6, 2, true>(t),
+        _ => gemm_block_impl::<V, 4, 1, true>(t),
     }
 }
 
 #[inline(always)]
-unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize>(t: &GemmBlock) {
+unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize, const EPI: bool>(t: &GemmBlock) {
     let nr = NV * V::LANES;
     let mut q = 0;
     while q * nr < t.cols {
@@ -1080,7 +1092,11 @@ unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize>(t: &GemmBlock
             let rh = (t.rows - pa * MR).min(MR);
             let cp = t.c.add(pa * MR * t.ldc + q * nr);
             let ap = t.ap.add(pa * t.a_pan);
-            let e = t.epi.at(pa * MR, q * nr, t.ldc);
+            let e = if EPI {
+                t.epi.at(pa * MR, q * nr, t.ldc)
+            } else {
+                Epi::NONE
+            };
             // A partial panel (the last rows of C, or its last columns) runs on a smaller
             // register tile, so that no multiply-adds are spent on rows or vectors outside C
             // (e.g. C with 64 rows: 5 full 12-row panels and one of 4). Every element's FMA
@@ -1093,12 +1109,12 @@ unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize>(t: &GemmBlock
                 MR
             };
             match (rows, cw <= V::LANES && NV > 1) {
-                (4, false) => panel::<V, 4, NV>(t, ap, bq, cp, &e, rh, cw),
-                (4, true) => panel::<V, 4, 1>(t, ap, bq, cp, &e, rh, cw),
-                (8, false) => panel::<V, 8, NV>(t, ap, bq, cp, &e, rh, cw),
-                (8, true) => panel::<V, 8, 1>(t, ap, bq, cp, &e, rh, cw),
-                (_, false) => panel::<V, MR, NV>(t, ap, bq, cp, &e, rh, cw),
-                (_, true) => panel::<V, MR, 1>(t, ap, bq, cp, &e, rh, cw),
+                (4, false) => panel::<V, 4, NV, EPI>(t, ap, bq, cp, &e, rh, cw),
+                (4, true) => panel::<V, 4, 1, EPI>(t, ap, bq, cp, &e, rh, cw),
+                (8, false) => panel::<V, 8, NV, EPI>(t, ap, bq, cp, &e, rh, cw),
+                (8, true) => panel::<V, 8, 1, EPI>(t, ap, bq, cp, &e, rh, cw),
+                (_, false) => panel::<V, MR, NV, EPI>(t, ap, bq, cp, &e, rh, cw),
+                (_, true) => panel::<V, MR, 1, EPI>(t, ap, bq, cp, &e, rh, cw),
             }
             pa += 1;
         }
@@ -1110,7 +1126,7 @@ unsafe fn gemm_block_impl<V: Vf, const MR: usize, const NV: usize>(t: &GemmBlock
 /// read in the block's layout.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn panel<V: Vf, const MR: usize, const NV: usize>(
+unsafe fn panel<V: Vf, const MR: usize, const NV: usize, const EPI: bool>(
     t: &GemmBlock,
     ap: *const f32,
     bq: *const f32,
@@ -1120,12 +1136,12 @@ unsafe fn panel<V: Vf, const MR: usize, const NV: usize>(
     cw: usize,
 ) {
     if t.a_pmajor {
-        tile::<V, MR, NV>(t, ap, 1, t.a_ps, bq, cp, e, rh, cw);
+        tile::<V, MR, NV, EPI>(t, ap, 1, t.a_ps, bq, cp, e, rh, cw);
     } else if t.a_ps == A_STRIDE {
         // Packed: the constant stride lets the compiler fold the row offsets.
-        tile::<V, MR, NV>(t, ap, A_STRIDE, 1, bq, cp, e, rh, cw);
+        tile::<V, MR, NV, EPI>(t, ap, A_STRIDE, 1, bq, cp, e, rh, cw);
     } else {
-        tile::<V, MR, NV>(t, ap, t.a_ps, 1, bq, cp, e, rh, cw);
+        tile::<V, MR, NV, EPI>(t, ap, t.a_ps, 1, bq, cp, e, rh, cw);
     }
 }
 
@@ -1133,7 +1149,7 @@ unsafe fn panel<V: Vf, const MR: usize, const NV: usize>(
 /// at `bp[p·ldb + j]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
+unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const EPI: bool>(
     t: &GemmBlock,
     ap: *const f32,
     si: usize,
@@ -1163,7 +1179,7 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize>(
         b = b.add(t.ldb);
     }
     let (ldc, alpha, beta) = (t.ldc, t.alpha, t.beta);
-    if t.last && e.kind != EpiKind::None {
+    if EPI {
         // C's final values into a buffer (the same operations as the stores below), then
         // through the epilogue into C.
         let mut buf = MaybeUninit::<[f32; 12 * 32]>::uninit();

@@ -324,6 +324,7 @@ entries! {
     fn argmin_rows(codes: &mut [u32], r: &[f32], codebook: &[f32], norms: &[f32], z: usize);
     fn argmin_scan(codes: &mut [u32], dots: &[f32], norms: &[f32]);
     fn gemm_block(t: &GemmBlock);
+    fn gemm_block_epi(t: &GemmBlock);
     fn fma_loop(iters: usize) -> f32;
 }
 
