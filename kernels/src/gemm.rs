@@ -860,7 +860,7 @@ pub enum Epilogue<'a, T> {
         bias: &'a [T],
         /// γ.
         scale: T,
-        /// `(y, x)`.
+        /// `(y, x)`: also write `y = C ⊙ x`, the input the gate scales times the gate.
         mul: Option<(&'a mut [T], &'a [T])>,
     },
     /// Only the product of [`Epilogue::BiasScaledSigmoid`]'s `mul`: `y = scale·σ(C + bias) ⊙ x`
