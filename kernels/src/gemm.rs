@@ -717,13 +717,17 @@ fn sgemm_impl(
                             alpha,
                             beta,
                             first: kb == 0,
-                            epi: epi.at(r0 + roff, p0 * nr + coff, n),
-                            last: kb + 1 == pl.nkb,
+                            // The epilogue goes with the last k-block only.
+                            epi: if kb + 1 == pl.nkb {
+                                epi.at(r0 + roff, p0 * nr + coff, n)
+                            } else {
+                                Epi::NONE
+                            },
                         };
                         // The block reads `rws` rows of A and `cls` columns of B (all NR-wide
                         // panels readable: in place only for full panels, else packed above)
                         // for `kcur` steps, and writes only this task's part of C.
-                        if blk.last && blk.epi.kind != EpiKind::None {
+                        if blk.epi.kind != EpiKind::None {
                             simd::gemm_block_epi(path, &blk);
                         } else {
                             simd::gemm_block(path, &blk);

@@ -914,9 +914,9 @@ pub(crate) struct GemmBlock {
     pub alpha: f32,
     pub beta: f32,
     pub first: bool,
-    /// Applied to each element of C as it is stored on the last k-block (`last`).
+    /// Applied to each element of C as it is stored, by [`gemm_block_epi`] (the caller gives
+    /// one only with the last k-block, and runs that entry for it).
     pub epi: Epi,
-    pub last: bool,
 }
 
 /// Which elementwise function the GEMM micro-kernel applies as it stores C (`gemm::Epilogue`).
@@ -1068,7 +1068,7 @@ pub(crate) unsafe fn gemm_block<V: Vf>(t: &GemmBlock) {
     }
 }
 
-/// [`gemm_block`] for a last k-block with an epilogue (`t.last`, `t.epi.kind` not `None`): a
+/// [`gemm_block`] for a last k-block with an epilogue (`t.epi.kind` not `None`): a
 /// separate entry, so that the plain one's code stays as it was (a per-tile branch and the
 /// epilogue's code inside it slowed the small plain GEMMs by 3–4%).
 #[inline(always)]
