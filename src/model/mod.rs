@@ -2147,7 +2147,8 @@ struct ChunkRows {
 struct ForwardMode {
     /// Compute `L_rq`.
     losses: bool,
-    /// Leave the chunk's caches complete (not a prediction whose chunk state is dropped).
+    /// Leave the chunk's caches complete (not a prediction whose chunk state is dropped,
+    /// which also stores no gate values: [`GateOutput::Scaled`]).
     keep: bool,
     /// EPNet's first layer factored by field ([`gatenu::FieldSplit`]): the chunk's first row.
     epnet_r0: Option<usize>,
