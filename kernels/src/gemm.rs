@@ -928,19 +928,15 @@ pub fn gemm_epilogue<T: Real>(
         // The product, then the activation as its own pass (f64, or C = 0).
         gemm_packed_b(m, n, k, T::ONE, a, ta, b, tb, packed, T::ZERO, c);
         let c = &mut c[..m * n];
-        return match epi {
-            Epilogue::BiasRelu(bias) => crate::act::bias_relu_forward(c, &bias[..n]),
-            Epilogue::BiasScaledSigmoid { bias, scale, mul } => {
-                let u = c.to_vec();
-                let mul = mul.map(|(y, x)| (&mut y[..m * n], &x[..m * n]));
-                crate::act::bias_scaled_sigmoid_forward(c, &u, &bias[..n], scale, mul)
-            }
-            Epilogue::ScaledBySigmoid { bias, scale, y, x } => {
-                let u = c.to_vec();
-                let mul = Some((&mut y[..m * n], &x[..m * n]));
-                crate::act::bias_scaled_sigmoid_forward(c, &u, &bias[..n], scale, mul)
-            }
+        // `ScaledBySigmoid` runs as the sigmoid with its product (C is scratch for it).
+        let (bias, scale, mul) = match epi {
+            Epilogue::BiasRelu(bias) => return crate::act::bias_relu_forward(c, &bias[..n]),
+            Epilogue::BiasScaledSigmoid { bias, scale, mul } => (bias, scale, mul),
+            Epilogue::ScaledBySigmoid { bias, scale, y, x } => (bias, scale, Some((y, x))),
         };
+        let u = c.to_vec();
+        let mul = mul.map(|(y, x)| (&mut y[..m * n], &x[..m * n]));
+        return crate::act::bias_scaled_sigmoid_forward(c, &u, &bias[..n], scale, mul);
     }
     let f32p = |v: &[T]| f32s(v).as_ptr();
     let e = match epi {

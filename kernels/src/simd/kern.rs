@@ -1061,11 +1061,7 @@ unsafe fn store_epi<V: Vf, const MR: usize, const NV: usize, const K: u8>(
 /// Runs a [`GemmBlock`] with this vector type's register tile.
 #[inline(always)]
 pub(crate) unsafe fn gemm_block<V: Vf>(t: &GemmBlock) {
-    match (V::GEMM_MR, V::GEMM_NV) {
-        (12, 2) => gemm_block_impl::<V, 12, 2, false>(t),
-        (6, 2) => gemm_block_impl::<V, 6, 2, false>(t),
-        _ => gemm_block_impl::<V, 4, 1, false>(t),
-    }
+    gemm_block_on_tile::<V, false>(t);
 }
 
 /// [`gemm_block`] for a last k-block with an epilogue (`t.epi.kind` not `None`): a
@@ -1073,10 +1069,17 @@ pub(crate) unsafe fn gemm_block<V: Vf>(t: &GemmBlock) {
 /// epilogue's code inside it slowed the small plain GEMMs by 3–4%).
 #[inline(always)]
 pub(crate) unsafe fn gemm_block_epi<V: Vf>(t: &GemmBlock) {
+    gemm_block_on_tile::<V, true>(t);
+}
+
+/// [`gemm_block_impl`] on this vector type's register tile (`GEMM_MR × GEMM_NV` vectors):
+/// the one list of tile shapes both entries use.
+#[inline(always)]
+unsafe fn gemm_block_on_tile<V: Vf, const EPI: bool>(t: &GemmBlock) {
     match (V::GEMM_MR, V::GEMM_NV) {
-        (12, 2) => gemm_block_impl::<V, 12, 2, true>(t),
-        (6, 2) => gemm_block_impl::<V, 6, 2, true>(t),
-        _ => gemm_block_impl::<V, 4, 1, true>(t),
+        (12, 2) => gemm_block_impl::<V, 12, 2, EPI>(t),
+        (6, 2) => gemm_block_impl::<V, 6, 2, EPI>(t),
+        _ => gemm_block_impl::<V, 4, 1, EPI>(t),
     }
 }
 
