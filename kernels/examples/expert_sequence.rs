@@ -132,6 +132,8 @@ fn main() {
                 for arena in b.dw.iter_mut().flatten() {
                     arena.fill(0.0);
                 }
+                // `e` indexes the weights, the activations and the arena of one expert alike.
+                #[allow(clippy::needless_range_loop)]
                 for e in 0..EXPERTS {
                     for l in (0..3).rev() {
                         let (din, dout) = (WIDTHS[l], WIDTHS[l + 1]);

@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn keep_workers_awake_can_be_switched_off() {
         set_keep_workers_awake(false);
-        let got = pool(2).install(|| keep_workers_awake(|| rayon::current_thread_index()));
+        let got = pool(2).install(|| keep_workers_awake(rayon::current_thread_index));
         set_keep_workers_awake(true);
         assert!(got.is_some());
     }
