@@ -85,6 +85,25 @@ class Server:
         self.proc.wait(timeout=60)
 
 
+def hmdn_cpu_argv(model, batch, threads,
+                  binary=os.path.join(ROOT, "target", "release", "hmdn-cpu")):
+    """The command line of an `hmdn-cpu bench --serve` child."""
+    return [binary, "bench", "--serve",
+            "--model", model, "--batch", str(batch), "--threads", str(threads)]
+
+
+def torch_argv(model, batch, threads, variants):
+    """The command line of a `torch_baseline.py --serve` child (Python from $PYTHON)."""
+    return [os.environ.get("PYTHON", "python3"), os.path.join(ROOT, "benches", "torch_baseline.py"),
+            "--serve", "--model", model, "--batch", str(batch),
+            "--threads", str(threads), "--variant", *variants]
+
+
+def burst_steps(seconds_per_step, seconds=0.4):
+    """Steps for a burst of about `seconds` (at least 5), from one probe's step time."""
+    return max(5, round(seconds / max(seconds_per_step, 1e-6)))
+
+
 def rate(reply):
     """Samples/s of a burst's median step."""
     return reply["batch"] / statistics.median(reply["step_s"])
@@ -161,25 +180,19 @@ def main():
     if args.variants is None:
         factored = args.model in ("mmoe", "hmdn-mmoe", "hmdn-pepnet")
         args.variants = FACTORED_VARIANTS if factored else DEFAULT_VARIANTS
-    python = os.environ.get("PYTHON", "python3")
-    def hmdn_cpu(threads, binary=os.path.join(ROOT, "target", "release", "hmdn-cpu")):
-        return [binary, "bench", "--serve",
-                "--model", args.model, "--batch", str(args.batch), "--threads", str(threads)]
-
-    ours = Server("hmdn-cpu", hmdn_cpu(args.threads))
+    ours = Server("hmdn-cpu", hmdn_cpu_argv(args.model, args.batch, args.threads))
     if args.versus_threads:
         baseline = f"hmdn-cpu-{args.versus_threads}t"
         args.variants = [baseline]
-        torch = Server(baseline, hmdn_cpu(args.versus_threads))
+        torch = Server(baseline, hmdn_cpu_argv(args.model, args.batch, args.versus_threads))
     elif args.versus_binary:
         baseline = "hmdn-cpu-baseline"
         args.variants = [baseline]
-        torch = Server(baseline, hmdn_cpu(args.threads, os.path.abspath(args.versus_binary)))
+        torch = Server(baseline, hmdn_cpu_argv(args.model, args.batch, args.threads,
+                                               os.path.abspath(args.versus_binary)))
     else:
         baseline = "pytorch"
-        torch = Server("pytorch", [python, os.path.join(ROOT, "benches", "torch_baseline.py"),
-                                   "--serve", "--model", args.model, "--batch", str(args.batch),
-                                   "--threads", str(args.threads), "--variant", *args.variants])
+        torch = Server("pytorch", torch_argv(args.model, args.batch, args.threads, args.variants))
     op = "infer" if args.infer else "train"
 
     def ask_baseline(v, n):
@@ -187,11 +200,8 @@ def main():
         return torch.ask(f"{op} {n}" if own else f"{op} {v} {n}")
 
     # Burst lengths: about 0.4 s per burst from one probe step each (at least 5 steps).
-    def steps_for(seconds_per_step):
-        return max(5, round(0.4 / max(seconds_per_step, 1e-6)))
-
-    n_ours = args.steps or steps_for(statistics.median(ours.ask(f"{op} 3")["step_s"]))
-    n_torch = args.torch_steps or steps_for(
+    n_ours = args.steps or burst_steps(statistics.median(ours.ask(f"{op} 3")["step_s"]))
+    n_torch = args.torch_steps or burst_steps(
         max(statistics.median(ask_baseline(v, 3)["step_s"]) for v in args.variants))
 
     out = open(args.out, "a") if args.out else None

@@ -27,7 +27,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from paired import ROOT, Server  # noqa: E402
+from paired import Server, burst_steps, hmdn_cpu_argv, torch_argv  # noqa: E402
 
 PERCENTILES = [("min", 0.0), ("p10", 0.10), ("p50", 0.50), ("p90", 0.90), ("p99", 0.99)]
 
@@ -53,11 +53,8 @@ def main():
     if bool(args.versus_threads) == bool(args.variant):
         ap.error("give exactly one of --versus-threads and --variant")
 
-    binary = os.path.join(ROOT, "target", "release", "hmdn-cpu")
-
     def hmdn_cpu(threads):
-        return [binary, "bench", "--serve", "--model", args.model, "--batch", str(args.batch),
-                "--threads", str(threads)]
+        return hmdn_cpu_argv(args.model, args.batch, threads)
 
     op = "infer" if args.infer else "train"
     ours = Server(f"hmdn-cpu-{args.threads}t", hmdn_cpu(args.threads))
@@ -65,16 +62,13 @@ def main():
         other = Server(f"hmdn-cpu-{args.versus_threads}t", hmdn_cpu(args.versus_threads))
         ask_other = lambda n: other.ask(f"{op} {n}")  # noqa: E731
     else:
-        python = os.environ.get("PYTHON", "python3")
         other = Server(f"pytorch {args.variant}",
-                       [python, os.path.join(ROOT, "benches", "torch_baseline.py"), "--serve",
-                        "--model", args.model, "--batch", str(args.batch),
-                        "--threads", str(args.threads), "--variant", args.variant])
+                       torch_argv(args.model, args.batch, args.threads, [args.variant]))
         ask_other = lambda n: other.ask(f"{op} {args.variant} {n}")  # noqa: E731
     ask_ours = lambda n: ours.ask(f"{op} {n}")  # noqa: E731
 
     def burst_len(ask):
-        return max(5, round(args.seconds / max(statistics.median(ask(3)["step_s"]), 1e-6)))
+        return burst_steps(statistics.median(ask(3)["step_s"]), args.seconds)
 
     sides = [(ours.name, ask_ours, burst_len(ask_ours)),
              (other.name, ask_other, burst_len(ask_other))]
