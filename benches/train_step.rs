@@ -17,6 +17,11 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::time::Duration;
 
+/// Large buffers start on a cache line, as in the `hmdn-cpu` binary
+/// ([`hmdn_kernels::mem::LineAligned`]), so the numbers are the binary's.
+#[global_allocator]
+static ALLOC: hmdn_kernels::mem::LineAligned = hmdn_kernels::mem::LineAligned;
+
 /// Distinct batches cycled through (ids drawn uniformly, so the touched embedding rows
 /// change from step to step as in training).
 const BATCHES: usize = 8;

@@ -646,6 +646,14 @@ fn info() {
             "release"
         }
     );
+    println!(
+        "large buffers: {}",
+        if hmdn_kernels::mem::large_blocks_line_aligned() {
+            "64-byte aligned (allocator hmdn_kernels::mem::LineAligned)"
+        } else {
+            "not 64-byte aligned (another global allocator; the GEMMs run slower)"
+        }
+    );
     println!("cache dir: {}", default_cache_dir().display());
 }
 

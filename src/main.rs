@@ -3,6 +3,10 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+/// Large buffers start on a cache line (see [`hmdn_kernels::mem::LineAligned`]).
+#[global_allocator]
+static ALLOC: hmdn_kernels::mem::LineAligned = hmdn_kernels::mem::LineAligned;
+
 fn main() -> ExitCode {
     restore_sigpipe();
     let cli = hmdn_cpu::cli::Cli::parse();

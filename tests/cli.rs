@@ -447,6 +447,12 @@ fn info_works() {
     let r = dir.run(&["info"]).ok();
     assert!(r.stdout.contains(env!("CARGO_PKG_VERSION")));
     assert!(r.stdout.contains("threads:"));
+    // The binary installs the cache-line-aligning allocator (its GEMMs depend on it).
+    assert!(
+        r.stdout.contains("large buffers: 64-byte aligned"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains(&dir.path("cache").display().to_string()));
 }
 

@@ -14,6 +14,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
 
+/// Large buffers start on a cache line, as in the `hmdn-cpu` binary
+/// ([`hmdn_kernels::mem::LineAligned`]), so the numbers are the binary's.
+#[global_allocator]
+static ALLOC: hmdn_kernels::mem::LineAligned = hmdn_kernels::mem::LineAligned;
+
 fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
 }

@@ -7,6 +7,11 @@
 
 use std::time::Instant;
 
+/// Large buffers start on a cache line, as in the `hmdn-cpu` binary
+/// ([`hmdn_kernels::mem::LineAligned`]), so the numbers are the binary's.
+#[global_allocator]
+static ALLOC: hmdn_kernels::mem::LineAligned = hmdn_kernels::mem::LineAligned;
+
 /// Times `reps` runs of the register-resident FMA loop (`iters` rounds each) on the current
 /// thread's SIMD path and returns their rates in GFLOP/s, fastest first.
 pub fn fma_peak_gflops(reps: usize, iters: usize) -> Vec<f64> {
