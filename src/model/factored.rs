@@ -287,7 +287,7 @@ impl<T: Real> FieldFactoring<T> {
     ///
     /// With `all_ids` (a pass no backward follows: inference), the terms of every id of the
     /// factored fields instead, computed only when the weights' [`ParamStore::version`] or
-    /// the SIMD path differ from the last time they were ([`AllIds`]); the batch's side is
+    /// the SIMD path differ from the last time they were (`AllIds`); the batch's side is
     /// then only each row's table rows. A row's terms are the same bits either way (one
     /// GEMM row per id, whatever the other rows).
     ///
