@@ -19,8 +19,10 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from paired import hmdn_cpu_argv  # noqa: E402
 
 
 def main():
@@ -33,12 +35,10 @@ def main():
     ap.add_argument("--steps", type=int, default=60, help="steps per round (both halves)")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    binary = os.path.join(ROOT, "target", "release", "hmdn-cpu")
     op = "ab-infer" if args.infer else "ab"
     requests = "".join(f"{op} {args.steps} {args.switch}\n" for _ in range(args.rounds)) + "quit\n"
     run = subprocess.run(
-        [binary, "bench", "--serve", "--model", args.model, "--batch", str(args.batch),
-         "--threads", str(args.threads)],
+        hmdn_cpu_argv(args.model, args.batch, args.threads),
         input=requests, capture_output=True, text=True, check=True)
     ratios = []
     for line in run.stdout.splitlines():
