@@ -23,7 +23,8 @@ engines, paired the same way, no PyTorch. A round's ratio is then new over old.
 
 It prints one line per round and a summary; with --out it appends one JSON object per round
 and one summary object to that file. `benches/records/run-paired.sh` runs the README's set;
-`paired.py --summarize FILE...` prints the table over every round in the files.
+`paired.py --summarize FILE...` prints the table over every round in the files, and
+`paired.py --summarize-variants FILE...` our median ratio against each PyTorch variant alone.
 """
 
 import argparse
@@ -147,9 +148,37 @@ def summarize(paths):
               f"{min(ratios):.2f} – {max(ratios):.2f} | **{med:.2f}×** | {verdict} |")
 
 
+def summarize_variants(paths):
+    """Per PyTorch variant, over every round in the given --out files: its median samples/s
+    and the median of our per-round ratio against that one variant. The tables' ratio takes
+    the fastest variant in each round instead, which is the conservative choice: where
+    variants run the same computation (inference does not use the optimiser, and a sparse
+    embedding's forward is a dense one's), the per-round maximum of several equally fast
+    variants is biased upwards by their noise."""
+    rounds = {}
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                rec = json.loads(line)
+                if "round" in rec and rec.get("baseline", "pytorch") == "pytorch":
+                    rounds.setdefault((rec["model"], rec["op"], rec["batch"]), []).append(rec)
+    print("| model | batch | op | rounds | variant | variant, median | median ratio against it |")
+    print("|---|---|---|---|---|---|---|")
+    for (model, op, batch), rs in sorted(rounds.items(), key=lambda kv: (kv[0][0],
+                                                                           kv[0][1] != "train",
+                                                                           kv[0][2])):
+        for v in rs[0]["torch"]:
+            rate_v = statistics.median(r["torch"][v] for r in rs)
+            ratio_v = statistics.median(r["ours"] / r["torch"][v] for r in rs)
+            print(f"| {model} | {batch} | {op} | {len(rs)} | {v} | {rate_v:,.0f} | {ratio_v:.3f} |")
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--summarize":
         summarize(sys.argv[2:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--summarize-variants":
+        summarize_variants(sys.argv[2:])
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="hmdn-mmoe")
