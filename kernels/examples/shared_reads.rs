@@ -1,22 +1,27 @@
-//! Do two threads slow each other down when they re-read the *same* memory (as the two row
-//! chunks of a training step re-read the same weights), compared with each reading its own
-//! copy (as two separate one-thread processes do)?
+//! What does it cost two threads to read memory they share (as the two row chunks of a
+//! training step read the same weights, packed copies and per-id tables), compared with each
+//! reading its own copy (as two separate one-thread processes do)?
 //!
 //! Why: a two-thread step's row chunks run slower beside each other than one after the other,
-//! while two one-thread processes do not slow each other (`benches/RESULTS.md`). One
-//! difference between the two setups is that the threads of one process share the weights'
-//! cache lines. Each thread here alternately streams through a "weights" buffer (shared by the
-//! threads, or one private copy per thread) and a private "activations" buffer; the two
-//! together exceed the 2 MiB L2, so the weights come back from L3 (or the other core) on
-//! every pass, as they do in the model.
+//! while two one-thread processes do not slow each other (`benches/RESULTS.md`). The threads
+//! of one process share cache lines that two processes do not. Each thread here, pass after
+//! pass, reads a "weights" buffer and then its own "activations" buffer (together more than
+//! the 2 MiB L2, so nothing stays in L2 from one pass to the next). Four ways to share the
+//! weights, each timed (the reading only, in µs per pass):
+//! - `read-only`: one buffer, written once before the timing, read by both threads;
+//! - `own`: each thread rewrites its own copy before each pass;
+//! - `one-writes`: thread 0 rewrites the shared buffer before each pass (as one thread packs
+//!   weights that both then read);
+//! - `halves`: each thread rewrites half of the shared buffer before each pass (as the packs
+//!   and per-id tables are split over the threads).
 //!
 //! `cargo run --release -p hmdn-kernels --example shared_reads -- [weights KiB] [activations
-//! KiB] [passes]` (defaults: 1536 1536 2000). Prints µs per pass (one read of each buffer)
-//! for one thread alone, then two threads with shared and with private weights, in turn.
+//! KiB] [passes]` (defaults: 768 1024 2000).
 
 mod common;
 
 use std::hint::black_box;
+use std::sync::Barrier;
 use std::time::Instant;
 
 /// XOR of every word, eight independent lanes (so that the loop is bandwidth-bound).
@@ -31,34 +36,75 @@ fn xor_all(v: &[u64]) -> u64 {
     acc.iter().fold(0, |a, b| a ^ b)
 }
 
-/// µs per pass of `threads` threads, each reading `weights` (shared) or its own copy of it,
-/// then its own activations buffer, `passes` times after 20 warm-up passes.
-fn run(threads: usize, shared: bool, weights: &[u64], act_words: usize, passes: usize) -> Vec<f64> {
+/// Overwrites `v` with values that depend on `seed` (so no pass is skipped).
+#[inline(never)]
+fn write_all(v: &mut [u64], seed: u64) {
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = i as u64 ^ seed;
+    }
+}
+
+/// Who writes the weights before each pass.
+#[derive(Clone, Copy, PartialEq)]
+enum Sharing {
+    ReadOnly,
+    Own,
+    OneWrites,
+    Halves,
+}
+
+/// The shared weights, written by the threads between barriers (each writes only its own
+/// part, and nobody reads while anybody writes).
+struct Shared(*mut u64, usize);
+// SAFETY: the threads' writes and reads of the buffer are separated by barriers, and
+// concurrent writes touch disjoint halves.
+unsafe impl Sync for Shared {}
+
+/// Reading µs per pass of each of two threads.
+fn run(sharing: Sharing, w_words: usize, act_words: usize, passes: usize) -> [f64; 2] {
+    let mut weights: Vec<u64> = (0..w_words as u64).collect();
+    let shared = Shared(weights.as_mut_ptr(), w_words);
+    let barrier = Barrier::new(2);
+    let warm = 10;
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
+        let handles: Vec<_> = (0..2usize)
             .map(|t| {
+                let (shared, barrier) = (&shared, &barrier);
                 s.spawn(move || {
-                    let own: Vec<u64> = if shared { Vec::new() } else { weights.to_vec() };
-                    let w: &[u64] = if shared { weights } else { &own };
+                    let mut own: Vec<u64> = (0..w_words as u64).collect();
                     let act: Vec<u64> = (0..act_words as u64).map(|i| i * 3 + t as u64).collect();
-                    let mut r = 0;
-                    for _ in 0..20 {
-                        r ^= xor_all(w) ^ xor_all(&act);
-                    }
-                    let t0 = Instant::now();
-                    for _ in 0..passes {
-                        r ^= xor_all(w);
-                        r ^= xor_all(&act);
+                    let (mut r, mut read_s) = (0u64, 0.0f64);
+                    for pass in 0..warm + passes {
+                        // SAFETY: between the barriers only the writes below touch the shared
+                        // buffer, each thread its own part (all of it for thread 0 alone).
+                        let w = unsafe { std::slice::from_raw_parts_mut(shared.0, shared.1) };
+                        let half = w_words / 2;
+                        match (sharing, t) {
+                            (Sharing::Own, _) => write_all(&mut own, pass as u64),
+                            (Sharing::OneWrites, 0) => write_all(w, pass as u64),
+                            (Sharing::Halves, 0) => write_all(&mut w[..half], pass as u64),
+                            (Sharing::Halves, _) => write_all(&mut w[half..], pass as u64),
+                            _ => {}
+                        }
+                        barrier.wait();
+                        let t0 = Instant::now();
+                        let src: &[u64] = if sharing == Sharing::Own { &own } else { w };
+                        r ^= xor_all(src) ^ xor_all(&act);
+                        if pass >= warm {
+                            read_s += t0.elapsed().as_secs_f64();
+                        }
+                        barrier.wait();
                     }
                     black_box(r);
-                    t0.elapsed().as_secs_f64() / passes as f64 * 1e6
+                    read_s / passes as f64 * 1e6
                 })
             })
             .collect();
-        handles
+        let us: Vec<f64> = handles
             .into_iter()
             .map(|h| h.join().expect("reader thread"))
-            .collect()
+            .collect();
+        [us[0], us[1]]
     })
 }
 
@@ -72,24 +118,19 @@ fn main() {
             })
             .unwrap_or(default)
     };
-    let (w_kib, a_kib, passes) = (arg(1, 1536), arg(2, 1536), arg(3, 2000));
-    let weights: Vec<u64> = (0..(w_kib * 1024 / 8) as u64).collect();
-    let act_words = a_kib * 1024 / 8;
+    let (w_kib, a_kib, passes) = (arg(1, 768), arg(2, 1024), arg(3, 2000));
+    let (w_words, act_words) = (w_kib * 1024 / 8, a_kib * 1024 / 8);
     println!("weights {w_kib} KiB, activations {a_kib} KiB per thread, {passes} passes");
-    let show = |label: &str, us: Vec<f64>| {
-        let v: Vec<String> = us.iter().map(|u| format!("{u:.1}")).collect();
-        println!("{label:<28} {} µs per pass", v.join(" / "));
-    };
     for round in 1..=2 {
-        println!("round {round}");
-        show("  one thread", run(1, true, &weights, act_words, passes));
-        show(
-            "  two threads, shared",
-            run(2, true, &weights, act_words, passes),
-        );
-        show(
-            "  two threads, private",
-            run(2, false, &weights, act_words, passes),
-        );
+        println!("round {round}: reading µs per pass (thread 0 / thread 1)");
+        for (name, sharing) in [
+            ("read-only", Sharing::ReadOnly),
+            ("own", Sharing::Own),
+            ("one-writes", Sharing::OneWrites),
+            ("halves", Sharing::Halves),
+        ] {
+            let [a, b] = run(sharing, w_words, act_words, passes);
+            println!("  {name:<12} {a:6.1} / {b:6.1}");
+        }
     }
 }
