@@ -117,16 +117,21 @@ TARGETS = {("train", 256): 4.0, ("train", 1024): 3.0, ("train", 4096): 2.0,
 SCALING_TARGET = 1.8
 
 
+def read_rounds(paths):
+    """Every round record (not the summaries) in the given --out files, in order."""
+    recs = []
+    for path in paths:
+        with open(path) as f:
+            recs.extend(r for r in map(json.loads, f) if "round" in r)
+    return recs
+
+
 def summarize(paths):
     """A markdown table over every round in the given --out files, per (model, batch, op)."""
     rounds = {}
-    for path in paths:
-        with open(path) as f:
-            for line in f:
-                rec = json.loads(line)
-                if "round" in rec:
-                    key = (rec.get("baseline", "pytorch"), rec["model"], rec["op"], rec["batch"])
-                    rounds.setdefault(key, []).append(rec)
+    for rec in read_rounds(paths):
+        key = (rec.get("baseline", "pytorch"), rec["model"], rec["op"], rec["batch"])
+        rounds.setdefault(key, []).append(rec)
     print("| model | batch | op | baseline | rounds | hmdn-cpu, median | baseline (best), median | "
           "ratio per round | median ratio | target |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -156,21 +161,19 @@ def summarize_variants(paths):
     embedding's forward is a dense one's), the per-round maximum of several equally fast
     variants is biased upwards by their noise."""
     rounds = {}
-    for path in paths:
-        with open(path) as f:
-            for line in f:
-                rec = json.loads(line)
-                if "round" in rec and rec.get("baseline", "pytorch") == "pytorch":
-                    rounds.setdefault((rec["model"], rec["op"], rec["batch"]), []).append(rec)
+    for rec in read_rounds(paths):
+        if rec.get("baseline", "pytorch") == "pytorch":
+            rounds.setdefault((rec["model"], rec["op"], rec["batch"]), []).append(rec)
     print("| model | batch | op | rounds | variant | variant, median | median ratio against it |")
     print("|---|---|---|---|---|---|---|")
     for (model, op, batch), rs in sorted(rounds.items(), key=lambda kv: (kv[0][0],
                                                                            kv[0][1] != "train",
                                                                            kv[0][2])):
-        for v in rs[0]["torch"]:
-            rate_v = statistics.median(r["torch"][v] for r in rs)
-            ratio_v = statistics.median(r["ours"] / r["torch"][v] for r in rs)
-            print(f"| {model} | {batch} | {op} | {len(rs)} | {v} | {rate_v:,.0f} | {ratio_v:.3f} |")
+        for v in dict.fromkeys(v for r in rs for v in r["torch"]):
+            rv = [r for r in rs if v in r["torch"]]
+            rate_v = statistics.median(r["torch"][v] for r in rv)
+            ratio_v = statistics.median(r["ours"] / r["torch"][v] for r in rv)
+            print(f"| {model} | {batch} | {op} | {len(rv)} | {v} | {rate_v:,.0f} | {ratio_v:.3f} |")
 
 
 def main():
