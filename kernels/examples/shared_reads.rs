@@ -74,20 +74,30 @@ fn run(sharing: Sharing, w_words: usize, act_words: usize, passes: usize) -> [f6
                     let mut own: Vec<u64> = (0..w_words as u64).collect();
                     let act: Vec<u64> = (0..act_words as u64).map(|i| i * 3 + t as u64).collect();
                     let (mut r, mut read_s) = (0u64, 0.0f64);
+                    // The part of the shared buffer this thread rewrites before each pass.
+                    let half = w_words / 2;
+                    let (lo, hi) = match (sharing, t) {
+                        (Sharing::OneWrites, 0) => (0, w_words),
+                        (Sharing::Halves, 0) => (0, half),
+                        (Sharing::Halves, _) => (half, w_words),
+                        _ => (0, 0),
+                    };
                     for pass in 0..warm + passes {
-                        // SAFETY: between the barriers only the writes below touch the shared
-                        // buffer, each thread its own part (all of it for thread 0 alone).
-                        let w = unsafe { std::slice::from_raw_parts_mut(shared.0, shared.1) };
-                        let half = w_words / 2;
-                        match (sharing, t) {
-                            (Sharing::Own, _) => write_all(&mut own, pass as u64),
-                            (Sharing::OneWrites, 0) => write_all(w, pass as u64),
-                            (Sharing::Halves, 0) => write_all(&mut w[..half], pass as u64),
-                            (Sharing::Halves, _) => write_all(&mut w[half..], pass as u64),
-                            _ => {}
+                        if sharing == Sharing::Own {
+                            write_all(&mut own, pass as u64);
+                        } else if hi > lo {
+                            // SAFETY: lo..hi lies in the buffer, and no other thread touches it
+                            // until the barrier (the threads' parts are disjoint, and all
+                            // reading happens between the two barriers).
+                            let part = unsafe {
+                                std::slice::from_raw_parts_mut(shared.0.add(lo), hi - lo)
+                            };
+                            write_all(part, pass as u64);
                         }
                         barrier.wait();
                         let t0 = Instant::now();
+                        // SAFETY: between the barriers nobody writes the buffer.
+                        let w = unsafe { std::slice::from_raw_parts(shared.0, shared.1) };
                         let src: &[u64] = if sharing == Sharing::Own { &own } else { w };
                         r ^= xor_all(src) ^ xor_all(&act);
                         if pass >= warm {
