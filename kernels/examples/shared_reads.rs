@@ -5,9 +5,9 @@
 //! Why: a two-thread step's row chunks run slower beside each other than one after the other,
 //! while two one-thread processes do not slow each other (`benches/RESULTS.md`). The threads
 //! of one process share cache lines that two processes do not. Each thread here, pass after
-//! pass, reads a "weights" buffer and then its own "activations" buffer (together more than
-//! the 2 MiB L2, so nothing stays in L2 from one pass to the next). Four ways to share the
-//! weights, each timed (the reading only, in µs per pass):
+//! pass, reads a "weights" buffer and then its own "activations" buffer (by default 768 KiB
+//! and 1 MiB: together most of the 2 MiB L2, as a chunk's weights and activations are). Four
+//! ways to share the weights, each timed (the reading only, in µs per pass):
 //! - `read-only`: one buffer, written once before the timing, read by both threads;
 //! - `own`: each thread rewrites its own copy before each pass;
 //! - `one-writes`: thread 0 rewrites the shared buffer before each pass (as one thread packs
