@@ -127,6 +127,22 @@ pub fn run_config(a: &FitArgs) -> Result<RunConfig> {
     if run.train.epochs == 0 {
         return Err(Error::Config("--epochs must be at least 1".into()));
     }
+    // The model directory's config.toml records these, and TOML integers end at 2^63 - 1.
+    let t = &run.train;
+    for (flag, v) in [
+        ("--epochs", t.epochs as u64),
+        ("--batch-size", t.batch_size as u64),
+        ("--seed", t.seed),
+        ("--patience", t.patience as u64),
+        ("--checkpoint-every", t.checkpoint_every),
+    ] {
+        if v > i64::MAX as u64 {
+            return Err(Error::Config(format!(
+                "{flag} {v} is larger than {}, the largest integer a config file can hold",
+                i64::MAX
+            )));
+        }
+    }
     Ok(run)
 }
 
@@ -357,6 +373,10 @@ fn eval(a: EvalArgs) -> Result<()> {
                     .into(),
             });
         }
+        let rows = bs.min(ds.rows());
+        let extra = train::batch_buffer_bytes(&ds, rows);
+        let (cfg, optim) = (&md.run.model, &md.run.optim);
+        crate::memory::check_batch_memory(cfg, optim, false, rows, extra, "--batch-size")?;
         let mut preds = Vec::new();
         train::predict_dataset(&mut md.model, &ds, bs, &mut preds);
         Ok(metrics::evaluate(&ds, &preds))
@@ -443,6 +463,10 @@ fn predict(a: PredictArgs) -> Result<()> {
         let tasks = &md.run.model.tasks;
         writeln!(w, "{}", tasks.join(",")).map_err(io)?;
         let t = tasks.len();
+        let rows = bs.min(ds.rows());
+        let extra = train::batch_buffer_bytes(&ds, rows);
+        let (cfg, optim) = (&md.run.model, &md.run.optim);
+        crate::memory::check_batch_memory(cfg, optim, false, rows, extra, "--batch-size")?;
         let mut batcher = Batcher::sequential(ds.rows(), bs);
         let mut buf = BatchBuffers::new(bs, &ds);
         let mut line = String::new();

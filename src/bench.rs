@@ -220,6 +220,11 @@ fn setup(
         m.set_field_factoring(false);
     }
     let opt = Optimizer::new(&m.params, OptimConfig::default());
+    // 16 batches of ids and labels, then the model's buffers: refused up front if they
+    // cannot fit, rather than aborting in an allocation.
+    let data_bytes = 16.0 * batch as f64 * 4.0 * (cfg.fields.len() + cfg.tasks.len()) as f64;
+    let optim = OptimConfig::default();
+    crate::memory::check_batch_memory(&cfg, &optim, true, batch, data_bytes, "--batch")?;
     let data = SyntheticBatches::new(&cfg, batch, 16, 2);
     if cfg.model.uses_rq() && cfg.rq.kmeans_init {
         m.kmeans_init(&data.get(0), &mut rand::rngs::StdRng::seed_from_u64(3));

@@ -36,6 +36,8 @@ pub enum Error {
         /// What was non-finite.
         what: String,
     },
+    /// The work asked for needs more memory than the system has available.
+    Memory(String),
     /// Anything else with a message.
     Other(String),
 }
@@ -62,6 +64,7 @@ impl fmt::Display for Error {
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Checkpoint(m) => write!(f, "checkpoint: {m}"),
             Error::Diverged { step, what } => write!(f, "training diverged at step {step}: {what}"),
+            Error::Memory(m) => write!(f, "not enough memory: {m}"),
             Error::Other(m) => write!(f, "{m}"),
         }
     }

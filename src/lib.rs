@@ -5,7 +5,8 @@
 //! backward passes over preallocated buffers.
 //!
 //! Crate map: [`config`] model settings; [`params`] the parameter arena; [`model`] layers and
-//! models; [`gradcheck`] finite-difference checks; [`error`] user-facing errors; [`data`] schema,
+//! models; [`gradcheck`] finite-difference checks; [`error`] user-facing errors; [`memory`]
+//! whether a batch size fits in memory; [`data`] schema,
 //! CSV, vocabularies, columnar cache, batches and synthetic data; [`metrics`] AUC, gAUC, logloss.
 //! Numeric kernels live in the `hmdn-kernels` crate.
 //!
@@ -23,6 +24,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod gradcheck;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -598,6 +598,11 @@ fn check_finite(
     Ok(())
 }
 
+/// Bytes of [`BatchBuffers`] for `rows` rows of `ds` (ids, numerics, labels, row ids).
+pub fn batch_buffer_bytes(ds: &Dataset, rows: usize) -> f64 {
+    4.0 * rows as f64 * (ds.n_categorical() + ds.n_numeric() + ds.n_tasks() + 1) as f64
+}
+
 /// Trains `cfg.model` on `inp.train`, validating on `inp.val` after every epoch; keeps the best
 /// weights in `out/weights.safetensors` and a resumable checkpoint under `out/state/`.
 ///
@@ -615,6 +620,21 @@ pub fn fit(run: &RunConfig, inp: &FitInputs) -> Result<FitSummary> {
     if inp.train.rows() == 0 {
         return Err(Error::Config("the training file has no data rows".into()));
     }
+    // The largest batch the model will see: a training batch, or an evaluation batch of the
+    // validation set (neither larger than its data set). Checked before the output directory
+    // is touched.
+    let rows = tc
+        .batch_size
+        .min(inp.train.rows())
+        .max(tc.eval_batch_size.min(inp.val.rows()));
+    crate::memory::check_batch_memory(
+        cfg,
+        &run.optim,
+        true,
+        rows,
+        batch_buffer_bytes(inp.train, rows),
+        "--batch-size",
+    )?;
     let cfg_text = toml::to_string(run)
         .map_err(|e| Error::Other(format!("cannot serialise the config: {e}")))?;
     let mut model = Model::<f32>::new(cfg, tc.seed)?;
@@ -703,7 +723,7 @@ pub fn fit(run: &RunConfig, inp: &FitInputs) -> Result<FitSummary> {
             st.epoch_loss_sum += loss.total as f64;
             st.epoch_loss_batches += 1;
             rows_this_run += batch.rows;
-            let done = (st.batch * tc.batch_size).min(total_rows);
+            let done = st.batch.saturating_mul(tc.batch_size).min(total_rows);
             let rate = rows_this_run as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             progress.update(
                 epoch,

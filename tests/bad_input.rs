@@ -281,6 +281,26 @@ fn bad_arguments() {
         ("--lr=-1", "", "learning rate must be positive"),
         ("--batch-size", "0", "--batch-size must be at least 1"),
         ("--epochs", "0", "--epochs must be at least 1"),
+        (
+            "--seed",
+            "18446744073709551615",
+            "--seed 18446744073709551615 is larger than",
+        ),
+        (
+            "--batch-size",
+            "9223372036854775808",
+            "the largest integer a config file",
+        ),
+        (
+            "--patience",
+            "18446744073709551615",
+            "--patience 18446744073709551615",
+        ),
+        (
+            "--checkpoint-every",
+            "9223372036854775808",
+            "--checkpoint-every",
+        ),
     ] {
         let mut args = with(&["--model", "dnn", "--out", o, flag]);
         if !v.is_empty() {
@@ -591,4 +611,99 @@ fn predict_removes_the_temp_file_of_a_killed_predict_only() {
     }
     assert!(live.exists(), "a live process's temp file was removed");
     assert!(other.exists(), "another output's temp file was removed");
+}
+
+/// A batch size larger than the data set is one batch of all its rows, up to the largest a
+/// config file holds (no allocation of the asked-for size, no overflow; `eval` and `predict`
+/// take any `usize`): `fit`, `eval` and `predict` run, and `predict` gives the predictions of
+/// the default batch size.
+#[test]
+fn batch_size_beyond_the_data() {
+    let f = Fixture::new("huge-batch");
+    let model = f.model();
+    let base = f.dir.path("base.csv");
+    f.predict(&model, &f.good, &base, &[]).ok();
+    for bs in ["99999999999", &i64::MAX.to_string()] {
+        let out = f.dir.path("out");
+        let o = out.to_str().unwrap();
+        f.dir
+            .run(&[
+                "fit",
+                "--train",
+                &f.good,
+                "--val",
+                &f.good,
+                "--schema",
+                &f.schema,
+                "--model",
+                "dnn",
+                "--epochs",
+                "2",
+                "--batch-size",
+                bs,
+                "--out",
+                o,
+            ])
+            .ok();
+        let preds = f.dir.path("p.csv");
+        f.predict(&model, &f.good, &preds, &["--batch-size", bs])
+            .ok();
+        assert_eq!(
+            std::fs::read_to_string(&preds).unwrap(),
+            std::fs::read_to_string(&base).unwrap(),
+            "--batch-size {bs}"
+        );
+        f.dir
+            .run(&[
+                "eval",
+                "--model-dir",
+                &model,
+                "--data",
+                &f.good,
+                "--batch-size",
+                bs,
+            ])
+            .ok();
+        let max = usize::MAX.to_string();
+        f.predict(&model, &f.good, &preds, &["--batch-size", &max])
+            .ok();
+        assert_eq!(
+            std::fs::read_to_string(&preds).unwrap(),
+            std::fs::read_to_string(&base).unwrap(),
+        );
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+/// `bench` with a batch that no machine can hold is refused before it allocates, with the
+/// measured bytes per row and the largest batch that fits (`hmdn_cpu::memory`), instead of
+/// aborting in an allocation.
+/// (Linux only: the check reads the available memory from `/proc/meminfo`.)
+#[cfg(target_os = "linux")]
+#[test]
+fn bench_batch_too_large_for_memory() {
+    let dir = TempDir::new("bench-mem");
+    for batch in ["99999999999", &usize::MAX.to_string()] {
+        let r = dir.run(&[
+            "bench",
+            "--model",
+            "hmdn-pepnet",
+            "--batch",
+            batch,
+            "--threads",
+            "1",
+        ]);
+        let e = only_error(
+            &r,
+            &["not enough memory", "KiB per row", "available", "or less"],
+        );
+        // The suggested batch is a number between the check's threshold and the asked one.
+        let fits: usize = e
+            .rsplit("--batch ")
+            .next()
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no suggested batch in {e:?}"));
+        assert!(fits > hmdn_cpu::memory::CHECK_MIN_ROWS, "{e}");
+    }
 }

@@ -28,13 +28,15 @@ pub struct BatchBuffers {
 }
 
 impl BatchBuffers {
-    /// Buffers for up to `batch_size` rows of `ds`'s shape.
+    /// Buffers for up to `batch_size` rows of `ds`'s shape: no more than `ds` has (a batch
+    /// size larger than the data set is one batch of all its rows).
     ///
     /// # Panics
     /// If `batch_size == 0` (programmer error).
     #[track_caller]
     pub fn new(batch_size: usize, ds: &Dataset) -> Self {
         assert!(batch_size > 0, "batch size must be positive");
+        let batch_size = batch_size.min(ds.rows().max(1));
         let (f, n, t) = (ds.n_categorical(), ds.n_numeric(), ds.n_tasks());
         BatchBuffers {
             capacity: batch_size,
@@ -172,7 +174,9 @@ impl Batcher {
     /// Jumps to batch `batch_index` of epoch `epoch` (resuming a run).
     pub fn seek(&mut self, epoch: u64, batch_index: usize) {
         self.set_epoch(epoch);
-        self.pos = (batch_index * self.batch_size).min(self.order.len());
+        self.pos = batch_index
+            .saturating_mul(self.batch_size)
+            .min(self.order.len());
     }
 
     /// `(epoch, index of the next batch)`.
@@ -206,7 +210,10 @@ impl Batcher {
             buf.len = 0;
             return false;
         }
-        let end = (self.pos + self.batch_size).min(self.order.len());
+        let end = self
+            .pos
+            .saturating_add(self.batch_size)
+            .min(self.order.len());
         buf.fill(ds, &self.order[self.pos..end]);
         self.pos = end;
         true
