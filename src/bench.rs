@@ -383,7 +383,9 @@ fn profile_steps(
         .filter(|(_, d)| !d.is_zero())
         .map(|(name, d)| (name.to_string(), d.as_secs_f64() / secs))
         .collect();
-    Ok((phases, total / steps.max(1) as u32))
+    // (A `u32` divisor would wrap at 2^32 steps.)
+    let per_step = Duration::from_secs_f64(total.as_secs_f64() / steps.max(1) as f64);
+    Ok((phases, per_step))
 }
 
 /// Runs the benchmark on the current rayon pool: `steps` timed training steps split into 5
