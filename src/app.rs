@@ -249,6 +249,11 @@ fn print_summary(run: &RunConfig, s: &FitSummary) {
 
 /// `hmdn-cpu fit` with no arguments: synthetic data, `mmoe` and `hmdn-mmoe`, and the Bayes AUC.
 fn demo(a: &FitArgs) -> Result<()> {
+    // Flags and --config checked before anything is written.
+    run_config(&FitArgs {
+        model: Some(ModelKind::Mmoe.name().into()),
+        ..a.clone()
+    })?;
     let dir = a
         .out
         .clone()

@@ -89,5 +89,40 @@ impl Error {
     }
 }
 
+/// Largest settings file (schema or config TOML) [`read_settings_file`] reads, in bytes.
+pub const MAX_SETTINGS_BYTES: u64 = 16 << 20;
+
+/// Reads a settings file (schema or config TOML) as text. A file larger than
+/// [`MAX_SETTINGS_BYTES`] (or endless, such as a device) is an error naming it rather than a
+/// read that never ends.
+pub fn read_settings_file(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SETTINGS_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_SETTINGS_BYTES {
+        return Err(Error::Data {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            msg: format!(
+                "larger than {} MiB; expected a small TOML file",
+                MAX_SETTINGS_BYTES >> 20
+            ),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| Error::Data {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+        msg: format!(
+            "not valid UTF-8 text (at byte {}); expected a TOML file",
+            e.utf8_error().valid_up_to()
+        ),
+    })
+}
+
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -104,7 +104,7 @@ pub struct RunConfig {
 impl RunConfig {
     /// Reads a TOML config file; unknown keys are errors with their location.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::error::read_settings_file(path)?;
         toml::from_str(&text).map_err(|e| {
             // `e.to_string()` draws a multi-line source excerpt; the error is printed as one
             // line, so report the position and the bare message instead.
@@ -431,8 +431,7 @@ fn check_same_data(out: &Path, inp: &FitInputs, st: &RunState) -> Result<()> {
         )))
     };
     let schema_path = out.join(SCHEMA_FILE);
-    let saved_schema =
-        std::fs::read_to_string(&schema_path).map_err(|e| Error::io(&schema_path, e))?;
+    let saved_schema = crate::error::read_settings_file(&schema_path)?;
     if saved_schema != inp.schema.to_toml() {
         return differs("the schema");
     }

@@ -707,3 +707,26 @@ fn bench_batch_too_large_for_memory() {
         assert!(fits > hmdn_cpu::memory::CHECK_MIN_ROWS, "{e}");
     }
 }
+
+/// Endless input (`/dev/zero`: no line breaks, no end) as the data, the schema or the config
+/// file: an error at once naming it, not a buffer that grows until memory runs out.
+#[cfg(target_os = "linux")]
+#[test]
+fn endless_files() {
+    let f = Fixture::new("endless");
+    let out = f.dir.path("out");
+    let r = f.fit("/dev/zero", &f.schema, &out);
+    only_error(
+        &r,
+        &["/dev/zero:1", "longer than 16 MiB", "one CSV row per line"],
+    );
+    let r = f.fit(&f.good, "/dev/zero", &out);
+    only_error(&r, &["/dev/zero", "larger than 16 MiB", "TOML"]);
+    let o = out.to_str().unwrap();
+    let r = f.dir.run(&["fit", "--config", "/dev/zero", "--out", o]);
+    only_error(&r, &["/dev/zero", "larger than 16 MiB"]);
+    let model = f.model();
+    let r = f.predict(&model, "/dev/zero", &f.dir.path("p.csv"), &[]);
+    only_error(&r, &["/dev/zero:1", "longer than 16 MiB"]);
+    assert!(!out.exists());
+}

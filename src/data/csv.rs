@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 
 /// Read buffer size: large enough that syscalls are a negligible part of parsing.
 const READ_BUF: usize = 1 << 20;
+/// Longest line the reader accepts, in bytes. A CTR row is at most a few KiB; the cap turns a
+/// file without line breaks (a binary file, `/dev/zero`) into an error at its first line
+/// instead of an ever-growing buffer.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
 
 /// An [`Error::Data`] at a place in a file.
 pub(crate) fn data_err(
@@ -187,14 +191,25 @@ impl CsvReader {
     fn read_line(&mut self) -> Result<bool> {
         loop {
             self.line.clear();
-            let n = self
-                .input
+            let n = Read::by_ref(&mut self.input)
+                .take(MAX_LINE_BYTES as u64 + 1)
                 .read_until(b'\n', &mut self.line)
                 .map_err(|e| Error::io(&self.path, e))?;
             if n == 0 {
                 return Ok(false);
             }
             self.line_no += 1;
+            if n > MAX_LINE_BYTES && self.line.last() != Some(&b'\n') {
+                return Err(data_err(
+                    &self.path,
+                    Some(self.line_no),
+                    None,
+                    format!(
+                        "the line is longer than {} MiB; expected one CSV row per line",
+                        MAX_LINE_BYTES >> 20
+                    ),
+                ));
+            }
             if self.line.last() == Some(&b'\n') {
                 self.line.pop();
             }

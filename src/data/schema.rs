@@ -151,7 +151,7 @@ impl Schema {
     /// Reads and validates a schema TOML file.
     pub fn load(path: impl AsRef<Path>) -> Result<Schema> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::error::read_settings_file(path)?;
         Schema::from_toml(&text, path)
     }
 
