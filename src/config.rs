@@ -282,6 +282,85 @@ impl ModelConfig {
         }
     }
 
+    /// Elements of the parameters the model of this configuration registers: (embedding
+    /// tables, everything else). In `f64`, so that no setting, however large, overflows; a
+    /// mirror of `Model::new`'s shapes (`tests/memory_check.rs` checks that they agree), used
+    /// to refuse a model that cannot fit before any of it is allocated.
+    pub fn param_counts(&self) -> (f64, f64) {
+        let kind = self.model;
+        let e = self.embed_dim as f64;
+        let vocab_sum = |names: &mut dyn Iterator<Item = &FieldSpec>| -> f64 {
+            names.map(|f| f.vocab_size as f64).sum()
+        };
+        let all_vocab = vocab_sum(&mut self.fields.iter());
+        let mut tables = all_vocab * e;
+        if kind.uses_dist() && !self.share_dist_embeddings {
+            let dist = &mut self
+                .fields
+                .iter()
+                .filter(|f| self.distribution.contains(&f.name));
+            tables += vocab_sum(dist) * e;
+        }
+        let lin = |d_in: f64, d_out: f64| d_in * d_out + d_out;
+        let mut dense = 0.0;
+        if kind == ModelKind::WideDeep {
+            tables += all_vocab;
+            dense += 1.0;
+        }
+        let p = self.distribution.len() as f64;
+        let gate_dim = if kind.uses_rq() {
+            let rq = &self.rq;
+            let (depth, w) = match rq.mode {
+                RqMode::Implicit => (rq.depth as f64, p * e),
+                RqMode::Explicit => (p, e),
+            };
+            let books = if rq.mode == RqMode::Implicit && !rq.per_level_codebooks {
+                1.0
+            } else {
+                depth
+            };
+            dense += books * rq.codebook_size as f64 * w;
+            w
+        } else if kind.uses_dist() {
+            p * e
+        } else {
+            0.0
+        };
+        let dx = self.x_dim() as f64;
+        let h = self.hidden.last().map_or(0.0, |&h| h as f64);
+        let nt = self.tasks.len() as f64;
+        let mlp = |d_in: f64| {
+            let (mut d, mut sum) = (d_in, 0.0);
+            for &w in &self.hidden {
+                sum += lin(d, w as f64);
+                d = w as f64;
+            }
+            sum
+        };
+        let towers = nt * lin(h, 1.0);
+        dense += match kind {
+            ModelKind::Dnn | ModelKind::WideDeep => mlp(dx) + towers,
+            ModelKind::Dcn => 2.0 * self.cross_layers as f64 * dx + mlp(dx) + nt * lin(dx + h, 1.0),
+            ModelKind::SharedBottom => {
+                let nd = self
+                    .domain_index()
+                    .map_or(0.0, |c| self.fields[c].vocab_size as f64);
+                mlp(dx) + nt * nd * lin(h, 1.0)
+            }
+            ModelKind::Mmoe | ModelKind::HmdnMmoe => {
+                let n = self.n_experts as f64;
+                n * mlp(dx) + nt * lin(gate_dim, n) + towers
+            }
+            ModelKind::Pepnet | ModelKind::HmdnPepnet => {
+                let gh = self.gatenu_hidden as f64;
+                let gatenu = |d_out: f64| lin(gate_dim + dx, gh) + lin(gh, d_out);
+                let pp: f64 = self.hidden.iter().map(|&w| gatenu(w as f64)).sum();
+                gatenu(dx) + mlp(dx) + pp + towers
+            }
+        };
+        (tables, dense)
+    }
+
     /// Checks the configuration; every inconsistency becomes an [`Error::Config`].
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
@@ -331,6 +410,21 @@ impl ModelConfig {
             && self.gatenu_hidden == 0
         {
             return bad("gatenu_hidden must be at least 1".into());
+        }
+        // Upper bounds far beyond any model of the paper, so that the sizes derived from them
+        // (per-level statistics, per-layer lists) stay small; whether the parameters fit in
+        // memory is checked separately (`crate::memory::check_model_memory`).
+        let caps = [
+            ("hidden (number of layers)", self.hidden.len(), 64),
+            ("n_experts", self.n_experts, 1024),
+            ("cross_layers", self.cross_layers, 1024),
+            ("rq.depth (D)", self.rq.depth, 64),
+            ("rq.codebook_size (K)", self.rq.codebook_size, 1 << 20),
+        ];
+        for (key, v, max) in caps {
+            if v > max {
+                return bad(format!("{key} must be at most {max}, got {v}"));
+            }
         }
         if self.model.uses_rq() {
             let rq = &self.rq;

@@ -166,6 +166,35 @@ pub fn check_batch_memory(
     )))
 }
 
+/// Fails when the parameters of `cfg`'s model, with `elem_bytes` bytes per element, would
+/// not fit in the memory the system reports as available, before any of them is allocated.
+/// Counted per element of [`ModelConfig::param_counts`]: the value, its gradient and Adam's
+/// two moments; for the dense parameters also their packed copy and a gradient arena per row
+/// chunk (up to 16). Passes when the available memory is unknown.
+pub fn check_model_memory(cfg: &ModelConfig, elem_bytes: usize) -> Result<()> {
+    let Some(avail) = available_bytes() else {
+        return Ok(());
+    };
+    let (tables, dense) = cfg.param_counts();
+    let chunks = crate::model::MAX_CHUNKS as f64;
+    let need = elem_bytes as f64 * (4.0 * (tables + dense) + (1.0 + chunks) * dense);
+    if need <= 0.9 * avail as f64 {
+        return Ok(());
+    }
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    Err(Error::Memory(format!(
+        "the {} model needs about {:.1} GiB for its {:.3e} parameters ({:.3e} in embedding \
+         tables) with their gradients and Adam's moments, and the system has {:.1} GiB \
+         available; use a smaller embed_dim, hidden, gatenu_hidden, n_experts or \
+         rq.codebook_size, or fewer ids per field (schema `min_count`, `hash_buckets`)",
+        cfg.model.name(),
+        gib(need),
+        tables + dense,
+        tables,
+        gib(avail as f64)
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

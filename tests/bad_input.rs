@@ -730,3 +730,52 @@ fn endless_files() {
     only_error(&r, &["/dev/zero:1", "longer than 16 MiB"]);
     assert!(!out.exists());
 }
+
+/// Model settings too large for any machine: refused before anything is allocated, naming
+/// the setting or the memory it would need (was: an allocation abort, or tens of GB
+/// allocated and initialised before the out-of-memory killer).
+#[test]
+fn model_too_large_for_memory() {
+    let f = Fixture::new("huge-model");
+    let out = f.dir.path("out");
+    let o = out.to_str().unwrap();
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "[model]\nrq.depth = 99999999\n",
+            &["rq.depth (D) must be at most 64"],
+        ),
+        (
+            "[model]\nn_experts = 99999999\n",
+            &["n_experts must be at most 1024"],
+        ),
+        (
+            "[model]\nembed_dim = 99999999\n",
+            &["not enough memory", "GiB", "embed_dim"],
+        ),
+        (
+            "[model]\nhidden = [99999999]\n",
+            &["not enough memory", "parameters"],
+        ),
+    ];
+    for (i, (text, needles)) in cases.iter().enumerate() {
+        let text = text.replace("[model]\nrq.", "[model.rq]\n");
+        let cfg = f.dir.write(&format!("cfg{i}.toml"), &text);
+        let r = f.dir.run(&[
+            "fit",
+            "--train",
+            &f.good,
+            "--val",
+            &f.good,
+            "--schema",
+            &f.schema,
+            "--model",
+            "hmdn-mmoe",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            o,
+        ]);
+        failure(&r, needles);
+        assert!(!out.exists(), "{text}: a model directory was created");
+    }
+}

@@ -43,6 +43,9 @@ unsafe impl GlobalAlloc for LiveBytes {
 #[global_allocator]
 static GLOBAL: LiveBytes = LiveBytes;
 
+/// The live-bytes total is process-wide: the tests take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Bytes per row the real model's buffers grow by between batches of 16384 and 32768 rows
 /// (both with the most row chunks), as `batch_bytes_per_row` measures on its copy.
 fn real_bytes_per_row(kind: ModelKind, training: bool) -> f64 {
@@ -75,6 +78,7 @@ fn real_bytes_per_row(kind: ModelKind, training: bool) -> f64 {
 
 #[test]
 fn measuring_copy_has_the_real_models_bytes_per_row() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     set_live_bytes_probe(|| LIVE.load(Ordering::SeqCst));
     for threads in [1, 2] {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -101,5 +105,66 @@ fn measuring_copy_has_the_real_models_bytes_per_row() {
                 }
             }
         });
+    }
+}
+
+/// `ModelConfig::param_counts` (what the memory check of a model counts before building it)
+/// agrees with the parameters `Model::new` registers, tables and the rest, for every model
+/// kind and the settings that change the shapes.
+#[test]
+fn param_counts_match_the_built_models() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use hmdn_cpu::config::{FieldSpec, RqMode};
+    use hmdn_cpu::params::ParamKind;
+    let mut cases = Vec::new();
+    for kind in ModelKind::ALL {
+        cases.push(aliccp_shape_config(kind));
+        // Two tasks, numeric inputs, other widths.
+        let mut c = aliccp_shape_config(kind);
+        c.tasks = vec!["click".into(), "purchase".into()];
+        c.numeric = vec!["price".into(), "age".into()];
+        c.hidden = vec![24, 8];
+        c.embed_dim = 4;
+        c.n_experts = 2;
+        c.gatenu_hidden = 5;
+        c.cross_layers = 2;
+        c.domain = Some("f2".into());
+        cases.push(c);
+    }
+    for (mode, per_level, share) in [
+        (RqMode::Explicit, false, false),
+        (RqMode::Implicit, true, false),
+        (RqMode::Implicit, false, true),
+    ] {
+        for kind in [ModelKind::HmdnMmoe, ModelKind::HmdnPepnet, ModelKind::Mmoe] {
+            let mut c = aliccp_shape_config(kind);
+            c.rq.mode = mode;
+            c.rq.depth = if mode == RqMode::Explicit { 0 } else { 3 };
+            c.rq.per_level_codebooks = per_level;
+            c.share_dist_embeddings = share;
+            c.fields.push(FieldSpec {
+                name: "extra".into(),
+                vocab_size: 7,
+            });
+            cases.push(c);
+        }
+    }
+    for cfg in cases {
+        let m = Model::<f32>::new(&cfg, 1).expect("valid config");
+        let tables: usize = m
+            .params
+            .specs
+            .iter()
+            .filter(|s| s.kind == ParamKind::Embedding)
+            .map(|s| s.len)
+            .sum();
+        let (t, d) = cfg.param_counts();
+        let what = format!(
+            "{} {:?}",
+            cfg.model.name(),
+            (cfg.rq.mode, cfg.share_dist_embeddings)
+        );
+        assert_eq!(t, tables as f64, "{what}: table elements");
+        assert_eq!(t + d, m.params.len() as f64, "{what}: all elements");
     }
 }

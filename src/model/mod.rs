@@ -207,7 +207,7 @@ const MIN_SPLIT_ROWS: usize = 128;
 /// more cores than chunks the kernels inside each chunk split their work instead.
 const CHUNK_TARGET_ROWS: usize = 512;
 /// Most chunks per batch (each holds a dense gradient arena, summed after every backward).
-const MAX_CHUNKS: usize = 16;
+pub const MAX_CHUNKS: usize = 16;
 
 /// `(rows per chunk, chunks)` for a batch of `bsz` rows (no chunk for an empty batch). A function of `bsz` only — never of
 /// the thread count — so the gradient sums, and hence the weights, are the same on any number
@@ -672,6 +672,7 @@ impl<T: Real> Model<T> {
     /// gives the same weights.
     pub fn new(cfg: &ModelConfig, seed: u64) -> Result<Self> {
         cfg.validate()?;
+        crate::memory::check_model_memory(cfg, std::mem::size_of::<T>())?;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut ps = ParamStore::new();
         let (e, nf) = (cfg.embed_dim, cfg.fields.len());
