@@ -102,6 +102,27 @@ impl Fixture {
         ])
     }
 
+    /// `fit` of `model` on the good file (also the validation file) into `out`, plus `extra`
+    /// flags.
+    fn fit_good(&self, model: &str, out: &Path, extra: &[&str]) -> Run {
+        let out = out.display().to_string();
+        let mut args = vec![
+            "fit",
+            "--train",
+            &self.good,
+            "--val",
+            &self.good,
+            "--schema",
+            &self.schema,
+            "--model",
+            model,
+            "--out",
+            &out,
+        ];
+        args.extend_from_slice(extra);
+        self.dir.run(&args)
+    }
+
     /// `predict` with the model directory `model` on `data` into `out`, plus `extra` flags.
     fn predict(&self, model: &str, data: &str, out: &Path, extra: &[&str]) -> Run {
         let out = out.display().to_string();
@@ -625,25 +646,7 @@ fn batch_size_beyond_the_data() {
     f.predict(&model, &f.good, &base, &[]).ok();
     for bs in ["99999999999", &i64::MAX.to_string()] {
         let out = f.dir.path("out");
-        let o = out.to_str().unwrap();
-        f.dir
-            .run(&[
-                "fit",
-                "--train",
-                &f.good,
-                "--val",
-                &f.good,
-                "--schema",
-                &f.schema,
-                "--model",
-                "dnn",
-                "--epochs",
-                "2",
-                "--batch-size",
-                bs,
-                "--out",
-                o,
-            ])
+        f.fit_good("dnn", &out, &["--epochs", "2", "--batch-size", bs])
             .ok();
         let preds = f.dir.path("p.csv");
         f.predict(&model, &f.good, &preds, &["--batch-size", bs])
@@ -738,7 +741,6 @@ fn endless_files() {
 fn model_too_large_for_memory() {
     let f = Fixture::new("huge-model");
     let out = f.dir.path("out");
-    let o = out.to_str().unwrap();
     let cases: [(&str, &[&str]); 4] = [
         (
             "[model]\nrq.depth = 99999999\n",
@@ -760,21 +762,7 @@ fn model_too_large_for_memory() {
     for (i, (text, needles)) in cases.iter().enumerate() {
         let text = text.replace("[model]\nrq.", "[model.rq]\n");
         let cfg = f.dir.write(&format!("cfg{i}.toml"), &text);
-        let r = f.dir.run(&[
-            "fit",
-            "--train",
-            &f.good,
-            "--val",
-            &f.good,
-            "--schema",
-            &f.schema,
-            "--model",
-            "hmdn-mmoe",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            o,
-        ]);
+        let r = f.fit_good("hmdn-mmoe", &out, &["--config", cfg.to_str().unwrap()]);
         failure(&r, needles);
         assert!(!out.exists(), "{text}: a model directory was created");
     }
