@@ -147,7 +147,7 @@ pub struct CompareArgs {
     /// Comma-separated models, e.g. dnn,mmoe,hmdn-mmoe (dnn is the RelaImpr base).
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
-    /// Seeds per model.
+    /// Seeds per model (1 to 1000; each is a full training run of every model).
     #[arg(long, default_value_t = 3)]
     pub seeds: usize,
     /// Output directory (results.csv, plot SVG, one model directory per run).

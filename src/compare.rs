@@ -30,6 +30,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// Most seeds `compare` accepts per model.
+pub const MAX_SEEDS: usize = 1000;
+
 /// One row per run.
 pub const RESULTS_CSV: &str = "results.csv";
 /// One row per model / sweep variant (the printed table).
@@ -259,6 +262,14 @@ impl Plan {
             return Err(Error::Config(
                 "--seeds must be at least 1 (runs use seeds 1..=N)".into(),
             ));
+        }
+        // Every seed is a full training run per model (and sweep value); the plan of runs is
+        // written out in advance, so an absurd count must not reach it.
+        if a.seeds > MAX_SEEDS {
+            return Err(Error::Config(format!(
+                "--seeds must be at most {MAX_SEEDS}, got {} (each seed is a full training run of every model)",
+                a.seeds
+            )));
         }
         let sweep = a.sweep.as_deref().map(Sweep::parse).transpose()?;
         if sweep.is_some() && !models.iter().any(|m| m.uses_rq()) {

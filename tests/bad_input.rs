@@ -767,3 +767,32 @@ fn model_too_large_for_memory() {
         assert!(!out.exists(), "{text}: a model directory was created");
     }
 }
+
+/// `compare --seeds` beyond any sensible count: refused with the limit (was: an allocation
+/// abort for the plan of runs, or a capacity-overflow panic).
+#[test]
+fn compare_with_absurd_seed_counts() {
+    let f = Fixture::new("compare-seeds");
+    let out = f.dir.path("out");
+    for seeds in ["99999999999", &usize::MAX.to_string()] {
+        let r = f.dir.run(&[
+            "compare",
+            "--train",
+            &f.good,
+            "--val",
+            &f.good,
+            "--schema",
+            &f.schema,
+            "--models",
+            "dnn,hmdn-mmoe",
+            "--seeds",
+            seeds,
+            "--sweep",
+            "depth=1",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        only_error(&r, &["--seeds must be at most 1000"]);
+    }
+    assert!(!out.exists());
+}
