@@ -9,6 +9,7 @@ use crate::optim::{OptimConfig, Optimizer};
 use crate::train::train_step;
 use crate::Batch;
 use rand::{Rng, SeedableRng};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 /// Vocabulary sizes of the 23 categorical fields of processed Ali-CCP (torch-rechub layout).
@@ -388,13 +389,48 @@ fn profile_steps(
     Ok((phases, per_step))
 }
 
+/// One line on a terminal's stderr saying where a long benchmark is, rewritten in place
+/// between the timed loops (never inside them) and cleared when dropped, so that an error
+/// or the report starts on a clean line. Silent when stderr is not a terminal.
+struct StatusLine {
+    prefix: String,
+    tty: bool,
+}
+
+impl StatusLine {
+    fn new(prefix: String) -> Self {
+        StatusLine {
+            prefix,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&self, what: &str) {
+        if self.tty {
+            eprint!("\r\x1b[2K{}: {what}", self.prefix);
+        }
+    }
+}
+
+impl Drop for StatusLine {
+    fn drop(&mut self) {
+        if self.tty {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
 /// Runs the benchmark on the current rayon pool: `steps` timed training steps split into 5
 /// samples after a warm-up (k-means on the first batch for hmdn-*, as in training), one
 /// profiled pass of `steps / 5` steps for the phase breakdown, then the same timing for
 /// inference.
 pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> {
+    let status = StatusLine::new(format!("bench {} at batch {batch}", model.name()));
+    let stage = |what: &str| status.show(what);
+    stage("setting up the model and the data");
     let (cfg, mut m, mut opt, data) = setup(model, batch)?;
     let warmup = 5.max(steps / 10);
+    stage("warm-up");
     for i in 0..warmup {
         train_step(&mut m, &mut opt, &data.get(i))?;
     }
@@ -402,7 +438,8 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
     let per = steps.div_ceil(rounds).max(1);
     let mut train = Vec::new();
     let mut k = warmup;
-    for _ in 0..rounds {
+    for r in 0..rounds {
+        stage(&format!("training, round {} of {rounds}", r + 1));
         let t0 = Instant::now();
         for _ in 0..per {
             train_step(&mut m, &mut opt, &data.get(k))?;
@@ -410,6 +447,7 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         }
         train.push((per * batch) as f64 / t0.elapsed().as_secs_f64());
     }
+    stage("training, phase profile");
     let (phases, step_time) = profile_steps(&mut m, &mut opt, &data, &mut k, per)?;
     let train_share = m.quantized_rows() as f64 / batch.max(1) as f64;
     let train_factored = m.factored_flops_per_sample();
@@ -417,7 +455,8 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
     for i in 0..warmup {
         m.infer(&data.get(i));
     }
-    for _ in 0..rounds {
+    for r in 0..rounds {
+        stage(&format!("inference, round {} of {rounds}", r + 1));
         let t0 = Instant::now();
         for _ in 0..per {
             m.infer(&data.get(k));
@@ -426,6 +465,7 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         infer.push((per * batch) as f64 / t0.elapsed().as_secs_f64());
     }
     // Inference breakdown: forwards only, so the phases cover the whole time.
+    stage("inference, phase profile");
     m.profile = Some(PhaseTimes::default());
     let t0 = Instant::now();
     for _ in 0..per {
@@ -440,6 +480,7 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         .filter(|(_, d)| !d.is_zero())
         .map(|(name, d)| (name.to_string(), d.as_secs_f64() / total))
         .collect();
+    drop(status);
     let infer_share = m.quantized_rows() as f64 / batch.max(1) as f64;
     let ff = flops_per_sample(&cfg, infer_share, m.factored_flops_per_sample()).0;
     let tf = flops_per_sample(&cfg, train_share, train_factored).1;
