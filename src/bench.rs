@@ -233,6 +233,9 @@ fn setup(
     Ok((cfg, m, opt, data))
 }
 
+/// Most steps one `bench --serve` request may ask for.
+pub const MAX_SERVE_STEPS: usize = 1_000_000;
+
 /// `bench --serve`: sets the benchmark up as [`run`] does (plus 5 warm-up training steps and
 /// inference forwards), prints `{"ready":true,...}`, then answers one request per input line
 /// with one JSON line, until `quit` or the end of the input:
@@ -248,7 +251,8 @@ fn setup(
 ///   variants far more finely than separate runs can (an in-process A/B);
 /// - `ab-infer N SWITCH` → the same with inference forwards instead of training steps.
 ///
-/// A line it cannot read gets `{"error":"line L: …"}` and the loop goes on. This lets a
+/// A line it cannot read, or one asking for more than [`MAX_SERVE_STEPS`] steps, gets
+/// `{"error":"line L: …"}` and the loop goes on. This lets a
 /// driver (`benches/records/paired.py`) alternate short bursts of hmdn-cpu and PyTorch steps,
 /// so that both see the same host speed — the host's drift over minutes is larger than the
 /// differences being measured.
@@ -285,6 +289,19 @@ pub fn serve(
                 n.parse::<usize>().ok().map(|n| (*op, n, Some(*switch)))
             }
             _ => None,
+        };
+        // Each request answers its step times in one line, kept in memory until then.
+        let request = match request {
+            Some((_, n, _)) if n > MAX_SERVE_STEPS => {
+                let msg = format!(
+                    "line {}: at most {MAX_SERVE_STEPS} steps per request, got {n}",
+                    no + 1
+                );
+                writeln!(out, "{}", serde_json::json!({ "error": msg })).map_err(io)?;
+                out.flush().map_err(io)?;
+                continue;
+            }
+            r => r,
         };
         let Some((op, n, switch)) = request else {
             let msg = format!(

@@ -69,3 +69,23 @@ fn serve_ab_alternates_a_switch_step_by_step() {
         (2, 1)
     );
 }
+
+/// A request for more steps than `MAX_SERVE_STEPS` (whose step times would not fit in memory
+/// at the extreme) gets an error line naming the limit, and the loop goes on.
+#[test]
+fn serve_refuses_absurd_step_counts() {
+    let max = hmdn_cpu::bench::MAX_SERVE_STEPS;
+    let input = format!(
+        "train {}\ninfer {}\nab-infer 99999999999 lanes\ntrain 1\n",
+        max + 1,
+        usize::MAX
+    );
+    let lines = replies(ModelKind::Dnn, &input);
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for (i, l) in lines[1..4].iter().enumerate() {
+        let e = l["error"].as_str().expect("an error line");
+        assert!(e.starts_with(&format!("line {}:", i + 1)), "{e}");
+        assert!(e.contains(&format!("at most {max} steps")), "{e}");
+    }
+    assert_eq!(lines[4]["op"], "train");
+}
