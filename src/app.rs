@@ -364,6 +364,15 @@ pub fn load_model_dir(dir: &Path) -> Result<ModelDir> {
     })
 }
 
+/// `eval` / `predict`: whether prediction batches of `bs` rows of `ds` (no more than it has)
+/// fit in memory with `md`'s model ([`crate::memory::check_batch_memory`]).
+fn check_prediction_memory(md: &ModelDir, ds: &Dataset, bs: usize) -> Result<()> {
+    let rows = bs.min(ds.rows());
+    let extra = BatchBuffers::bytes_for(ds, rows);
+    let (cfg, optim) = (&md.run.model, &md.run.optim);
+    crate::memory::check_batch_memory(cfg, optim, false, rows, extra, "--batch-size")
+}
+
 fn eval(a: EvalArgs) -> Result<()> {
     let mut md = load_model_dir(&a.model_dir)?;
     let bs = a.batch_size.unwrap_or(4096).max(1);
@@ -378,10 +387,7 @@ fn eval(a: EvalArgs) -> Result<()> {
                     .into(),
             });
         }
-        let rows = bs.min(ds.rows());
-        let extra = train::batch_buffer_bytes(&ds, rows);
-        let (cfg, optim) = (&md.run.model, &md.run.optim);
-        crate::memory::check_batch_memory(cfg, optim, false, rows, extra, "--batch-size")?;
+        check_prediction_memory(&md, &ds, bs)?;
         let mut preds = Vec::new();
         train::predict_dataset(&mut md.model, &ds, bs, &mut preds);
         Ok(metrics::evaluate(&ds, &preds))
@@ -468,10 +474,7 @@ fn predict(a: PredictArgs) -> Result<()> {
         let tasks = &md.run.model.tasks;
         writeln!(w, "{}", tasks.join(",")).map_err(io)?;
         let t = tasks.len();
-        let rows = bs.min(ds.rows());
-        let extra = train::batch_buffer_bytes(&ds, rows);
-        let (cfg, optim) = (&md.run.model, &md.run.optim);
-        crate::memory::check_batch_memory(cfg, optim, false, rows, extra, "--batch-size")?;
+        check_prediction_memory(&md, &ds, bs)?;
         let mut batcher = Batcher::sequential(ds.rows(), bs);
         let mut buf = BatchBuffers::new(bs, &ds);
         let mut line = String::new();

@@ -54,6 +54,12 @@ pub struct SyntheticBatches {
 }
 
 impl SyntheticBatches {
+    /// Bytes that [`SyntheticBatches::new`] allocates for `n` batches of `batch` rows (ids
+    /// and labels), for memory checks made before it runs.
+    pub fn bytes_for(cfg: &ModelConfig, batch: usize, n: usize) -> f64 {
+        4.0 * (n * (cfg.fields.len() + cfg.tasks.len())) as f64 * batch as f64
+    }
+
     /// `n` batches of `batch` rows for a model configuration.
     pub fn new(cfg: &ModelConfig, batch: usize, n: usize, seed: u64) -> Self {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -220,11 +226,11 @@ fn setup(
     if std::env::var_os("HMDN_NO_FIELD_FACTORING").is_some() {
         m.set_field_factoring(false);
     }
-    let opt = Optimizer::new(&m.params, OptimConfig::default());
+    let optim = OptimConfig::default();
+    let opt = Optimizer::new(&m.params, optim.clone());
     // 16 batches of ids and labels, then the model's buffers: refused up front if they
     // cannot fit, rather than aborting in an allocation.
-    let data_bytes = 16.0 * batch as f64 * 4.0 * (cfg.fields.len() + cfg.tasks.len()) as f64;
-    let optim = OptimConfig::default();
+    let data_bytes = SyntheticBatches::bytes_for(&cfg, batch, 16);
     crate::memory::check_batch_memory(&cfg, &optim, true, batch, data_bytes, "--batch")?;
     let data = SyntheticBatches::new(&cfg, batch, 16, 2);
     if cfg.model.uses_rq() && cfg.rq.kmeans_init {
@@ -290,28 +296,26 @@ pub fn serve(
             }
             _ => None,
         };
-        // Each request answers its step times in one line, kept in memory until then.
         let request = match request {
-            Some((_, n, _)) if n > MAX_SERVE_STEPS => {
-                let msg = format!(
-                    "line {}: at most {MAX_SERVE_STEPS} steps per request, got {n}",
-                    no + 1
-                );
+            // Each request answers its step times in one line, kept in memory until then.
+            Some((_, n, _)) if n > MAX_SERVE_STEPS => Err(format!(
+                "at most {MAX_SERVE_STEPS} steps per request, got {n}"
+            )),
+            Some(r) => Ok(r),
+            None => Err(
+                "expected `train N`, `infer N`, `ab N SWITCH`, `ab-infer N SWITCH` \
+                 (SWITCH: lanes, factoring, distinct or awake) or `quit`"
+                    .to_string(),
+            ),
+        };
+        let (op, n, switch) = match request {
+            Ok(r) => r,
+            Err(what) => {
+                let msg = format!("line {}: {what}", no + 1);
                 writeln!(out, "{}", serde_json::json!({ "error": msg })).map_err(io)?;
                 out.flush().map_err(io)?;
                 continue;
             }
-            r => r,
-        };
-        let Some((op, n, switch)) = request else {
-            let msg = format!(
-                "line {}: expected `train N`, `infer N`, `ab N SWITCH`, `ab-infer N SWITCH` (SWITCH: \
-                 lanes, factoring, distinct or awake) or `quit`",
-                no + 1
-            );
-            writeln!(out, "{}", serde_json::json!({ "error": msg })).map_err(io)?;
-            out.flush().map_err(io)?;
-            continue;
         };
         if let Some(switch) = switch {
             let set = |m: &mut Model<f32>, on: bool| match switch {
@@ -443,11 +447,10 @@ impl Drop for StatusLine {
 /// inference.
 pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> {
     let status = StatusLine::new(format!("bench {} at batch {batch}", model.name()));
-    let stage = |what: &str| status.show(what);
-    stage("setting up the model and the data");
+    status.show("setting up the model and the data");
     let (cfg, mut m, mut opt, data) = setup(model, batch)?;
     let warmup = 5.max(steps / 10);
-    stage("warm-up");
+    status.show("warm-up");
     for i in 0..warmup {
         train_step(&mut m, &mut opt, &data.get(i))?;
     }
@@ -456,7 +459,7 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
     let mut train = Vec::new();
     let mut k = warmup;
     for r in 0..rounds {
-        stage(&format!("training, round {} of {rounds}", r + 1));
+        status.show(&format!("training, round {} of {rounds}", r + 1));
         let t0 = Instant::now();
         for _ in 0..per {
             train_step(&mut m, &mut opt, &data.get(k))?;
@@ -464,7 +467,7 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         }
         train.push((per * batch) as f64 / t0.elapsed().as_secs_f64());
     }
-    stage("training, phase profile");
+    status.show("training, phase profile");
     let (phases, step_time) = profile_steps(&mut m, &mut opt, &data, &mut k, per)?;
     let train_share = m.quantized_rows() as f64 / batch.max(1) as f64;
     let train_factored = m.factored_flops_per_sample();
@@ -473,7 +476,7 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         m.infer(&data.get(i));
     }
     for r in 0..rounds {
-        stage(&format!("inference, round {} of {rounds}", r + 1));
+        status.show(&format!("inference, round {} of {rounds}", r + 1));
         let t0 = Instant::now();
         for _ in 0..per {
             m.infer(&data.get(k));
@@ -482,7 +485,7 @@ pub fn run(model: ModelKind, batch: usize, steps: usize) -> Result<BenchReport> 
         infer.push((per * batch) as f64 / t0.elapsed().as_secs_f64());
     }
     // Inference breakdown: forwards only, so the phases cover the whole time.
-    stage("inference, phase profile");
+    status.show("inference, phase profile");
     m.profile = Some(PhaseTimes::default());
     let t0 = Instant::now();
     for _ in 0..per {

@@ -478,11 +478,21 @@ impl RandomBatch {
 
     /// The batch view.
     pub fn batch(&self) -> Batch<'_> {
+        self.head(self.rows)
+    }
+
+    /// The view of the first `rows` rows (a smaller batch from the same draw).
+    ///
+    /// # Panics
+    /// If `rows` is more than the batch has.
+    pub fn head(&self, rows: usize) -> Batch<'_> {
+        assert!(rows <= self.rows, "head: {rows} rows of {}", self.rows);
+        let per_row = |len: usize| len.checked_div(self.rows).unwrap_or(0);
         Batch {
-            rows: self.rows,
-            cat: &self.cat,
-            num: &self.num,
-            labels: &self.labels,
+            rows,
+            cat: &self.cat[..rows * per_row(self.cat.len())],
+            num: &self.num[..rows * per_row(self.num.len())],
+            labels: &self.labels[..rows * per_row(self.labels.len())],
         }
     }
 }

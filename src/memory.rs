@@ -17,7 +17,6 @@ use crate::error::{Error, Result};
 use crate::gradcheck::RandomBatch;
 use crate::model::Model;
 use crate::optim::{OptimConfig, Optimizer};
-use crate::Batch;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::sync::OnceLock;
@@ -77,18 +76,12 @@ pub fn batch_bytes_per_row(
     let mut m = Model::<f32>::new(&c, 1)?;
     let mut opt = Optimizer::new(&m.params, optim.clone());
     let data = RandomBatch::new(&c, MEASURE_ROWS[1], &mut rng);
-    let head = |rows: usize| Batch {
-        rows,
-        cat: &data.cat[..rows * c.fields.len()],
-        num: &data.num[..rows * c.numeric.len()],
-        labels: &data.labels[..rows * c.tasks.len()],
-    };
     if c.model.uses_rq() && c.rq.kmeans_init {
-        m.kmeans_init(&head(MEASURE_ROWS[0]), &mut rng);
+        m.kmeans_init(&data.head(MEASURE_ROWS[0]), &mut rng);
     }
     let mut live_after = [0usize; 2];
     for (i, &rows) in MEASURE_ROWS.iter().enumerate() {
-        let b = head(rows);
+        let b = data.head(rows);
         // The loss of random data on fresh weights is finite; a non-finite one would only
         // mean the measurement step diverged, which does not change the buffers' sizes.
         if training {

@@ -597,11 +597,6 @@ fn check_finite(
     Ok(())
 }
 
-/// Bytes of [`BatchBuffers`] for `rows` rows of `ds` (ids, numerics, labels, row ids).
-pub fn batch_buffer_bytes(ds: &Dataset, rows: usize) -> f64 {
-    4.0 * rows as f64 * (ds.n_categorical() + ds.n_numeric() + ds.n_tasks() + 1) as f64
-}
-
 /// Trains `cfg.model` on `inp.train`, validating on `inp.val` after every epoch; keeps the best
 /// weights in `out/weights.safetensors` and a resumable checkpoint under `out/state/`.
 ///
@@ -631,7 +626,7 @@ pub fn fit(run: &RunConfig, inp: &FitInputs) -> Result<FitSummary> {
         &run.optim,
         true,
         rows,
-        batch_buffer_bytes(inp.train, rows),
+        BatchBuffers::bytes_for(inp.train, rows),
         "--batch-size",
     )?;
     let cfg_text = toml::to_string(run)

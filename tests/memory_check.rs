@@ -57,12 +57,7 @@ fn real_bytes_per_row(kind: ModelKind, training: bool) -> f64 {
     let data = RandomBatch::new(&cfg, rows[1], &mut rng);
     let mut live = [0usize; 2];
     for (i, &r) in rows.iter().enumerate() {
-        let b = hmdn_cpu::Batch {
-            rows: r,
-            cat: &data.cat[..r * cfg.fields.len()],
-            num: &data.num[..r * cfg.numeric.len()],
-            labels: &data.labels[..r * cfg.tasks.len()],
-        };
+        let b = data.head(r);
         if i == 0 && training && cfg.model.uses_rq() {
             m.kmeans_init(&b, &mut rng);
         }

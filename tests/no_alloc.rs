@@ -20,7 +20,6 @@ use hmdn_cpu::gradcheck::RandomBatch;
 use hmdn_cpu::model::Model;
 use hmdn_cpu::optim::{EmbeddingOptim, OptimConfig, Optimizer};
 use hmdn_cpu::train::train_step;
-use hmdn_cpu::Batch;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -102,16 +101,6 @@ const LARGEST: usize = 2048;
 /// The allocation counter is process-wide: tests take turns.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// A batch of the first `rows` rows of `data`.
-fn head<'a>(data: &'a RandomBatch, cfg: &ModelConfig, rows: usize) -> Batch<'a> {
-    Batch {
-        rows,
-        cat: &data.cat[..rows * cfg.fields.len()],
-        num: &data.num[..rows * cfg.numeric.len()],
-        labels: &data.labels[..rows * cfg.tasks.len()],
-    }
-}
-
 /// Allocations while training one case: after k-means (hmdn-*) and warm-up steps at the
 /// batch sizes `warm_sizes`, one counted step per entry of [`SIZES`] and an `infer` on its
 /// batch, each followed by the fit loop's `after_step`. Returns (train steps all threads, train steps on the stepping
@@ -133,13 +122,13 @@ fn step_allocations(
     let mut step = 0;
     for (i, &rows) in warm_sizes.iter().enumerate() {
         let d = &data[i % data.len()];
-        train_step(&mut m, &mut opt, &head(d, cfg, rows)).expect("finite loss");
+        train_step(&mut m, &mut opt, &d.head(rows)).expect("finite loss");
         step += 1;
         m.after_step(step, 6);
     }
     let (mut all, mut mine, mut after) = (0, 0, 0);
     for (d, &rows) in data.iter().zip(&SIZES).rev() {
-        let b = head(d, cfg, rows);
+        let b = d.head(rows);
         let (g, t, r) = counted(|| train_step(&mut m, &mut opt, &b));
         r.expect("finite loss");
         step += 1;

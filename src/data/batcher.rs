@@ -51,6 +51,12 @@ impl BatchBuffers {
         }
     }
 
+    /// Bytes that [`BatchBuffers::new`] allocates for `rows` rows of `ds` (ids, numerics,
+    /// labels, row ids), for memory checks made before it runs.
+    pub fn bytes_for(ds: &Dataset, rows: usize) -> f64 {
+        4.0 * rows as f64 * (ds.n_categorical() + ds.n_numeric() + ds.n_tasks() + 1) as f64
+    }
+
     /// The current batch (B = rows filled by the last [`Batcher::next_batch`]).
     pub fn batch(&self) -> Batch<'_> {
         let b = self.len;
