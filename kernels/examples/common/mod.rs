@@ -1,6 +1,6 @@
 //! Shared by the measuring examples (`probe`, `chunk_gemms`, `expert_sequence`, `huge_pages`,
-//! `gather_order`, `argmin_rq`, `shared_reads`); a directory without `main.rs`, so Cargo does
-//! not build it as an example of its own.
+//! `gather_order`, `argmin_rq`, `shared_reads`, `epi_cost`); a directory without `main.rs`, so
+//! Cargo does not build it as an example of its own.
 
 // Each example uses only some of these helpers.
 #![allow(dead_code)]
