@@ -14,10 +14,7 @@ fn main() {
     let env = common::env_usize;
     let (rows, k, z) = (env("ROWS", 256), env("K", 64), env("Z", 48));
     let (levels, reps) = (env("LEVELS", 6), env("REPS", 2000));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .expect("pool");
+    let pool = common::one_thread_pool();
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut uniform = move || {
         state ^= state << 13;

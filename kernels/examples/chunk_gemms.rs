@@ -16,10 +16,7 @@ fn main() {
     let (m, reps) = (env("M", 256), env("REPS", 300));
     // COLD=<MiB>: write that much other memory before every call (evicts the operands).
     let mut junk = vec![0u8; env("COLD", 0) << 20];
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .expect("pool");
+    let pool = common::one_thread_pool();
     pool.install(|| {
         let path = simd::simd_path();
         let mut total_flop = 0.0;

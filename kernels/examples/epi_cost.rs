@@ -16,10 +16,7 @@ fn main() {
     let env = common::env_usize;
     let (m, reps) = (env("M", 512), env("REPS", 400).max(1));
     let only = std::env::var("ONLY").ok();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .expect("pool");
+    let pool = common::one_thread_pool();
     pool.install(|| {
         let path = simd::simd_path();
         println!("{} rows, {reps} calls each, path {path:?}", m);

@@ -38,10 +38,7 @@ fn main() {
     // FWD=1: forwards only (inference). FRESH=1: rewrite every chunk's x before each step, as
     // the embedding gather does for the whole batch before the first chunk runs.
     let (fwd_only, fresh) = (env("FWD", 0) == 1, env("FRESH", 0) == 1);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .expect("pool");
+    let pool = common::one_thread_pool();
     pool.install(|| {
         let path = simd::simd_path();
         let fill = |n: usize, s: usize| -> Vec<f32> {

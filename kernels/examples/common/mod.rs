@@ -12,6 +12,15 @@ use std::time::Instant;
 #[global_allocator]
 static ALLOC: hmdn_kernels::mem::LineAligned = hmdn_kernels::mem::LineAligned;
 
+/// A rayon pool of one thread: the examples time single-core kernels inside it, so that no
+/// kernel splits its work.
+pub fn one_thread_pool() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread pool")
+}
+
 /// Times `reps` runs of the register-resident FMA loop (`iters` rounds each) on the current
 /// thread's SIMD path and returns their rates in GFLOP/s, fastest first.
 pub fn fma_peak_gflops(reps: usize, iters: usize) -> Vec<f64> {
