@@ -428,14 +428,27 @@ impl<T: Real> FieldFactoring<T> {
                     }
                 })
             };
-            // (On one thread rayon runs the tasks in place.)
-            w_fields[..n_exp * wf_len]
-                .par_chunks_mut(wf_len.max(1))
-                .zip(w_rest[..n_exp * d0 * kr].par_chunks_mut((d0 * kr).max(1)))
-                .zip(w_rest_packed.par_chunks_mut(cp))
-                .zip(w_rest_packed_n.par_chunks_mut(cpn))
-                .enumerate()
-                .for_each(per_expert);
+            // In parallel only for large batches, as the batch side: a parallel iterator
+            // called from outside the pool hands its jobs to the pool's queue, which now and
+            // then allocates a block (the no-allocation tests step small batches from their
+            // own thread).
+            if par {
+                w_fields[..n_exp * wf_len]
+                    .par_chunks_mut(wf_len.max(1))
+                    .zip(w_rest[..n_exp * d0 * kr].par_chunks_mut((d0 * kr).max(1)))
+                    .zip(w_rest_packed.par_chunks_mut(cp))
+                    .zip(w_rest_packed_n.par_chunks_mut(cpn))
+                    .enumerate()
+                    .for_each(per_expert);
+            } else {
+                w_fields[..n_exp * wf_len]
+                    .chunks_mut(wf_len.max(1))
+                    .zip(w_rest[..n_exp * d0 * kr].chunks_mut((d0 * kr).max(1)))
+                    .zip(w_rest_packed.chunks_mut(cp))
+                    .zip(w_rest_packed_n.chunks_mut(cpn))
+                    .enumerate()
+                    .for_each(per_expert);
+            }
         };
         if all_ids {
             if !all_fresh {
