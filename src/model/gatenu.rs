@@ -6,7 +6,7 @@ use crate::model::linear::{InputGrad, Linear};
 use crate::params::{Grads, ParamStore};
 use hmdn_kernels::act::bias_grad;
 use hmdn_kernels::act::{bias_relu_forward, relu_backward, scaled_sigmoid_backward};
-use hmdn_kernels::embed::{add_rows_indexed, scatter_add_rows_indexed};
+use hmdn_kernels::embed::{add_rows_indexed, add_rows_indexed_bias_relu, scatter_add_rows_indexed};
 use hmdn_kernels::gemm::{gemm_epilogue, gemm_packed_b, pack_b_for, packed_b_len, Epilogue};
 use hmdn_kernels::{gemm, Real, SimdPath, Trans};
 use rand::Rng;
@@ -638,6 +638,7 @@ impl GateNu {
             add_rows_indexed(a1, h, &fs.proj, idx, nfac);
         }
         let a1 = &mut cache.a1[..bsz * h];
+        let b1 = ps.value(f1.b);
         match g {
             GTerm::Rows(g) => {
                 // The g term apart (du1 is free until backward), then added: the same
@@ -658,17 +659,14 @@ impl GateNu {
                 for (a, &t) in a1.iter_mut().zip(gt.iter()) {
                     *a += t;
                 }
+                bias_relu_forward(a1, b1);
             }
+            // Each row's g term, bias and ReLU in one pass (the same additions as adding
+            // the row, then `bias_relu_forward`).
             GTerm::Gathered(table, slots) => {
-                for (arow, &s) in a1.chunks_exact_mut(h.max(1)).zip(&slots[..bsz]) {
-                    let s = s as usize;
-                    for (a, &t) in arow.iter_mut().zip(&table[s * h..(s + 1) * h]) {
-                        *a += t;
-                    }
-                }
+                add_rows_indexed_bias_relu(a1, table, &slots[..bsz], 1, b1);
             }
         }
-        bias_relu_forward(a1, ps.value(f1.b));
         self.second_layer_forward_scaled(cache, ps, out, bsz);
     }
 
