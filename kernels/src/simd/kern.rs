@@ -124,8 +124,8 @@ unsafe fn sigmoid<V: Vf>(x: V) -> V {
 #[inline(always)]
 unsafe fn exp_nonpos_group<V: Vf, const G: usize>(x: [V; G]) -> [V; G] {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
+    const LN2_HI: f32 = 0.693_359_4; // 355/512, exact in 9 bits
+    const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
     const FLOOR: f32 = -104.0;
     // Plain loops, not closures: a closure would not inherit the caller's target features.
     let mut xc = x;
@@ -157,6 +157,8 @@ unsafe fn exp_nonpos_group<V: Vf, const G: usize>(x: [V; G]) -> [V; G] {
             p[g] = p[g].mul_add(r[g], V::splat(c));
         }
     }
+    // Below FLOOR, x is clamped to it: e^r·2^-150 with r ≈ -0.028, under half the smallest
+    // subnormal, rounds to exactly 0, as expf does there.
     for g in 0..G {
         p[g] = p[g].mul_pow2(n[g]);
     }
