@@ -118,16 +118,17 @@ unsafe fn sigmoid<V: Vf>(x: V) -> V {
 /// [`exp_nonpos`] on `G` vectors at once, each operation applied to all `G` before the
 /// next: the same operations per lane, so the same bits, but `G` independent dependency
 /// chains side by side. One `e^x` is a chain of ~15 dependent operations (~70 cycles); one
-/// vector after another, the scheduler fills with operations waiting on their chain before
-/// the FMA ports are busy (a GEMM's sigmoid epilogue at 512 × 64 → 368 ran ~20% faster
-/// grouped by 8, `benches/RESULTS.md`).
+/// vector after another, the epilogue ran at ~20 cycles per vector where its operations
+/// need ~11 on two ports, which we read as the scheduler filling with operations waiting on
+/// their chain (a GEMM's sigmoid epilogue at 512 × 64 → 368 ran ~20% faster grouped by 8,
+/// `benches/RESULTS.md`).
 #[inline(always)]
 unsafe fn exp_nonpos_group<V: Vf, const G: usize>(x: [V; G]) -> [V; G] {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4; // 355/512, exact in 9 bits
     const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
     const FLOOR: f32 = -104.0;
-    // Plain loops, not closures: a closure would not inherit the caller's target features.
+    // Plain loops: a first version with `array::map` closures ran 4× slower.
     let mut xc = x;
     for v in xc.iter_mut() {
         *v = v.max(V::splat(FLOOR));
@@ -1136,7 +1137,8 @@ unsafe fn store_sigmoid_tile<V: Vf, const MR: usize, const NV: usize, const K: u
 }
 
 /// Vectors [`store_sigmoid_tile`] runs side by side: enough independent chains to keep the
-/// FMA ports busy, few enough that the chains' registers are not spilled (12 was slower).
+/// FMA ports busy, few enough to keep their values in registers (4 and 12 were slower in
+/// `epi_cost`).
 const EPI_GROUP: usize = 8;
 
 /// Runs a [`GemmBlock`] with this vector type's register tile.
