@@ -363,21 +363,15 @@ impl<T: Real> FieldFactoring<T> {
                 let c = embedding.cols[f];
                 distinct_ids(so, ids, &mut slots[..bsz], &idx[c * bsz..(c + 1) * bsz]);
             };
-            if par {
-                slot_of
-                    .par_iter_mut()
-                    .zip(ids.par_iter_mut())
-                    .zip(slots.par_iter_mut())
-                    .enumerate()
-                    .for_each(work);
-            } else {
-                slot_of
-                    .iter_mut()
-                    .zip(ids.iter_mut())
-                    .zip(slots.iter_mut())
-                    .enumerate()
-                    .for_each(work);
-            }
+            // Small batches: one piece, on the calling thread (see the weight side).
+            let n_fields = slot_of.len();
+            slot_of
+                .par_iter_mut()
+                .zip(ids.par_iter_mut())
+                .zip(slots.par_iter_mut())
+                .enumerate()
+                .with_min_len(if par { 1 } else { n_fields.max(1) })
+                .for_each(work);
             off.clear();
             off.push(0);
             for &f in active {
@@ -428,27 +422,18 @@ impl<T: Real> FieldFactoring<T> {
                     }
                 })
             };
-            // In parallel only for large batches, as the batch side: a parallel iterator
-            // called from outside the pool hands its jobs to the pool's queue, which now and
-            // then allocates a block (the no-allocation tests step small batches from their
-            // own thread).
-            if par {
-                w_fields[..n_exp * wf_len]
-                    .par_chunks_mut(wf_len.max(1))
-                    .zip(w_rest[..n_exp * d0 * kr].par_chunks_mut((d0 * kr).max(1)))
-                    .zip(w_rest_packed.par_chunks_mut(cp))
-                    .zip(w_rest_packed_n.par_chunks_mut(cpn))
-                    .enumerate()
-                    .for_each(per_expert);
-            } else {
-                w_fields[..n_exp * wf_len]
-                    .chunks_mut(wf_len.max(1))
-                    .zip(w_rest[..n_exp * d0 * kr].chunks_mut((d0 * kr).max(1)))
-                    .zip(w_rest_packed.chunks_mut(cp))
-                    .zip(w_rest_packed_n.chunks_mut(cpn))
-                    .enumerate()
-                    .for_each(per_expert);
-            }
+            // In parallel only for large batches: otherwise one piece, run on the calling
+            // thread. (Split from outside the pool, the tasks would go through the pool's
+            // queue, which now and then allocates a block; the no-allocation tests step small
+            // batches from their own thread.)
+            w_fields[..n_exp * wf_len]
+                .par_chunks_mut(wf_len.max(1))
+                .zip(w_rest[..n_exp * d0 * kr].par_chunks_mut((d0 * kr).max(1)))
+                .zip(w_rest_packed.par_chunks_mut(cp))
+                .zip(w_rest_packed_n.par_chunks_mut(cpn))
+                .enumerate()
+                .with_min_len(if par { 1 } else { n_exp.max(1) })
+                .for_each(per_expert);
         };
         if all_ids {
             if !all_fresh {
