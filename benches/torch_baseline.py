@@ -545,8 +545,16 @@ def main():
     ap.add_argument("--serve", action="store_true",
                     help="answer timed `train|infer VARIANT N` requests on stdin, one JSON line "
                          "each (see serve(); driven by benches/records/paired.py)")
+    ap.add_argument("--no-flush-denormal", action="store_true",
+                    help="keep IEEE subnormals (default: torch.set_flush_denormal(True), the "
+                         "PyTorch counterpart of hmdn-cpu's Adam storing subnormal moments as 0)")
     args = ap.parse_args()
 
+    # Weights whose gradient stays zero (dead ReLU units) have Adam's first moment decay into
+    # the subnormal range after ~600 steps, where every operation on it takes the CPU's slow
+    # microcoded path. hmdn-cpu stores such moments as zero; PyTorch's way out is flushing
+    # subnormals process-wide (FTZ/DAZ). On by default, so that long runs compare like for like.
+    torch.set_flush_denormal(not args.no_flush_denormal)
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
     variants = VARIANTS if "all" in args.variant else list(dict.fromkeys(args.variant))

@@ -37,6 +37,15 @@ impl Default for AdamParams {
 /// `m ← lerp(m, g, 1−β1)`, `v ← β2·v + (1−β2)·g²`,
 /// `p ← p − (lr / bc1) · m / (sqrt(v)/sqrt(bc2) + eps)`.
 ///
+/// One departure from IEEE arithmetic (and from torch): a moment that comes out subnormal
+/// (`0 < |m| < f32::MIN_POSITIVE`) is stored as +0, before the update uses it. A weight
+/// whose gradient stays zero (a dead ReLU unit's, an unused code's) has its `m` shrink by
+/// `β1` every step; in IEEE arithmetic it then spends hundreds of steps subnormal and sticks
+/// at a few ulps above zero (`(1−β1)·m` rounds to zero there), and every step's operations on
+/// it take the CPU's slow microcoded path: after ~600 steps of hmdn-mmoe at batch 1024 the
+/// dense Adam took twice as long. The update such a moment gives is below
+/// `lr · 1.2e-38 / eps`, which changes no weight larger than ~1e-26.
+///
 /// # Panics
 /// If `g`, `m` or `v` is shorter than `p`.
 #[track_caller]
@@ -85,7 +94,8 @@ pub fn adam_step<T: Real>(
 /// shape), following `torch.optim.SparseAdam`: only the listed rows change,
 /// `m_r ← m_r + (1−β1)(g − m_r)`, `v_r ← v_r + (1−β2)(g² − v_r)`,
 /// `p_r ← p_r − lr·sqrt(bc2)/bc1 · m_r / (sqrt(v_r) + eps)`. When `l2 > 0`, `l2·p_r` is added to
-/// each row's gradient first (L2 on the rows seen in the batch).
+/// each row's gradient first (L2 on the rows seen in the batch). Subnormal moments are stored
+/// as +0, as in [`adam_step`].
 ///
 /// `rows` as produced by [`crate::embed::accumulate_row_grads`] (strictly ascending) are split
 /// over threads; any other order (including repeats, applied one after another) runs serially.

@@ -34,6 +34,8 @@ pub trait Real:
     const ONE: Self;
     /// Name used in messages and file headers (`"f32"` / `"f64"`).
     const NAME: &'static str;
+    /// Smallest positive normal value (`f32::MIN_POSITIVE` / `f64::MIN_POSITIVE`).
+    const MIN_POSITIVE: Self;
     /// Lossy conversion from `f64` (exact for `f64`).
     fn from_f64(x: f64) -> Self;
     /// Exact widening to `f64`.
@@ -88,6 +90,7 @@ macro_rules! impl_real {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NAME: &'static str = $name;
+            const MIN_POSITIVE: Self = <$t>::MIN_POSITIVE;
             #[inline(always)]
             fn from_f64(x: f64) -> Self {
                 x as $t

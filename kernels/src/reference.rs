@@ -236,10 +236,21 @@ pub fn adam_step<T: Real>(
     );
     for i in 0..p.len() {
         let gi = g[i];
-        m[i] += b1c * (gi - m[i]);
-        v[i] = b2 * v[i] + b2c * gi * gi;
+        m[i] = flush_subnormal(m[i] + b1c * (gi - m[i]));
+        v[i] = flush_subnormal(b2 * v[i] + b2c * gi * gi);
         let denom = v[i].sqrt() / bc2_sqrt + eps;
         p[i] -= step_size * m[i] / denom;
+    }
+}
+
+/// `x`, or zero when `x` is subnormal (`0 < |x| < MIN_POSITIVE`): how both Adams store their
+/// moments (see [`crate::optim::adam_step`]).
+#[inline(always)]
+pub fn flush_subnormal<T: Real>(x: T) -> T {
+    if x.abs() < T::MIN_POSITIVE {
+        T::ZERO
+    } else {
+        x
     }
 }
 
@@ -273,8 +284,8 @@ pub fn lazy_adam_rows<T: Real>(
             if l2 != T::ZERO {
                 gi += l2 * table[i];
             }
-            m[i] += b1c * (gi - m[i]);
-            v[i] += b2c * (gi * gi - v[i]);
+            m[i] = flush_subnormal(m[i] + b1c * (gi - m[i]));
+            v[i] = flush_subnormal(v[i] + b2c * (gi * gi - v[i]));
             table[i] -= step_size * m[i] / (v[i].sqrt() + eps);
         }
     }

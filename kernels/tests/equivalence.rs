@@ -268,6 +268,89 @@ fn adam_exact() {
     });
 }
 
+/// `[p, m, v]` after an Adam step against the reference's, bit for bit, and no moment
+/// stored subnormal.
+#[track_caller]
+fn same_bits_no_subnormal_moments(fast: [&[f32]; 3], refr: [&[f32]; 3], what: &str) {
+    for (f, r) in fast.iter().zip(&refr) {
+        assert_bits_eq(f, r, what);
+    }
+    for (i, x) in fast[1].iter().chain(fast[2]).enumerate() {
+        assert!(!x.is_subnormal(), "{what}: moment {i} is subnormal ({x:e})");
+    }
+}
+
+/// Moments that decay towards zero (zero gradients, as a dead ReLU unit's weights get) are
+/// stored as +0 once subnormal, on every path and in the reference alike, and the weights
+/// and moments keep the reference's bits all the way. Fails with IEEE moments: `m` would
+/// stop a few ulps above zero (`(1−β1)·m` rounds to zero there) and stay subnormal.
+#[test]
+fn adam_moments_never_subnormal() {
+    let h = AdamParams::default();
+    let tiny = f32::MIN_POSITIVE;
+    // Decaying moments from the normal range, from the boundary, from subnormals; a gradient
+    // small enough that g² is subnormal; NaN stays NaN.
+    let m0 = [
+        1e-30,
+        -3e-37,
+        2.0 * tiny,
+        tiny,
+        -tiny,
+        1e-40,
+        -1e-45,
+        0.0,
+        -0.0,
+        0.5,
+        1e-36,
+        f32::NAN,
+        7e-38,
+        -2e-38,
+        1e-44,
+        3e-39,
+        1e-30,
+    ];
+    let g: Vec<f32> = (0..m0.len())
+        .map(|i| if i == 9 { 1e-21 } else { 0.0 })
+        .collect();
+    let v0: Vec<f32> = (0..m0.len())
+        .map(|i| [0.0, 1e-30, 3e-38, 1e-41][i % 4])
+        .collect();
+    let p0: Vec<f32> = (0..m0.len()).map(|i| 0.1 * i as f32 - 0.7).collect();
+    for_paths(|path| {
+        let (mut pf, mut mf, mut vf) = (p0.clone(), m0.to_vec(), v0.clone());
+        let (mut pr, mut mr, mut vr) = (p0.clone(), m0.to_vec(), v0.clone());
+        for step in 1..=800u64 {
+            optim::adam_step(&mut pf, &g, &mut mf, &mut vf, &h, step);
+            reference::adam_step(&mut pr, &g, &mut mr, &mut vr, &h, step);
+            let what = format!("{path:?} adam step {step}");
+            same_bits_no_subnormal_moments([&pf, &mf, &vf], [&pr, &mr, &vr], &what);
+        }
+        for (i, &x) in mf.iter().enumerate() {
+            if i == 11 {
+                assert!(x.is_nan(), "{path:?}: a NaN moment stays NaN");
+            } else if i != 9 {
+                assert_eq!(
+                    x.to_bits(),
+                    0,
+                    "{path:?}: m[{i}] = {x:e} after 800 zero gradients"
+                );
+            }
+        }
+        // The same rule in lazy Adam: every row of a 17-wide table, 400 steps.
+        let e = 17;
+        let rows: Vec<u32> = vec![0];
+        let (mut tf, mut mf, mut vf) = (p0.clone(), m0.to_vec(), v0.clone());
+        let (mut tr, mut mr, mut vr) = (p0.clone(), m0.to_vec(), v0.clone());
+        for step in 1..=400u64 {
+            optim::lazy_adam_rows(&mut tf, &mut mf, &mut vf, e, &rows, &g, &h, step, 0.0);
+            reference::lazy_adam_rows(&mut tr, &mut mr, &mut vr, e, &rows, &g, &h, step, 0.0);
+            let what = format!("{path:?} lazy adam step {step}");
+            same_bits_no_subnormal_moments([&tf, &mf, &vf], [&tr, &mr, &vr], &what);
+        }
+        assert_eq!(mf[0].to_bits(), 0, "{path:?}: lazy m[0] = {:e}", mf[0]);
+    });
+}
+
 #[test]
 fn lazy_adam_exact() {
     let mut rng = StdRng::seed_from_u64(5);

@@ -653,13 +653,20 @@ pub(crate) unsafe fn adam<V: Vf>(
     ew!(p.len(), [pp, mp, vp], [gp], {
         let gi = V::load(gp);
         let mi = V::load(mp);
-        let mi = mi.add(b1c.mul(gi.sub(mi)));
-        let vi = b2.mul(V::load(vp)).add(b2c.mul(gi).mul(gi));
+        let mi = flush_subnormal(mi.add(b1c.mul(gi.sub(mi))));
+        let vi = flush_subnormal(b2.mul(V::load(vp)).add(b2c.mul(gi).mul(gi)));
         let denom = vi.sqrt().div(bc2s).add(eps);
         V::load(pp).sub(ss.mul(mi).div(denom)).store(pp);
         mi.store(mp);
         vi.store(vp);
     });
+}
+
+/// `x`, or +0 in the lanes where `x` is subnormal, as `reference::flush_subnormal`.
+#[inline(always)]
+unsafe fn flush_subnormal<V: Vf>(x: V) -> V {
+    // -|x| > -MIN_POSITIVE ⇔ |x| < MIN_POSITIVE (false for NaN, which stays).
+    V::select_gt(x.neg_abs(), V::splat(-f32::MIN_POSITIVE), V::splat(0.0), x)
 }
 
 /// SparseAdam on one contiguous run of parameters (a table row), in
@@ -688,9 +695,9 @@ pub(crate) unsafe fn sparse_adam<V: Vf>(
             gi = gi.add(l2.mul(pi));
         }
         let mi = V::load(mp);
-        let mi = mi.add(b1c.mul(gi.sub(mi)));
+        let mi = flush_subnormal(mi.add(b1c.mul(gi.sub(mi))));
         let vi = V::load(vp);
-        let vi = vi.add(b2c.mul(gi.mul(gi).sub(vi)));
+        let vi = flush_subnormal(vi.add(b2c.mul(gi.mul(gi).sub(vi))));
         pi.sub(ss.mul(mi).div(vi.sqrt().add(eps))).store(pp);
         mi.store(mp);
         vi.store(vp);
