@@ -336,7 +336,7 @@ fn adam_moments_never_subnormal() {
                 );
             }
         }
-        // The same rule in lazy Adam: every row of a 17-wide table, 400 steps.
+        // The same rule in lazy Adam: the one row of a 17-wide table, 400 steps.
         let e = 17;
         let rows: Vec<u32> = vec![0];
         let (mut tf, mut mf, mut vf) = (p0.clone(), m0.to_vec(), v0.clone());
