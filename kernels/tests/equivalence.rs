@@ -27,6 +27,34 @@ fn for_paths(mut f: impl FnMut(SimdPath)) {
     }
 }
 
+/// Which SIMD paths the tests in this file compare with the scalar reference: every path this
+/// CPU has ([`for_paths`]). A path the CPU lacks cannot run here, so this test names it on
+/// stderr (`cargo test -- --nocapture` shows it), and fails if `HMDN_REQUIRE_SIMD` (a
+/// comma-separated list of path names, e.g. `avx2,avx512`) asks for a path the CPU lacks, so
+/// that a CI machine known to have a path can insist that it was tested.
+#[test]
+fn simd_paths_under_test() {
+    let have = hmdn_kernels::available_paths();
+    for p in SimdPath::ALL {
+        let state = if have.contains(&p) {
+            "tested"
+        } else {
+            "NOT tested: this CPU lacks it"
+        };
+        eprintln!("simd path {}: {state}", p.name());
+    }
+    let required = std::env::var("HMDN_REQUIRE_SIMD").unwrap_or_default();
+    for name in required.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let p = SimdPath::from_name(name).unwrap_or_else(|| {
+            panic!("HMDN_REQUIRE_SIMD: unknown path {name:?} (portable, avx2, avx512)")
+        });
+        assert!(
+            have.contains(&p),
+            "HMDN_REQUIRE_SIMD asks for {name}, which this CPU lacks"
+        );
+    }
+}
+
 /// Random values with awkward ones mixed in: exact zeros, negative zeros, large magnitudes.
 fn awkward(rng: &mut StdRng, n: usize, big: f32) -> Vec<f32> {
     (0..n)
