@@ -251,7 +251,8 @@ pub const MAX_SERVE_STEPS: usize = 1_000_000;
 /// - `ab N SWITCH` → `{"op":"ab","switch":S,"off_s":[…],"on_s":[…]}`: `N` training steps
 ///   with the model switch `SWITCH` (`lanes`: [`Model::set_training_lanes`], `factoring`:
 ///   [`Model::set_field_factoring`], `distinct`: [`Model::set_distinct_keys`], `awake`:
-///   [`hmdn_kernels::par::set_keep_workers_awake`]) off and on
+///   [`hmdn_kernels::par::set_keep_workers_awake`], `infer-pieces`:
+///   [`Model::set_inference_chunk_rows`] at [`crate::model::INFER_CHUNK_ROWS`] or 0) off and on
 ///   in turn, step by step, each timed, the switch left on afterwards. Steps a few
 ///   milliseconds apart see the same host speed, so their medians compare two engine
 ///   variants far more finely than separate runs can (an in-process A/B);
@@ -291,7 +292,7 @@ pub fn serve(
             [] => continue,
             ["quit"] => break,
             [op @ ("train" | "infer"), n] => n.parse::<usize>().ok().map(|n| (*op, n, None)),
-            [op @ ("ab" | "ab-infer"), n, switch @ ("lanes" | "factoring" | "distinct" | "awake")] => {
+            [op @ ("ab" | "ab-infer"), n, switch @ ("lanes" | "factoring" | "distinct" | "awake" | "infer-pieces")] => {
                 n.parse::<usize>().ok().map(|n| (*op, n, Some(*switch)))
             }
             _ => None,
@@ -322,6 +323,11 @@ pub fn serve(
                 "lanes" => m.set_training_lanes(on),
                 "factoring" => m.set_field_factoring(on),
                 "awake" => hmdn_kernels::par::set_keep_workers_awake(on),
+                "infer-pieces" => m.set_inference_chunk_rows(if on {
+                    crate::model::INFER_CHUNK_ROWS
+                } else {
+                    0
+                }),
                 _ => m.set_distinct_keys(on),
             };
             let (mut off_s, mut on_s) = (Vec::with_capacity(n), Vec::with_capacity(n));

@@ -13,7 +13,7 @@
 
 use hmdn_cpu::config::{ModelConfig, ModelKind, RqGradient, RqMode};
 use hmdn_cpu::gradcheck::{check_model, check_model_with, GradReport, RandomBatch, TOLERANCE};
-use hmdn_cpu::model::Model;
+use hmdn_cpu::model::{Model, INFER_CHUNK_ROWS};
 use hmdn_cpu::Batch;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -348,12 +348,14 @@ fn infer_gives_the_logits_of_forward_bit_for_bit() {
     //
     // `infer` runs its chunks on one lane per thread, each reusing one chunk's buffers: with
     // 2200 rows (5 chunks) on 1, 2 and 3 threads, lanes take several chunks each, in an order
-    // that depends on timing, and the logits must not notice.
+    // that depends on timing, and the logits must not notice; nor must the size of the
+    // pieces the lanes take (`set_inference_chunk_rows`).
     for kind in ModelKind::ALL {
         let cfg = tiny(kind);
         let mut rng = StdRng::seed_from_u64(72);
         for rows in [300, 2200] {
             let data = RandomBatch::new(&cfg, rows, &mut rng);
+            let other = RandomBatch::new(&cfg, rows, &mut rng);
             for threads in [1, 2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -370,11 +372,21 @@ fn infer_gives_the_logits_of_forward_bit_for_bit() {
                             .zip(&logits)
                             .all(|(a, b)| a.to_bits() == b.to_bits())
                     };
-                    m.infer(&data.batch());
-                    assert!(
-                        same(&m),
-                        "{kind} {rows} rows {threads} threads: infer differs"
-                    );
+                    // The lanes' pieces: the default, the training chunks (0), and sizes
+                    // that do not divide the chunks (8, 40) or exceed them (1000).
+                    // (Another batch in between, in the training chunks, so that a row
+                    // left unwritten shows.)
+                    for piece in [INFER_CHUNK_ROWS, 0, 8, 40, 1000] {
+                        m.set_inference_chunk_rows(0);
+                        m.infer(&other.batch());
+                        m.set_inference_chunk_rows(piece);
+                        m.infer(&data.batch());
+                        assert!(
+                            same(&m),
+                            "{kind} {rows} rows {threads} threads, pieces of {piece}: infer differs"
+                        );
+                    }
+                    m.set_inference_chunk_rows(INFER_CHUNK_ROWS);
                     m.infer_keeping_chunks(&data.batch());
                     assert!(same(&m), "{kind} {rows} rows: infer_keeping_chunks differs");
                 });

@@ -10,7 +10,9 @@ Usage (after `cargo build --release`):
         [--threads 2] [--steps 60] [--rounds 5] [--infer]
 
 Switches: `lanes` (Model::set_training_lanes), `factoring` (Model::set_field_factoring),
-`distinct` (Model::set_distinct_keys), `awake` (hmdn_kernels::par::set_keep_workers_awake).
+`distinct` (Model::set_distinct_keys), `awake` (hmdn_kernels::par::set_keep_workers_awake),
+`infer-pieces` (Model::set_inference_chunk_rows: INFER_CHUNK_ROWS on, the training chunks off;
+use with --infer).
 With --infer the steps are inference forwards (`ab-infer N SWITCH`).
 """
 
@@ -30,7 +32,7 @@ def main():
     ap.add_argument("--model", default="hmdn-pepnet")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--switch", default="lanes", choices=["lanes", "factoring", "distinct", "awake"])
+    ap.add_argument("--switch", default="lanes", choices=["lanes", "factoring", "distinct", "awake", "infer-pieces"])
     ap.add_argument("--infer", action="store_true", help="time inference forwards, not training steps")
     ap.add_argument("--steps", type=int, default=60, help="steps per round (both halves)")
     ap.add_argument("--rounds", type=int, default=5)
