@@ -373,10 +373,10 @@ fn infer_gives_the_logits_of_forward_bit_for_bit() {
                             .all(|(a, b)| a.to_bits() == b.to_bits())
                     };
                     // The lanes' pieces: the default, the training chunks (0), and sizes
-                    // that do not divide the chunks (8, 40) or exceed them (1000).
+                    // that do not divide the chunks (8, 40) or exceed them (1000, usize::MAX).
                     // (Another batch in between, in the training chunks, so that a row
                     // left unwritten shows.)
-                    for piece in [INFER_CHUNK_ROWS, 0, 8, 40, 1000] {
+                    for piece in [INFER_CHUNK_ROWS, 0, 8, 40, 1000, usize::MAX] {
                         m.set_inference_chunk_rows(0);
                         m.infer(&other.batch());
                         m.set_inference_chunk_rows(piece);

@@ -1146,7 +1146,8 @@ impl<T: Real> Model<T> {
     /// logits are the same bit for bit whatever the pieces: no row's arithmetic depends on the
     /// others in its piece.
     pub fn set_inference_chunk_rows(&mut self, rows: usize) {
-        self.buf.infer_rows = rows.next_multiple_of(8);
+        // (Saturating: a request beyond any batch just means the training chunks.)
+        self.buf.infer_rows = rows.checked_next_multiple_of(8).unwrap_or(usize::MAX);
     }
 
     /// Whether MMoE's experts may factor their first layer over the batch's distinct ids of
