@@ -46,7 +46,8 @@ fn simd_paths_under_test() {
     let required = std::env::var("HMDN_REQUIRE_SIMD").unwrap_or_default();
     for name in required.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let p = SimdPath::from_name(name).unwrap_or_else(|| {
-            panic!("HMDN_REQUIRE_SIMD: unknown path {name:?} (portable, avx2, avx512)")
+            let known: Vec<_> = SimdPath::ALL.iter().map(|p| p.name()).collect();
+            panic!("HMDN_REQUIRE_SIMD: unknown path {name:?} (known: {known:?})")
         });
         assert!(
             have.contains(&p),

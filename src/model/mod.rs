@@ -128,8 +128,8 @@ struct Buffers<T> {
     /// [`Model::set_training_lanes`].
     lanes: Vec<Chunk<T>>,
     lanes_off: bool,
-    /// Rows per piece of an inference pass ([`Model::infer`]), at most the chunk's rows;
-    /// 0: the training layout's chunks. See [`Model::set_inference_chunk_rows`].
+    /// Rows per piece of an inference pass ([`Model::infer`]), capped at the chunk's rows
+    /// where used; 0: the training layout's chunks. See [`Model::set_inference_chunk_rows`].
     infer_rows: usize,
     /// Whether every chunk holds its quantizer cache of the last forward (also after a
     /// training pass on lanes, which keeps no other per-chunk activations).
@@ -1682,7 +1682,9 @@ impl<T: Real> Model<T> {
             let [(logits, _), (gq, _), (xr, _), (xbr, _), (dl, _), (dxr, _), (dgr, _), (dxbr, _)] =
                 a;
             // SAFETY: chunk r0 / chunk_rows (< n_chunks) is run once, and its block is
-            // inside `gpart` (asserted above), which is not touched otherwise meanwhile.
+            // inside `gpart` (asserted above), which is not touched otherwise meanwhile. An
+            // inference pass on pieces may run two pieces of one chunk at once, but it is
+            // never fused, so `plen` is 0 and every block is empty.
             let part = unsafe { gpart.block(r0 / chunk_rows, plen) };
             let dr = if dom.is_empty() {
                 dom
@@ -1759,7 +1761,9 @@ impl<T: Real> Model<T> {
         };
         if lanes {
             // Pieces no larger than the chunks, so every chunk-sized buffer holds one, and
-            // `r0 / chunk_rows` (above) still names a chunk.
+            // `r0 / chunk_rows` (above) still names a chunk; its `gpart` block is empty here
+            // (`plen` is 0 outside a fused pass), so pieces sharing a chunk share nothing.
+            debug_assert_eq!(plen, 0, "an inference pass writes no per-id sums");
             let piece_rows = match b.infer_rows {
                 0 => chunk_rows,
                 r => r.min(chunk_rows),
