@@ -3,6 +3,10 @@
 //! - `f32` runs our own packed GEMM: operands are packed into buffers from two global pools
 //!   (see "Packing buffers" below), and a register-tiled micro-kernel per SIMD path
 //!   (AVX-512 12×32, AVX2 6×16, portable 4×8; see `simd/kern.rs`) does the multiply-adds.
+//!   AVX2's 6×16 tile runs its k loop as written-out assembly (`simd/x86.rs`, `kloop_6x16`):
+//!   compiled from the generic loop, LLVM spent up to ~30 instructions per 12 FMAs (stride
+//!   reloads from the stack, accumulator shuffles); the same FMAs in the same order, so the
+//!   same bits (`gemm_is_one_fma_chain_per_k_block`).
 //!   A partial panel at C's edge (e.g. the last 4 of 64 rows) runs on a smaller tile (4 or 8
 //!   rows, one vector of columns), so no multiply-adds go to rows or columns outside C.
 //!   `matrixmultiply` 0.3 is not used for f32 because it allocates its packing buffer on every
@@ -60,6 +64,12 @@ pub enum Trans {
     /// Use the transpose of the stored row-major matrix.
     T,
 }
+
+/// Most steps of `k` in one k-block of the f32 GEMM: `k` is cut into `⌈k / K_BLOCK⌉` blocks
+/// of equal depth `⌈k / ⌈k / K_BLOCK⌉⌉` (the last may be shorter), and every element of C is
+/// one fused multiply-add chain per block, the blocks added to C in order (module docs,
+/// "Determinism"). Public so that a test can rebuild C's bits from those chains.
+pub const K_BLOCK: usize = KC;
 
 /// Rows of C handed to one rayon task by [`gemm_matrixmultiply`].
 const ROWS_PER_TASK: usize = 64;

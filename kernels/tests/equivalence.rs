@@ -1007,6 +1007,83 @@ fn gemm_awkward_shapes() {
     });
 }
 
+/// On the x86 paths (fused multiply-add in hardware) the GEMM's result is, bit for bit, one
+/// FMA chain per k-block for every element of C (`gemm::K_BLOCK`), the blocks added to C in
+/// order: the property determinism rests on (no thread count or task grid changes a chain),
+/// and the one that lets a micro-kernel's k loop be rewritten (AVX2's written-out loops for
+/// row-major and p-major A) without changing any model's weights. Shapes: whole 6- and
+/// 12-row tiles and partial ones, A in place in both layouts, B packed and in place, one and
+/// several k-blocks.
+#[test]
+fn gemm_is_one_fma_chain_per_k_block() {
+    let mut rng = StdRng::seed_from_u64(29);
+    let orients = [
+        (Trans::N, Trans::N),
+        (Trans::N, Trans::T),
+        (Trans::T, Trans::N),
+        (Trans::T, Trans::T),
+    ];
+    for_paths(|p| {
+        if p == SimdPath::Portable {
+            return; // its `mul_add` may round twice (see `Vf::mul_add`)
+        }
+        for &(m, n, k) in &[
+            (6usize, 16usize, 1usize),
+            (12, 32, 5),
+            (13, 33, 192),
+            (64, 128, 193),
+            (150, 48, 368),
+            (61, 17, 400),
+        ] {
+            for &(ta, tb) in &orients {
+                for &(alpha, beta) in &[(1.0f32, 0.0f32), (1.0, 1.0), (-0.5, 2.0)] {
+                    let a: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                    let b: Vec<f32> = (0..k * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                    let c0: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                    let mut c = c0.clone();
+                    gemm(m, n, k, alpha, &a, ta, &b, tb, beta, &mut c);
+                    let at = |i: usize, q: usize| match ta {
+                        Trans::N => a[i * k + q],
+                        Trans::T => a[q * m + i],
+                    };
+                    let bt = |q: usize, j: usize| match tb {
+                        Trans::N => b[q * n + j],
+                        Trans::T => b[j * k + q],
+                    };
+                    let nkb = k.div_ceil(gemm::K_BLOCK);
+                    let kc = k.div_ceil(nkb);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut want = c0[i * n + j];
+                            for kb in 0..nkb {
+                                let mut acc = 0.0f32;
+                                for q in kb * kc..((kb + 1) * kc).min(k) {
+                                    acc = at(i, q).mul_add(bt(q, j), acc);
+                                }
+                                let s = acc * alpha;
+                                want = if kb > 0 {
+                                    want + s
+                                } else if beta == 0.0 {
+                                    s
+                                } else {
+                                    s + beta * want
+                                };
+                            }
+                            assert_eq!(
+                                c[i * n + j].to_bits(),
+                                want.to_bits(),
+                                "{p:?} {m}x{n}x{k} {ta:?}{tb:?} alpha {alpha} beta {beta} \
+                                 [{i},{j}]: {} vs the chains' {want}",
+                                c[i * n + j]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
 #[test]
 fn gemm_k_zero_scales_c() {
     let mut c = vec![1.0f32, -2.0, f32::NAN];

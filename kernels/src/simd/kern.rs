@@ -1239,7 +1239,8 @@ unsafe fn panel<V: Vf, const MR: usize, const NV: usize, const EPI: bool>(
 }
 
 /// One `MR × NV·LANES` register tile; A element (i, p) at `ap[i·si + p·sp]`, B element (p, j)
-/// at `bp[p·ldb + j]`.
+/// at `bp[p·ldb + j]`. A path may run the k loop of a 6 × 2-vector tile written out
+/// ([`Vf::kloop_6x2`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const EPI: bool>(
@@ -1254,8 +1255,16 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const EPI: bool>(
     cols: usize,
 ) {
     let l = V::LANES;
-    let nr = NV * l;
     let mut acc = [[V::splat(0.0); NV]; MR];
+    // A 6 × 2-vector tile: the path's written-out k loop, if it has one (AVX2), the same
+    // FMAs in the same order.
+    if MR == 6 && NV == 2 {
+        // SAFETY: MR == 6 and NV == 2, so the two array types are the same.
+        let acc6 = &mut *(&mut acc as *mut [[V; NV]; MR] as *mut [[V; 2]; 6]);
+        if V::kloop_6x2(acc6, t.kc, ap, si, sp, bp, t.ldb) {
+            return finish_tile::<V, MR, NV, EPI>(t, acc, c, e, rows, cols);
+        }
+    }
     let (mut a, mut b) = (ap, bp);
     for _ in 0..t.kc {
         let mut bv = [V::splat(0.0); NV];
@@ -1271,6 +1280,22 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const EPI: bool>(
         a = a.add(sp);
         b = b.add(t.ldb);
     }
+    finish_tile::<V, MR, NV, EPI>(t, acc, c, e, rows, cols)
+}
+
+/// Stores a finished register tile `acc` into C (`alpha`, `beta`, accumulation over k-blocks,
+/// partial tiles) and applies the epilogue: the part of [`tile`] after its k loop.
+#[inline(always)]
+unsafe fn finish_tile<V: Vf, const MR: usize, const NV: usize, const EPI: bool>(
+    t: &GemmBlock,
+    acc: [[V; NV]; MR],
+    c: *mut f32,
+    e: &Epi,
+    rows: usize,
+    cols: usize,
+) {
+    let l = V::LANES;
+    let nr = NV * l;
     let (ldc, alpha, beta) = (t.ldc, t.alpha, t.beta);
     if EPI {
         // C's final values into a buffer (the same operations as the stores below), then

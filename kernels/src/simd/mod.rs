@@ -223,6 +223,24 @@ pub(crate) trait Vf: Copy {
         const MAGIC: f32 = 12_582_912.0;
         self.add(Self::splat(MAGIC)).sub(Self::splat(MAGIC))
     }
+    /// The k loop of a 6-row × 2-vector GEMM register tile ([`kern`]'s `tile`), A element
+    /// `(i, p)` at `a[i·si + p·sp]` and B's row `p` at `b + p·ldb`: for each of `kc` steps,
+    /// `acc[i][v] = a(i, p)·b[p][v·LANES..] + acc[i][v]`, one fused multiply-add each, so the
+    /// same bits as the generic loop. Returns false, doing nothing, where this type has no
+    /// written-out loop (the caller then runs the generic one).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn kloop_6x2(
+        _acc: &mut [[Self; 2]; 6],
+        _kc: usize,
+        _a: *const f32,
+        _si: usize,
+        _sp: usize,
+        _b: *const f32,
+        _ldb: usize,
+    ) -> bool {
+        false
+    }
     /// `self · 2^n`, rounded once, for lanes `n` holding integers in `[-150, 0]` and `self`
     /// normal: one multiply by `2^n` when every lane's `2^n` is a normal number, else two by
     /// `2^n1 · 2^n2` (`n1 ≈ n/2`, both normal). The same bits either way: scaling by a normal

@@ -108,6 +108,19 @@ impl Vf for Y {
     const GEMM_NV: usize = super::kern::NR_256 / 8;
     const ARGMIN_R: usize = 4;
     #[inline(always)]
+    unsafe fn kloop_6x2(
+        acc: &mut [[Self; 2]; 6],
+        kc: usize,
+        a: *const f32,
+        si: usize,
+        sp: usize,
+        b: *const f32,
+        ldb: usize,
+    ) -> bool {
+        kloop_6x16(acc, kc, a, si, sp, b, ldb);
+        true
+    }
+    #[inline(always)]
     unsafe fn splat(x: f32) -> Self {
         Y(_mm256_set1_ps(x))
     }
@@ -180,5 +193,89 @@ impl Vf for Y {
         let n = _mm256_cvtps_epi32(self.0);
         let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(n, _mm256_set1_epi32(127)));
         Y(_mm256_castsi256_ps(e))
+    }
+}
+
+/// [`Vf::kloop_6x2`] for AVX2 + FMA, written out: the twelve accumulators stay in fixed
+/// `ymm` registers, B's two vectors and the broadcast take the other three, and A's rows 0–2
+/// and 3–5 are each read from one pointer plus `0 / 1 / 2` times the row stride in bytes
+/// (x86 addressing scales it for free), both pointers stepping `sp` floats per k. Row-major A
+/// (`sp == 1`) and p-major A (`si == 1`, a weight gradient's `dYᵀ`) take the same loop.
+/// Compiled from the generic loop, LLVM ran out of general registers for row-major A's six
+/// row offsets: it reloaded the stride from the stack three times per k step, rebuilt
+/// addresses with `lea`/`add` and shuffled accumulators with `vmovaps`, ~30 instructions per
+/// 12 FMAs; for p-major A it shuffled one accumulator through a B register (26). This is 22.
+///
+/// Safety: the caller's tile reads `a[i·si + p·sp]` for `i < 6`, `p < kc` and 16 floats at
+/// `b + p·ldb` for `p < kc`, all inside their matrices (the generic loop's reads).
+#[target_feature(enable = "avx,avx2,fma")]
+#[inline]
+unsafe fn kloop_6x16(
+    acc: &mut [[Y; 2]; 6],
+    kc: usize,
+    a: *const f32,
+    si: usize,
+    sp: usize,
+    b: *const f32,
+    ldb: usize,
+) {
+    if kc == 0 {
+        return;
+    }
+    let [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]] = acc;
+    let f = std::mem::size_of::<f32>();
+    // SAFETY: see the function's contract; `a3` is row 3 of the tile, which exists (6 rows).
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "vmovups {b0}, ymmword ptr [{b}]",
+            "vmovups {b1}, ymmword ptr [{b} + 32]",
+            "vbroadcastss {t}, dword ptr [{a0}]",
+            "vfmadd231ps {c00}, {t}, {b0}",
+            "vfmadd231ps {c01}, {t}, {b1}",
+            "vbroadcastss {t}, dword ptr [{a0} + {rs}]",
+            "vfmadd231ps {c10}, {t}, {b0}",
+            "vfmadd231ps {c11}, {t}, {b1}",
+            "vbroadcastss {t}, dword ptr [{a0} + {rs}*2]",
+            "vfmadd231ps {c20}, {t}, {b0}",
+            "vfmadd231ps {c21}, {t}, {b1}",
+            "vbroadcastss {t}, dword ptr [{a3}]",
+            "vfmadd231ps {c30}, {t}, {b0}",
+            "vfmadd231ps {c31}, {t}, {b1}",
+            "vbroadcastss {t}, dword ptr [{a3} + {rs}]",
+            "vfmadd231ps {c40}, {t}, {b0}",
+            "vfmadd231ps {c41}, {t}, {b1}",
+            "vbroadcastss {t}, dword ptr [{a3} + {rs}*2]",
+            "vfmadd231ps {c50}, {t}, {b0}",
+            "vfmadd231ps {c51}, {t}, {b1}",
+            "add {a0}, {step}",
+            "add {a3}, {step}",
+            "add {b}, {ldb}",
+            "dec {k}",
+            "jnz 2b",
+            c00 = inout(ymm_reg) c00.0,
+            c01 = inout(ymm_reg) c01.0,
+            c10 = inout(ymm_reg) c10.0,
+            c11 = inout(ymm_reg) c11.0,
+            c20 = inout(ymm_reg) c20.0,
+            c21 = inout(ymm_reg) c21.0,
+            c30 = inout(ymm_reg) c30.0,
+            c31 = inout(ymm_reg) c31.0,
+            c40 = inout(ymm_reg) c40.0,
+            c41 = inout(ymm_reg) c41.0,
+            c50 = inout(ymm_reg) c50.0,
+            c51 = inout(ymm_reg) c51.0,
+            b0 = out(ymm_reg) _,
+            b1 = out(ymm_reg) _,
+            t = out(ymm_reg) _,
+            a0 = inout(reg) a => _,
+            a3 = inout(reg) a.add(3 * si) => _,
+            b = inout(reg) b => _,
+            k = inout(reg) kc => _,
+            rs = in(reg) si * f,
+            step = in(reg) sp * f,
+            ldb = in(reg) ldb * f,
+            options(nostack, readonly),
+        );
     }
 }
