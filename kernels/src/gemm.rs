@@ -3,10 +3,11 @@
 //! - `f32` runs our own packed GEMM: operands are packed into buffers from two global pools
 //!   (see "Packing buffers" below), and a register-tiled micro-kernel per SIMD path
 //!   (AVX-512 12×32, AVX2 6×16, portable 4×8; see `simd/kern.rs`) does the multiply-adds.
-//!   AVX2's 6×16 tile runs its k loop as written-out assembly (`simd/x86.rs`, `kloop_6x16`):
-//!   compiled from the generic loop, LLVM spent up to ~30 instructions per 12 FMAs (stride
-//!   reloads from the stack, accumulator shuffles); the same FMAs in the same order, so the
-//!   same bits (`gemm_is_one_fma_chain_per_k_block`).
+//!   With A row-major in place (forwards, input gradients), AVX2's 6×16 tile runs its k
+//!   loop as written-out assembly (`simd/x86.rs`, `kloop_6x16`): compiled from the generic
+//!   loop, LLVM spent ~30 instructions per 12 FMAs (stride reloads from the stack,
+//!   accumulator shuffles); the same FMAs in the same order, so the same bits
+//!   (`gemm_is_one_fma_chain_per_k_block`).
 //!   A partial panel at C's edge (e.g. the last 4 of 64 rows) runs on a smaller tile (4 or 8
 //!   rows, one vector of columns), so no multiply-adds go to rows or columns outside C.
 //!   `matrixmultiply` 0.3 is not used for f32 because it allocates its packing buffer on every

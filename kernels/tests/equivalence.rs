@@ -952,21 +952,23 @@ fn check_gemm(
     }
 }
 
+/// The four orientations of a GEMM's operands, `(op(A), op(B))`.
+const ORIENTS: [(Trans, Trans); 4] = [
+    (Trans::N, Trans::N),
+    (Trans::N, Trans::T),
+    (Trans::T, Trans::N),
+    (Trans::T, Trans::T),
+];
+
 #[test]
 fn gemm_awkward_shapes() {
     let mut rng = StdRng::seed_from_u64(13);
     let dims = [0usize, 1, 7, 8, 9, 14, 17, 31, 33];
-    let orients = [
-        (Trans::N, Trans::N),
-        (Trans::N, Trans::T),
-        (Trans::T, Trans::N),
-        (Trans::T, Trans::T),
-    ];
     for_paths(|p| {
         for &m in &dims {
             for &n in &dims {
                 for &k in &dims {
-                    let (ta, tb) = orients[(m + 2 * n + 3 * k) % 4];
+                    let (ta, tb) = ORIENTS[(m + 2 * n + 3 * k) % 4];
                     let (alpha, beta) = [(1.0, 0.0), (1.0, 1.0), (-0.5, 2.0)][(m + n + k) % 3];
                     check_gemm(
                         &mut rng,
@@ -990,7 +992,7 @@ fn gemm_awkward_shapes() {
             (13, 5, 1031),
             (145, 40, 7),
         ] {
-            for &(ta, tb) in &orients {
+            for &(ta, tb) in &ORIENTS {
                 check_gemm(
                     &mut rng,
                     m,
@@ -1017,12 +1019,6 @@ fn gemm_awkward_shapes() {
 #[test]
 fn gemm_is_one_fma_chain_per_k_block() {
     let mut rng = StdRng::seed_from_u64(29);
-    let orients = [
-        (Trans::N, Trans::N),
-        (Trans::N, Trans::T),
-        (Trans::T, Trans::N),
-        (Trans::T, Trans::T),
-    ];
     for_paths(|p| {
         if p == SimdPath::Portable {
             return; // its `mul_add` may round twice (see `Vf::mul_add`)
@@ -1035,7 +1031,7 @@ fn gemm_is_one_fma_chain_per_k_block() {
             (150, 48, 368),
             (61, 17, 400),
         ] {
-            for &(ta, tb) in &orients {
+            for &(ta, tb) in &ORIENTS {
                 for &(alpha, beta) in &[(1.0f32, 0.0f32), (1.0, 1.0), (-0.5, 2.0)] {
                     let a: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
                     let b: Vec<f32> = (0..k * n).map(|_| rng.gen_range(-1.0..1.0)).collect();

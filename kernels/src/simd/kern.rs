@@ -1229,21 +1229,24 @@ unsafe fn panel<V: Vf, const MR: usize, const NV: usize, const EPI: bool>(
     cw: usize,
 ) {
     if t.a_pmajor {
-        tile::<V, MR, NV, EPI>(t, ap, 1, t.a_ps, bq, cp, e, rh, cw);
+        tile::<V, MR, NV, EPI, false>(t, ap, 1, t.a_ps, bq, cp, e, rh, cw);
     } else if t.a_ps == A_STRIDE {
         // Packed: the constant stride lets the compiler fold the row offsets.
-        tile::<V, MR, NV, EPI>(t, ap, A_STRIDE, 1, bq, cp, e, rh, cw);
+        tile::<V, MR, NV, EPI, false>(t, ap, A_STRIDE, 1, bq, cp, e, rh, cw);
     } else {
-        tile::<V, MR, NV, EPI>(t, ap, t.a_ps, 1, bq, cp, e, rh, cw);
+        tile::<V, MR, NV, EPI, true>(t, ap, t.a_ps, 1, bq, cp, e, rh, cw);
     }
 }
 
 /// One `MR × NV·LANES` register tile; A element (i, p) at `ap[i·si + p·sp]`, B element (p, j)
-/// at `bp[p·ldb + j]`. A path may run the k loop of a 6 × 2-vector tile written out
-/// ([`Vf::kloop_6x2`]).
+/// at `bp[p·ldb + j]`. `WRITTEN`: run a 6 × 2-vector tile's k loop written out where the
+/// path has one ([`Vf::kloop_6x2`]); the caller sets it for row-major A read in place at its
+/// own stride only. (For p-major A, a weight gradient's `dYᵀ`, the written-out loop measured
+/// slower than the compiled one in training, 0.91–0.98 by binary A/B, twenty-first session;
+/// a packed partial panel is rare.)
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const EPI: bool>(
+unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const EPI: bool, const WRITTEN: bool>(
     t: &GemmBlock,
     ap: *const f32,
     si: usize,
@@ -1258,7 +1261,7 @@ unsafe fn tile<V: Vf, const MR: usize, const NV: usize, const EPI: bool>(
     let mut acc = [[V::splat(0.0); NV]; MR];
     // A 6 × 2-vector tile: the path's written-out k loop, if it has one (AVX2), the same
     // FMAs in the same order.
-    if MR == 6 && NV == 2 {
+    if WRITTEN && MR == 6 && NV == 2 {
         // SAFETY: MR == 6 and NV == 2, so the two array types are the same.
         let acc6 = &mut *(&mut acc as *mut [[V; NV]; MR] as *mut [[V; 2]; 6]);
         if V::kloop_6x2(acc6, t.kc, ap, si, sp, bp, t.ldb) {

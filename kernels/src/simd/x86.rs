@@ -199,12 +199,13 @@ impl Vf for Y {
 /// [`Vf::kloop_6x2`] for AVX2 + FMA, written out: the twelve accumulators stay in fixed
 /// `ymm` registers, B's two vectors and the broadcast take the other three, and A's rows 0–2
 /// and 3–5 are each read from one pointer plus `0 / 1 / 2` times the row stride in bytes
-/// (x86 addressing scales it for free), both pointers stepping `sp` floats per k. Row-major A
-/// (`sp == 1`) and p-major A (`si == 1`, a weight gradient's `dYᵀ`) take the same loop.
-/// Compiled from the generic loop, LLVM ran out of general registers for row-major A's six
-/// row offsets: it reloaded the stride from the stack three times per k step, rebuilt
-/// addresses with `lea`/`add` and shuffled accumulators with `vmovaps`, ~30 instructions per
-/// 12 FMAs; for p-major A it shuffled one accumulator through a B register (26). This is 22.
+/// (x86 addressing scales it for free), both pointers stepping `sp` floats per k. Compiled
+/// from the generic loop, LLVM ran out of general registers for row-major A's six row
+/// offsets: it reloaded the stride from the stack three times per k step, rebuilt addresses
+/// with `lea`/`add` and shuffled accumulators with `vmovaps`, ~30 instructions per 12 FMAs.
+/// This is 22. The loop is correct for any `si`, `sp` (at e7cefbb p-major A took it too and
+/// the bit-level GEMM test passed), but `kern`'s tile now routes only row-major A here: for
+/// p-major A the compiled loop (26 instructions, constant offsets) trained faster.
 ///
 /// Safety: the caller's tile reads `a[i·si + p·sp]` for `i < 6`, `p < kc` and 16 floats at
 /// `b + p·ldb` for `p < kc`, all inside their matrices (the generic loop's reads).
