@@ -5,7 +5,7 @@
 //!   (AVX-512 12×32, AVX2 6×16, portable 4×8; see `simd/kern.rs`) does the multiply-adds.
 //!   With A row-major in place (forwards, input gradients), AVX2's 6×16 tile runs its k
 //!   loop as written-out assembly (`simd/x86.rs`, `kloop_6x16`): compiled from the generic
-//!   loop, LLVM spent ~30 instructions per 12 FMAs (stride reloads from the stack,
+//!   loop, LLVM spent up to 34 instructions per 12 FMAs (stride reloads from the stack,
 //!   accumulator shuffles); the same FMAs in the same order, so the same bits
 //!   (`gemm_is_one_fma_chain_per_k_block`).
 //!   A partial panel at C's edge (e.g. the last 4 of 64 rows) runs on a smaller tile (4 or 8

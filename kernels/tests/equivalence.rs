@@ -1012,8 +1012,8 @@ fn gemm_awkward_shapes() {
 /// On the x86 paths (fused multiply-add in hardware) the GEMM's result is, bit for bit, one
 /// FMA chain per k-block for every element of C (`gemm::K_BLOCK`), the blocks added to C in
 /// order: the property determinism rests on (no thread count or task grid changes a chain),
-/// and the one that lets a micro-kernel's k loop be rewritten (AVX2's written-out loops for
-/// row-major and p-major A) without changing any model's weights. Shapes: whole 6- and
+/// and the one that lets a micro-kernel's k loop be rewritten (AVX2's written-out loop for
+/// row-major A) without changing any model's weights. Shapes: whole 6- and
 /// 12-row tiles and partial ones, A in place in both layouts, B packed and in place, one and
 /// several k-blocks.
 #[test]

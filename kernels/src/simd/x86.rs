@@ -201,9 +201,9 @@ impl Vf for Y {
 /// and 3–5 are each read from one pointer plus `0 / 1 / 2` times the row stride in bytes
 /// (x86 addressing scales it for free), both pointers stepping `sp` floats per k. Compiled
 /// from the generic loop, LLVM ran out of general registers for row-major A's six row
-/// offsets: it reloaded the stride from the stack three times per k step, rebuilt addresses
-/// with `lea`/`add` and shuffled accumulators with `vmovaps`, ~30 instructions per 12 FMAs.
-/// This is 22. The loop is correct for any `si`, `sp` (at e7cefbb p-major A took it too and
+/// offsets: it reloaded the stride from the stack four times per k step, rebuilt addresses
+/// with `lea`/`add` and shuffled accumulators with `vmovaps`, 34 instructions per 12 FMAs.
+/// This is 25. The loop is correct for any `si`, `sp` (at e7cefbb p-major A took it too and
 /// the bit-level GEMM test passed), but `kern`'s tile now routes only row-major A here: for
 /// p-major A the compiled loop (26 instructions, constant offsets) trained faster.
 ///
