@@ -6,6 +6,16 @@
 use crate::optim::AdamParams;
 use crate::{Real, Trans};
 
+/// Element `(r, c)` of `op(X)`, a `rows × cols` matrix, with `X` stored row-major as given
+/// (`t == T`: `X` is `cols × rows`): how [`gemm`] and the tests index an operand.
+#[inline]
+pub fn op_at<T: Copy>(x: &[T], t: Trans, rows: usize, cols: usize, r: usize, c: usize) -> T {
+    match t {
+        Trans::N => x[r * cols + c],
+        Trans::T => x[c * rows + r],
+    }
+}
+
 /// Reference for [`crate::gemm::gemm`]: triple loop, `k` summed in increasing order.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<T: Real>(
@@ -24,15 +34,7 @@ pub fn gemm<T: Real>(
         for j in 0..n {
             let mut acc = T::ZERO;
             for p in 0..k {
-                let av = match ta {
-                    Trans::N => a[i * k + p],
-                    Trans::T => a[p * m + i],
-                };
-                let bv = match tb {
-                    Trans::N => b[p * n + j],
-                    Trans::T => b[j * k + p],
-                };
-                acc += av * bv;
+                acc += op_at(a, ta, m, k, i, p) * op_at(b, tb, k, n, p, j);
             }
             let old = if beta == T::ZERO {
                 T::ZERO

@@ -920,14 +920,8 @@ fn check_gemm(
         for j in 0..n {
             let mut mag = 0.0f64;
             for p in 0..k {
-                let av = match ta {
-                    Trans::N => a[i * k + p],
-                    Trans::T => a[p * m + i],
-                };
-                let bv = match tb {
-                    Trans::N => b[p * n + j],
-                    Trans::T => b[j * k + p],
-                };
+                let av = reference::op_at(&a, ta, m, k, i, p);
+                let bv = reference::op_at(&b, tb, k, n, p, j);
                 mag += (av as f64 * bv as f64).abs();
             }
             let cmag = if beta == 0.0 {
@@ -1038,14 +1032,6 @@ fn gemm_is_one_fma_chain_per_k_block() {
                     let c0: Vec<f32> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
                     let mut c = c0.clone();
                     gemm(m, n, k, alpha, &a, ta, &b, tb, beta, &mut c);
-                    let at = |i: usize, q: usize| match ta {
-                        Trans::N => a[i * k + q],
-                        Trans::T => a[q * m + i],
-                    };
-                    let bt = |q: usize, j: usize| match tb {
-                        Trans::N => b[q * n + j],
-                        Trans::T => b[j * k + q],
-                    };
                     let nkb = k.div_ceil(gemm::K_BLOCK);
                     let kc = k.div_ceil(nkb);
                     for i in 0..m {
@@ -1054,7 +1040,11 @@ fn gemm_is_one_fma_chain_per_k_block() {
                             for kb in 0..nkb {
                                 let mut acc = 0.0f32;
                                 for q in kb * kc..((kb + 1) * kc).min(k) {
-                                    acc = at(i, q).mul_add(bt(q, j), acc);
+                                    let (av, bv) = (
+                                        reference::op_at(&a, ta, m, k, i, q),
+                                        reference::op_at(&b, tb, k, n, q, j),
+                                    );
+                                    acc = av.mul_add(bv, acc);
                                 }
                                 let s = acc * alpha;
                                 want = if kb > 0 {
