@@ -1342,6 +1342,47 @@ fn gemm_packed_b_same_bits() {
     }
 }
 
+/// The sigmoid epilogue decides how to scale `e^r` by `2^n` once per group of tile vectors
+/// (two multiplies for the whole group when any lane's result is subnormal); the separate
+/// pass decides per vector. One column's bias at −100 puts one subnormal lane in one vector
+/// of every tile row, beside vectors without one: every element, that lane's included, must
+/// keep the separate pass's bits. (Taking the one-multiply form for the whole group would
+/// give that lane a wrong power of two; a per-vector decision is not what is tested here.)
+#[test]
+fn gemm_sigmoid_epilogue_same_bits_beside_a_subnormal_lane() {
+    use hmdn_kernels::gemm::{gemm_epilogue, gemm_packed_b, Epilogue};
+    let mut rng = StdRng::seed_from_u64(37);
+    for_paths(|p| {
+        for (m, n, k) in [(12usize, 64usize, 9usize), (7, 368, 64), (25, 40, 3)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-0.3f32..0.3)).collect();
+            let b: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-0.3f32..0.3)).collect();
+            let x = awkward(&mut rng, m * n, 10.0);
+            for deep_col in [3usize, n - 1] {
+                let mut bias: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+                bias[deep_col] = -100.0;
+                let mut u = vec![f32::NAN; m * n];
+                gemm_packed_b(m, n, k, 1.0, &a, Trans::N, &b, Trans::T, None, 0.0, &mut u);
+                let (mut want, mut want_y) = (vec![0.0; m * n], vec![0.0; m * n]);
+                let mul = Some((&mut want_y[..], &x[..]));
+                act::bias_scaled_sigmoid_forward(&mut want, &u, &bias, 2.0, mul);
+                // The deep lane's result is subnormal and not zero: the case under test.
+                let d = want[deep_col];
+                assert!(d > 0.0 && !d.is_normal(), "{p:?} σ lane is {d:e}");
+                let (mut got, mut got_y) = (vec![f32::NAN; m * n], vec![0.0; m * n]);
+                let epi = Epilogue::BiasScaledSigmoid {
+                    bias: &bias,
+                    scale: 2.0,
+                    mul: Some((&mut got_y[..], &x[..])),
+                };
+                gemm_epilogue(m, n, k, &a, Trans::N, &b, Trans::T, None, &mut got, epi);
+                let what = format!("{p:?} {m}x{n}x{k} deep column {deep_col}");
+                assert_bits_eq(&got, &want, &what);
+                assert_bits_eq(&got_y, &want_y, &format!("{what}, y"));
+            }
+        }
+    });
+}
+
 /// A GEMM with an epilogue gives the bits of the plain GEMM followed by the activation's own
 /// pass (`bias_relu_forward`, `bias_scaled_sigmoid_forward` with and without the product), on
 /// every path, both B orientations, pre-packed or not, 1 and 2 threads, on awkward shapes:

@@ -121,7 +121,9 @@ unsafe fn sigmoid<V: Vf>(x: V) -> V {
 /// vector after another, the epilogue ran at ~20 cycles per vector where its operations
 /// need ~11 on two ports, which we read as the scheduler filling with operations waiting on
 /// their chain (a GEMM's sigmoid epilogue at 512 × 64 → 368 ran ~20% faster grouped by 8,
-/// `benches/RESULTS.md`).
+/// `benches/RESULTS.md`). The final scaling tests the group once ([`Vf::mul_pow2_group`]):
+/// with a branch per vector, the compiled code was each vector's chain after the other's
+/// again, and the epilogue cost ~50% more.
 #[inline(always)]
 unsafe fn exp_nonpos_group<V: Vf, const G: usize>(x: [V; G]) -> [V; G] {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -160,9 +162,7 @@ unsafe fn exp_nonpos_group<V: Vf, const G: usize>(x: [V; G]) -> [V; G] {
     }
     // Below FLOOR, x is clamped to it: e^r·2^-150 with r ≈ -0.028, under half the smallest
     // subnormal, rounds to exactly 0, as expf does there.
-    for g in 0..G {
-        p[g] = p[g].mul_pow2(n[g]);
-    }
+    V::mul_pow2_group(&mut p, &n);
     p
 }
 
@@ -1144,9 +1144,12 @@ unsafe fn store_sigmoid_tile<V: Vf, const MR: usize, const NV: usize, const K: u
 }
 
 /// Vectors [`store_sigmoid_tile`] runs side by side: enough independent chains to keep the
-/// FMA ports busy, few enough to keep their values in registers (4 and 12 were slower in
-/// `epi_cost`).
-const EPI_GROUP: usize = 8;
+/// FMA ports busy, few enough to keep their values in registers. Since the scaling by `2^n`
+/// tests once per group ([`Vf::mul_pow2_group`]), 6 is the fastest on AVX2 (`epi_cost`,
+/// 64 → 368 on 256 rows, best of five interleaved runs: 175 µs with the sigmoid against 178
+/// at 4, 183 at 8, 182 at 12, and 199 with 8 and a test per vector; the plain GEMM 129), and
+/// it divides the 12 vectors of the 6 × 16 tile.
+const EPI_GROUP: usize = 6;
 
 /// Runs a [`GemmBlock`] with this vector type's register tile.
 #[inline(always)]

@@ -256,6 +256,32 @@ pub(crate) trait Vf: Copy {
             self.mul(n.pow2i())
         }
     }
+    /// [`Vf::mul_pow2`] on `G` vectors at once: `p[g] = p[g] · 2^n[g]`, the same bits. One
+    /// test for the whole group (the two-multiply form where any lane of any vector needs
+    /// it, the one-multiply form otherwise; both give every lane the same bits), so the `G`
+    /// vectors' operations sit in one basic block and can be interleaved: with a branch per
+    /// vector, LLVM emitted each vector's exponential as its own dependent chain.
+    #[inline(always)]
+    unsafe fn mul_pow2_group<const G: usize>(p: &mut [Self; G], n: &[Self; G]) {
+        let floor = Self::splat(-126.0);
+        // `|`, not `||`: every vector tested, no branch per vector.
+        let mut any = false;
+        for v in n {
+            any |= v.any_lt(floor);
+        }
+        if any {
+            let half = Self::splat(0.5);
+            for g in 0..G {
+                let n1 = n[g].mul(half).round_even();
+                let n2 = n[g].sub(n1);
+                p[g] = p[g].mul(n1.pow2i()).mul(n2.pow2i());
+            }
+        } else {
+            for g in 0..G {
+                p[g] = p[g].mul(n[g].pow2i());
+            }
+        }
+    }
     /// Rows of the GEMM register tile for this vector type (see `kern::gemm_block`).
     const GEMM_MR: usize;
     /// Vectors per row of the GEMM register tile (`NR = GEMM_NV * LANES`).

@@ -91,6 +91,13 @@ impl Vf for Z {
         Z(_mm512_scalef_ps(self.0, n.0))
     }
     #[inline(always)]
+    unsafe fn mul_pow2_group<const G: usize>(p: &mut [Self; G], n: &[Self; G]) {
+        // No branch to share: one vscalefps per vector.
+        for g in 0..G {
+            p[g] = p[g].mul_pow2(n[g]);
+        }
+    }
+    #[inline(always)]
     unsafe fn pow2i(self) -> Self {
         let n = _mm512_cvtps_epi32(self.0);
         let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127)));
