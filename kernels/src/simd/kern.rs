@@ -121,9 +121,11 @@ unsafe fn sigmoid<V: Vf>(x: V) -> V {
 /// vector after another, the epilogue ran at ~20 cycles per vector where its operations
 /// need ~11 on two ports, which we read as the scheduler filling with operations waiting on
 /// their chain (a GEMM's sigmoid epilogue at 512 × 64 → 368 ran ~20% faster grouped by 8,
-/// `benches/RESULTS.md`). The final scaling tests the group once ([`Vf::mul_pow2_group`]):
-/// with a branch per vector, the compiled code was each vector's chain after the other's
-/// again, and the epilogue cost ~50% more.
+/// `benches/RESULTS.md`). The final scaling tests the group once ([`Vf::mul_pow2_group`]);
+/// with a test and a branch per vector the epilogue cost ~50% more. (In the compiled code
+/// the Horner steps still run one vector's chain after another's; written out side by side
+/// in `asm!` they were no faster, twenty-second session: the out-of-order core overlaps
+/// the chains by itself.)
 #[inline(always)]
 unsafe fn exp_nonpos_group<V: Vf, const G: usize>(x: [V; G]) -> [V; G] {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -1159,7 +1161,7 @@ unsafe fn store_sigmoid_tile<V: Vf, const MR: usize, const NV: usize, const K: u
 /// Vectors [`store_sigmoid_tile`] runs side by side: enough independent chains to keep the
 /// FMA ports busy, few enough to keep their values in registers. Since the scaling by `2^n`
 /// tests once per group ([`Vf::mul_pow2_group`]), 6 is the fastest on AVX2 (`epi_cost`,
-/// 64 → 368 on 256 rows, best of five interleaved runs: 175 µs with the sigmoid against 178
+/// 64 → 368 on 256 rows, best of five interleaved runs: 175 µs with the sigmoid against 179
 /// at 4, 183 at 8, 182 at 12, and 199 with 8 and a test per vector; the plain GEMM 129), and
 /// it divides the 12 vectors of the 6 × 16 tile.
 const EPI_GROUP: usize = 6;
