@@ -245,16 +245,12 @@ pub(crate) trait Vf: Copy {
     /// normal: one multiply by `2^n` when every lane's `2^n` is a normal number, else two by
     /// `2^n1 · 2^n2` (`n1 ≈ n/2`, both normal). The same bits either way: scaling by a normal
     /// power of two is exact while the product stays normal, and once it is subnormal both
-    /// round the same exact product once.
+    /// round the same exact product once. [`Vf::mul_pow2_group`] on one vector.
     #[inline(always)]
     unsafe fn mul_pow2(self, n: Self) -> Self {
-        if n.any_lt(Self::splat(-126.0)) {
-            let n1 = n.mul(Self::splat(0.5)).round_even();
-            let n2 = n.sub(n1);
-            self.mul(n1.pow2i()).mul(n2.pow2i())
-        } else {
-            self.mul(n.pow2i())
-        }
+        let mut p = [self];
+        Self::mul_pow2_group(&mut p, &[n]);
+        p[0]
     }
     /// [`Vf::mul_pow2`] on `G` vectors at once: `p[g] = p[g] · 2^n[g]`, the same bits. One
     /// test for the whole group (the two-multiply form where any lane of any vector needs
